@@ -1,0 +1,71 @@
+"""The ``reprlab`` command line.
+
+Each workflow module exposes ``register(subparsers)``, which adds its subcommand(s); each
+subcommand is one dataclass (see :mod:`reprlab.cliutil`) whose field help becomes ``--help``
+text. ``main(argv=None)`` is importable so tests drive the CLI in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from reprlab.errors import ReprlabError
+
+#: subcommand name -> module that registers it (imported when the CLI is built)
+COMMANDS: dict[str, str] = {
+    "capture": "reprlab.capture_cli",
+    "store": "reprlab.capture_cli",
+    "probe": "reprlab.probes.cli",
+    "steer": "reprlab.steering_cli",
+    "patch": "reprlab.sessions.cli",
+    "drift": "reprlab.drift.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reprlab",
+        description="Find, test and track what language models represent inside.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    seen: set[str] = set()
+    for module_name in dict.fromkeys(COMMANDS.values()):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a workflow not installed in this build
+            if exc.name and exc.name.startswith("reprlab"):
+                continue
+            raise
+        module.register(sub)
+        seen.update(sub.choices)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 success, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler = getattr(args, "_handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(handler(args) or 0)
+    except ReprlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Build argparse subcommands from dataclasses.
+
+A subcommand is a dataclass; each field becomes ``--field-name``. The help text comes from
+``field(metadata={"help": ...})``. Types: ``str``, ``int``, ``float``, ``bool`` (a flag, or
+``--no-x`` when it defaults to True), ``list[str]`` (comma-separated), optional variants.
+Validation lives in the dataclass ``__post_init__``, which raises :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from reprlab.errors import ConfigError
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
+        factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with help text (and optionally positional on the command line)."""
+    meta = {"help": help, "positional": positional}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def split_list(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``"a,b , c"`` -> ``["a", "b", "c"]``; lists pass through."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        out: list[str] = []
+        for v in value:
+            out.extend(split_list(v))
+        return out
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])[0], True
+    return tp, False
+
+
+def add_dataclass(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name.startswith("_"):
+            continue
+        tp, _ = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.metadata.get("positional"):
+            kwargs: dict[str, Any] = {"help": help_text}
+            if not required:
+                kwargs["nargs"] = "?"
+                kwargs["default"] = default
+            parser.add_argument(f.name, **kwargs)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            if default:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name,
+                                    action="store_false", help=help_text)
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        origin = typing.get_origin(tp)
+        if origin in (list, tuple):
+            shown = ",".join(map(str, default)) if default else None
+            parser.add_argument(flag, dest=f.name, default=default, required=required,
+                                help=help_text + (f" (default: {shown})" if shown else ""),
+                                metavar="A,B")
+            continue
+        caster = tp if tp in (int, float, str) else str
+        parser.add_argument(flag, dest=f.name, default=default, required=required,
+                            type=_caster(caster, flag),
+                            help=help_text + (f" (default: {default})" if default not in (None, "") else ""))
+
+
+def _caster(tp: type, flag: str) -> Callable[[str], Any]:
+    def cast(text: str) -> Any:
+        try:
+            return tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} needs a {tp.__name__}, got {text!r}") from None
+    return cast
+
+
+def build(cls: type, ns: argparse.Namespace) -> Any:
+    """Instantiate ``cls`` from parsed args (lists split on commas)."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(ns, f.name):
+            continue
+        value = getattr(ns, f.name)
+        tp, _ = _base_type(hints[f.name])
+        if typing.get_origin(tp) in (list, tuple) and value is not None:
+            value = split_list(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def subcommand(sub: argparse._SubParsersAction, name: str, cls: type,
+               run: Callable[[Any], int | None], help: str) -> argparse.ArgumentParser:
+    """Register ``name`` whose arguments come from ``cls`` and which calls ``run(config)``."""
+    parser = sub.add_parser(name, help=help, description=(cls.__doc__ or help).strip(),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass(parser, cls)
+    parser.set_defaults(_handler=lambda ns: run(build(cls, ns)))
+    return parser
+
+
+def command_line() -> str:
+    """The command line of this process, for manifests."""
+    return " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(message)
