@@ -1,0 +1,109 @@
+"""Tiny random HF models built from configs, offline, with the bundled MiniLM tokenizer."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARCHS = ("gpt2", "llama", "qwen2", "qwen3", "gemma", "gpt_neox", "opt", "bert")
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_tokenizer():
+    from transformers import AutoTokenizer
+
+    from reprlab.models import bundled_model_path
+
+    return AutoTokenizer.from_pretrained(str(bundled_model_path()))
+
+
+def tiny_config(arch: str, hidden: int = 32, layers: int = 3):
+    import transformers as t
+
+    vocab = bundled_tokenizer().vocab_size
+    common = dict(vocab_size=vocab, pad_token_id=0, bos_token_id=101, eos_token_id=102)
+    h, heads = hidden, 4
+    if arch == "gpt2":
+        return t.GPT2Config(n_embd=h, n_layer=layers, n_head=heads, n_positions=256, **common)
+    if arch == "llama":
+        return t.LlamaConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=2, intermediate_size=2 * h, **common)
+    if arch == "qwen2":
+        return t.Qwen2Config(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=2, intermediate_size=2 * h, **common)
+    if arch == "qwen3":
+        return t.Qwen3Config(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=2, intermediate_size=2 * h, head_dim=h // heads,
+                             **common)
+    if arch == "gemma":
+        return t.GemmaConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=1, intermediate_size=2 * h, head_dim=h // heads,
+                             **common)
+    if arch == "gpt_neox":
+        return t.GPTNeoXConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=2 * h, **common)
+    if arch == "opt":
+        return t.OPTConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                           ffn_dim=2 * h, word_embed_proj_dim=h, max_position_embeddings=256,
+                           **common)
+    if arch == "bert":
+        return t.BertConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                            intermediate_size=2 * h, **common)
+    raise ValueError(arch)
+
+
+def make_tiny(arch: str = "gpt2", hidden: int = 32, layers: int = 3, seed: int = 0):
+    """A tiny random model of ``arch`` wrapped as a :class:`reprlab.models.LoadedModel`."""
+    import transformers as t
+
+    from reprlab.models import LoadedModel
+
+    torch.manual_seed(seed)
+    config = tiny_config(arch, hidden, layers)
+    config._attn_implementation = "eager"
+    cls = t.AutoModel if arch == "bert" else t.AutoModelForCausalLM
+    model = cls.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params < 3_000_000, f"tiny {arch} model has {n_params} parameters"
+    import copy
+
+    tok = copy.deepcopy(bundled_tokenizer())
+    return LoadedModel.from_hf(model, tok, name=f"tiny-{arch}")
+
+
+@pytest.fixture(params=ARCHS)
+def tiny_any(request):
+    return make_tiny(request.param)
+
+
+@pytest.fixture
+def tiny_gpt2():
+    return make_tiny("gpt2")
+
+
+@pytest.fixture
+def tiny_bert():
+    return make_tiny("bert")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from reprlab.models import load_model
+
+    return load_model("minilm")
+
+
+TEXTS = [
+    "The city of Paris is in France.",
+    "Hello.",
+    "A somewhat longer sentence that needs a few more tokens than the others do.",
+    "Short one here",
+    "The city of Tokyo is in Japan.",
+]
