@@ -1,0 +1,200 @@
+"""A run directory that every workflow writes the same way.
+
+Layout::
+
+    out/
+      results.json    every number of the run
+      manifest.json   model identity, data hash, seeds, versions, command line, timing
+      report.html     one self-contained page (PNGs inlined)
+      *.csv, *.png, *.safetensors (+ .json sidecars)
+
+``results.json``, ``manifest.json`` and ``report.html`` are written by :meth:`RunDir.finish`
+and only then, atomically; a crashed run leaves no ``manifest.json`` and is not mistaken for a
+finished one. Secrets (keys, tokens) are never written: config keys that look like secrets are
+dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import platform
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reprlab.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    read_json,
+    write_json,
+)
+from reprlab.report import html as html_mod
+
+logger = logging.getLogger(__name__)
+
+_SECRET = re.compile(r"(key|token|secret|password)", re.I)
+
+
+def environment_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape the numbers."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("reprlab", "torch", "transformers", "safetensors", "numpy", "scikit-learn",
+                "pot", "nnsight", "gguf", "ruptures"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def _clean_config(config: Any) -> Any:
+    if is_dataclass(config) and not isinstance(config, type):
+        config = asdict(config)
+    if isinstance(config, Mapping):
+        return {k: _clean_config(v) for k, v in config.items() if not _SECRET.search(str(k))}
+    if isinstance(config, (list, tuple)):
+        return [_clean_config(v) for v in config]
+    return config
+
+
+class RunDir:
+    """Collects a run's files and writes the report when the run finishes."""
+
+    def __init__(self, path: Path, workflow: str, config: dict, inputs: dict, seed: int | None):
+        self.path = path
+        self.workflow = workflow
+        self.config = config
+        self.inputs = inputs
+        self.seed = seed
+        self.started = time.time()
+        self._blocks: list[tuple[str, str]] = []  # (kind, html)
+        self.files: list[str] = []
+
+    @classmethod
+    def create(cls, out: str | Path, workflow: str, config: Any = None, inputs: dict | None = None,
+               seed: int | None = None, resume: bool = True) -> RunDir:
+        """Prepare ``out`` for a run (created if needed; writable or one clear error).
+
+        A previous finished run in ``out`` is replaced when this run finishes; its files stay
+        readable until then.
+        """
+        path = ensure_writable_dir(out)
+        return cls(path, workflow, _clean_config(config or {}), inputs or {}, seed)
+
+    # -- files -------------------------------------------------------------------------
+    def _track(self, name: str) -> Path:
+        if name not in self.files:
+            self.files.append(name)
+        p = self.path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        p = self._track(name)
+        write_json(p, obj)
+        return p
+
+    def write_csv(self, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
+        p = self._track(name)
+        buf = io.StringIO()
+        fields: list[str] = []
+        for r in rows:
+            fields.extend(k for k in r if k not in fields)
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _fmt_csv(v) for k, v in r.items()})
+        atomic_write_text(p, buf.getvalue())
+        return p
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor],
+                     metadata: Mapping[str, str] | None = None) -> Path:
+        from safetensors.torch import save
+
+        p = self._track(name)
+        data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                    metadata={k: str(v) for k, v in (metadata or {}).items()})
+        atomic_write_bytes(p, data)
+        return p
+
+    # -- report blocks ---------------------------------------------------------------
+    def figure(self, fig: Any, name: str, caption: str = "", title: str = "") -> Path:
+        """Save a matplotlib figure as PNG and add it to the report."""
+        import matplotlib.pyplot as plt
+
+        p = self._track(name)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(p, buf.getvalue())
+        self._blocks.append(("figure", html_mod.figure(buf.getvalue(), title or "", caption)))
+        return p
+
+    def table(self, title: str, rows: Sequence[Mapping[str, Any]], note: str = "") -> None:
+        self._blocks.append(("table", html_mod.table(title, rows, note)))
+
+    def text(self, title: str, body: str, raw_html: bool = False) -> None:
+        self._blocks.append(("text", html_mod.text(title, body, raw_html)))
+
+    # -- finish ------------------------------------------------------------------------
+    def manifest(self, extra: Mapping[str, Any] | None = None) -> dict:
+        from reprlab.cliutil import command_line
+
+        return {
+            "workflow": self.workflow,
+            "reprlab_run": True,
+            "complete": True,
+            "inputs": self.inputs,
+            "config": self.config,
+            "seed": self.seed,
+            "command_line": command_line(),
+            "versions": environment_versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
+            "seconds": round(time.time() - self.started, 3),
+            "files": sorted(set(self.files) | {"results.json", "report.html"}),
+            **(dict(extra) if extra else {}),
+        }
+
+    def finish(self, results: Mapping[str, Any], title: str | None = None,
+               summary: str = "", extra_manifest: Mapping[str, Any] | None = None) -> Path:
+        """Write results.json, report.html, then manifest.json (last: marks the run complete)."""
+        (self.path / "manifest.json").unlink(missing_ok=True)
+        write_json(self.path / "results.json", results)
+        manifest = self.manifest(extra_manifest)
+        page = html_mod.page(title or f"reprlab {self.workflow}", summary, self._blocks, manifest)
+        atomic_write_text(self.path / "report.html", page)
+        write_json(self.path / "manifest.json", manifest)
+        logger.info("report written to %s", self.path / "report.html")
+        return self.path / "report.html"
+
+    @staticmethod
+    def load_results(path: str | Path) -> dict:
+        """results.json of a finished run (one clear error when the run is not complete)."""
+        from reprlab.errors import StoreError
+
+        p = Path(path)
+        if not (p / "manifest.json").exists():
+            raise StoreError(f"{p} is not a finished reprlab run (no manifest.json); run it again")
+        return read_json(p / "results.json")
+
+
+def _fmt_csv(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return f"{v.item():.6g}"
+    return v
+
+
+__all__ = ["RunDir", "environment_versions"]
