@@ -243,12 +243,30 @@ class LoadedModel:
         return self.forward_inputs(enc)
 
     def forward_inputs(self, enc: Any) -> dict:
-        """Keep only the inputs the model's forward accepts, moved to its device."""
+        """Keep only the inputs the model's forward accepts, moved to its device.
+
+        Position ids are derived from the attention mask (first real token = 0), so that left-
+        and right-padded batches give the same activations; HF forwards otherwise number
+        positions from the first column, padding included.
+        """
         out = {}
         for k in ("input_ids", "attention_mask", "token_type_ids"):
             if k in enc and (k != "token_type_ids" or self.arch.model_type in ("bert",)):
                 out[k] = enc[k].to(self.device)
+        if "attention_mask" in out and self._accepts_position_ids():
+            out["position_ids"] = (out["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
         return out
+
+    def _accepts_position_ids(self) -> bool:
+        if "accepts_position_ids" not in self.extra:
+            import inspect
+
+            try:
+                params = inspect.signature(self.model.forward).parameters
+            except (TypeError, ValueError):
+                params = {}
+            self.extra["accepts_position_ids"] = "position_ids" in params
+        return self.extra["accepts_position_ids"]
 
 
 def _prepare_tokenizer(tok: Any) -> None:
