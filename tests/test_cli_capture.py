@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_tiny
+
+from reprlab.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    lm = make_tiny("gpt2")
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return d
+
+
+def test_capture_and_store_info_end_to_end(tmp_path, tiny_dir, capsys):
+    out = tmp_path / "cap"
+    rc = main(["capture", "--model", str(tiny_dir), "--data", "builtin:cities", "--limit", "40",
+               "--sites", "layers.*", "--positions", "last,mean", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    assert "captured: 40 rows × 3 sites × 2 positions" in capsys.readouterr().out
+    rc = main(["capture", "--model", str(tiny_dir), "--data", "builtin:cities", "--limit", "40",
+               "--sites", "layers.*", "--positions", "last,mean", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0 and "cache hit" in capsys.readouterr().out
+    assert main(["store", "info", str(out), "--json", "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 40 and info["sites"] == ["layers.0", "layers.1", "layers.2"]
+    assert info["labels"] == ["false", "true"] and info["dataset"] == "cities"
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+    return err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "nope.csv"], "not found"),
+    (["--sites", "layers.9"], "out of range"),
+    (["--sites", "blocks.1"], "unknown site"),
+    (["--positions", "lastish"], "unknown position"),
+    (["--model", "./no/such/model"], "does not exist"),
+    (["--model", "no-such-org/no-such-model-xyz"], "not available locally"),
+])
+def test_capture_bad_input_one_line(tmp_path, tiny_dir, capsys, args, needle):
+    base = {"--model": str(tiny_dir), "--data": "builtin:cities", "--sites": "layers.0",
+            "--positions": "mean", "--out": str(tmp_path / "o")}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = ["capture", "--limit", "10", "--no-progress"] + [x for kv in base.items() for x in kv]
+    assert main(argv) == 2
+    assert needle in _err(capsys)
+
+
+def test_bad_files_one_line(tmp_path, tiny_dir, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,label\nhello,1\nworld,0\n")
+    assert main(["capture", "--model", str(tiny_dir), "--data", str(bad), "--out",
+                 str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "text" in _err(capsys)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["capture", "--model", str(tiny_dir), "--limit", "10", "--out",
+                 str(blocker / "sub"), "--no-progress"]) == 2
+    assert "cannot write" in _err(capsys)
+    assert main(["store", "info", str(tmp_path / "missing")]) == 2
+    assert "no activation store" in _err(capsys)
