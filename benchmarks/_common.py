@@ -19,6 +19,22 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def compare(fns: dict[str, Callable[[], object]], repeats: int = 5,
+            warmup: int = 1) -> dict[str, float]:
+    """Median wall times of several functions, run in rotation so that load on a shared
+    machine affects all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def mixed_texts(n: int, seed: int = 0) -> list[str]:
     """Sentences of very different lengths (3 to ~150 tokens), in a shuffled order."""
     import random

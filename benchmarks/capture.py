@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import median_time, mixed_texts  # noqa: E402
+from _common import compare, mixed_texts  # noqa: E402
 
 from reprlab import hooks  # noqa: E402
 from reprlab.capture import capture  # noqa: E402
@@ -85,9 +85,8 @@ def identical_batches(lm: LoadedModel, texts: list[str], batch: int, repeats: in
                     for i in range(n_layers):
                         saved.append(blocks[i].output.save())
 
-    times = {name: median_time(fn, repeats) for name, fn in
-             [("plain", plain), ("reprlab", ours), ("nnsight", nnsight_run),
-              ("reprlab_layer1_only", ours_early)]}
+    times = compare({"plain": plain, "reprlab": ours, "nnsight": nnsight_run,
+                     "reprlab_layer1_only": ours_early}, repeats)
     return {k: n_tok / v for k, v in times.items()}
 
 
@@ -120,8 +119,8 @@ def end_to_end(lm: LoadedModel, texts: list[str], batch: int, repeats: int) -> d
         shutil.rmtree(out, ignore_errors=True)
         capture(lm, texts, "layers.*", "last,mean", out, batch_size=batch, progress=False)
 
-    t_nn = median_time(nnsight_recipe, repeats, warmup=0)
-    t_ours = median_time(ours, repeats, warmup=0)
+    t = compare({"nnsight": nnsight_recipe, "ours": ours}, repeats, warmup=0)
+    t_nn, t_ours = t["nnsight"], t["ours"]
     shutil.rmtree(tmp, ignore_errors=True)
     return {"nnsight_recipe_s": t_nn, "reprlab_s": t_ours, "speedup": t_nn / t_ours}
 
