@@ -167,11 +167,15 @@ def test_kill_and_resume_gives_identical_store(tmp_path):
         ActivationStore.open(out)
     done_before = len(list((out / ".partial").glob("chunk-*.safetensors")))
     assert 3 <= done_before < 15
-    env["REPRLAB_CHUNK_DELAY"] = "0"
-    subprocess.run([sys.executable, str(script), str(model_dir), str(texts), str(out)],
-                   env=env, check=True)
+    from reprlab.models import load_model
+
+    again = load_model(str(model_dir))
+    rows = texts.read_text().split("\n")
+    resumed = capture(again, rows, "layers.*", "last,mean,all", out, batch_size=4, chunk_rows=8,
+                      progress=False)
+    assert not resumed.cache_hit and resumed.stats["resumed_chunks"] == done_before
     ref = tmp_path / "ref"
-    subprocess.run([sys.executable, str(script), str(model_dir), str(texts), str(ref)],
-                   env=env, check=True)
+    capture(again, rows, "layers.*", "last,mean,all", ref, batch_size=4, chunk_rows=8,
+            progress=False)
     assert _digest(out) == _digest(ref)
     assert not (out / ".partial").exists()

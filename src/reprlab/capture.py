@@ -235,6 +235,7 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
     stop = True
     delay = float(os.environ.get("REPRLAB_CHUNK_DELAY", "0") or 0)  # test aid: slow chunks down
     done = {p.name for p in partial.glob("chunk-*.safetensors")}
+    resumed = 0
     bar = tqdm(total=len(rows.texts), desc=f"capture {lm.name.split('/')[-1]}", unit="row",
                disable=not progress)
     was_training = lm.model.training
@@ -244,6 +245,7 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
             name = f"chunk-{c:05d}.safetensors"
             n_chunk = sum(len(b) for b in chunk)
             if name in done:
+                resumed += 1
                 bar.update(n_chunk)
                 continue
             tensors = _run_chunk(lm, rows, chunk, site_list, pooled_positions, "all" in pos_list,
@@ -267,7 +269,11 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
     write_json(out / MANIFEST, manifest)
     fsync_dir(out)
     shutil.rmtree(partial, ignore_errors=True)
-    return ActivationStore.open(out)
+    store = ActivationStore.open(out)
+    store.stats = {"chunks": len(plan), "resumed_chunks": resumed}
+    if resumed:
+        logger.info("resumed: %d of %d chunks were already done", resumed, len(plan))
+    return store
 
 
 def _run_chunk(lm: LoadedModel, rows: Rows, chunk: list[list[int]], sites: list[Site],

@@ -114,6 +114,7 @@ class ActivationStore:
         self._rows = rows
         self._cache: dict[str, torch.Tensor] = {}
         self.cache_hit = False
+        self.stats: dict[str, int] = {}
 
     @classmethod
     def open(cls, path: str | Path, expect_model: dict | None = None) -> ActivationStore:
