@@ -27,6 +27,7 @@ _EXPORTS = {
     "ContrastPairs": "reprlab.data",
     "PreferenceTriples": "reprlab.data",
     "RunDir": "reprlab.report",
+    "session": "reprlab.sessions",
     "ReprlabError": "reprlab.errors",
 }
 

@@ -1,0 +1,16 @@
+"""Sessions: traces that run in order on one backend (local hooks or nnsight / NDIF),
+activation patching built on them, and probe training inside one session."""
+
+from reprlab.sessions.api import (
+    NotRunError,
+    RemoteError,
+    Session,
+    SessionError,
+    ShapeError,
+    Trace,
+    Value,
+    session,
+)
+
+__all__ = ["NotRunError", "RemoteError", "Session", "SessionError", "ShapeError", "Trace",
+           "Value", "session"]
