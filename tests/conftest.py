@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine they lose a lot.
+torch.set_num_threads(1)
+
 ARCHS = ("gpt2", "llama", "qwen2", "qwen3", "gemma", "gpt_neox", "opt", "bert")
 
 

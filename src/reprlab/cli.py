@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "capture": "reprlab.capture_cli",
     "store": "reprlab.capture_cli",
     "probe": "reprlab.probes.cli",
-    "steer": "reprlab.steering_cli",
+    "steer": "reprlab.steering.cli",
     "patch": "reprlab.sessions.cli",
     "drift": "reprlab.drift.cli",
 }

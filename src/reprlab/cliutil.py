@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import shlex
 import sys
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,7 @@ def split_list(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _base_type(args[0])[0], True
     return tp, False
