@@ -122,7 +122,9 @@ def test_unwritable_out(tmp_path):
 
 _SCRIPT = """
 import sys
+import torch
 from reprlab.capture import capture
+torch.set_num_threads(1)  # as in the test process, so chunks from both are bitwise comparable
 texts = [l.rstrip("\\n") for l in open(sys.argv[2])]
 capture(sys.argv[1], texts, "layers.*", "last,mean,all", sys.argv[3], batch_size=4,
         chunk_rows=8, progress=False)

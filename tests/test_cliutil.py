@@ -46,3 +46,13 @@ def test_types_from_dataclass():
     with pytest.raises(SystemExit):
         _parse(["--count", "three"])
     assert split_list(["a,b", "c"]) == ["a", "b", "c"]
+
+
+def test_values_with_a_leading_minus_reach_their_option():
+    from reprlab.cli import join_negative_values
+
+    assert join_negative_values(["steer", "generate", "--coeffs", "-4,0,4", "--pos", "-1",
+                                 "--site", "layers.-1", "--x=-2", "--flag", "--out", "o"]) == [
+        "steer", "generate", "--coeffs=-4,0,4", "--pos=-1", "--site", "layers.-1", "--x=-2",
+        "--flag", "--out", "o"]
+    assert join_negative_values(["--coeffs", "-.5:.5:3"]) == ["--coeffs=-.5:.5:3"]

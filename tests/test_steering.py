@@ -156,7 +156,10 @@ def test_generated_scope_leaves_prompt_alone(gpt2):
 
     batch = gpt2.encode(TEXTS[:2])
     before = _logits(gpt2, batch)
-    vec = SteeringVector({"layers.1": torch.randn(32)}, {"layers.1": 1.0})
+    # the direction of one token's (tied) embedding: steering along it makes that token likely
+    target = 7
+    vec = SteeringVector({"layers.1": gpt2.model.get_input_embeddings().weight[target].detach()},
+                         {"layers.1": 1.0})
     with steer(gpt2, vec, 50.0, scope="generated"):
         assert torch.equal(_logits(gpt2, batch), before)  # a plain forward is all prompt
     rows = generate(gpt2, vec, ["I think that", "Hello"], [0.0, 50.0], max_new_tokens=6,
@@ -166,6 +169,7 @@ def test_generated_scope_leaves_prompt_alone(gpt2):
     for off, on in zip(rows[:2], rows[2:], strict=True):
         assert off["token_ids"][0] == on["token_ids"][0]
         assert off["token_ids"][1:] != on["token_ids"][1:]
+        assert on["token_ids"][1:].count(target) > off["token_ids"][1:].count(target)
     again = generate(gpt2, vec, ["I think that", "Hello"], [0.0, 50.0], max_new_tokens=6,
                      scope="generated", sample=True, seed=3)
     assert again == generate(gpt2, vec, ["I think that", "Hello"], [0.0, 50.0],

@@ -104,7 +104,8 @@ class _Positions:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         t = (ids if ids is not None else embeds).shape[1]
-        cache = kwargs.get("past_key_values")
+        # the KV cache argument is ``past_key_values`` up to transformers 5.23, ``cache`` after
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
         offset = 0
         if cache is not None and hasattr(cache, "get_seq_length"):
             offset = int(cache.get_seq_length())
