@@ -28,6 +28,8 @@ _EXPORTS = {
     "PreferenceTriples": "reprlab.data",
     "RunDir": "reprlab.report",
     "session": "reprlab.sessions",
+    "probe": "reprlab.probes",
+    "sweep": "reprlab.probes",
     "ReprlabError": "reprlab.errors",
 }
 

@@ -69,6 +69,11 @@ def readout_from_probe(probe: Any, site: str | None = None,
     """A :class:`Readout` from a probe-like object (duck-typed) or a Readout."""
     if isinstance(probe, Readout):
         return probe
+    if callable(getattr(probe, "linear_readout", None)):  # reprlab.probes.Probe
+        weight, bias = probe.linear_readout()
+        meta = getattr(probe, "meta", {}) or {}
+        return Readout(str(site or meta.get("site")), weight.detach().float(), float(bias),
+                       str(position or meta.get("position") or "last"))
     weight = None
     for key in _WEIGHT_KEYS + ("direction_",):
         cand = getattr(probe, key, None)
@@ -161,23 +166,13 @@ def load_readouts(path: str | Path) -> dict[str, Readout]:
 
 
 def _via_probe_module(p: Path) -> dict[str, Readout] | None:
-    """Use the probe workflow's own loader when it exists and recognises ``p``."""
-    try:
-        from reprlab.probes import load_probes  # type: ignore[attr-defined]
-    except ImportError:
+    """Readouts of a run directory written by ``reprlab probe`` (None for anything else)."""
+    if not ((p / "results.json").is_file() and (p / "probes").is_dir()):
         return None
-    try:
-        probes = load_probes(p)
-    except Exception as exc:  # noqa: BLE001 - fall back to the generic reader
-        logger.debug("probe loader did not read %s (%s); scanning safetensors", p, exc)
-        return None
-    out = {}
-    for site, probe in dict(probes).items():
-        try:
-            out[str(site)] = readout_from_probe(probe, site=str(site))
-        except StoreError:
-            continue
-    return out or None
+    from reprlab.probes import load_probes
+
+    return {site: readout_from_probe(probe, site=site)
+            for site, probe in load_probes(p).items()}
 
 
 def pick(readouts: Mapping[str, Readout], site: str) -> Readout:

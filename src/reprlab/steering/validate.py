@@ -171,11 +171,11 @@ def run_validation(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: A
                         seed=kwargs.get("seed", 0))
     results = validate(lm, vector, site, coeffs, report=run, **kwargs)
     run.finish(results, title=f"reprlab steering validation: {lm.name} at {results['site']}",
-               summary=_summary_line(results))
+               summary=summary_line(results))
     return results
 
 
-def _summary_line(results: Mapping[str, Any]) -> str:
+def summary_line(results: Mapping[str, Any]) -> str:
     parts = []
     for name, m in results["metrics"].items():
         parts.append(f"{name}: {m['mean'][0]:.3g} → {m['mean'][-1]:.3g} "
@@ -194,7 +194,8 @@ def _readouts_of(source: Any) -> tuple[dict[str, Readout], dict[str, Any]]:
 
             results = read_json(p / "results.json")
         return load_readouts(p), results
-    probes = getattr(source, "probes", source)
+    linear = getattr(source, "linear_probes", None)  # a reprlab.probes SweepResult
+    probes = linear() if callable(linear) else getattr(source, "probes", source)
     results = source if isinstance(source, Mapping) and "probes" not in source else {}
     if hasattr(source, "results"):
         results = dict(source.results) if isinstance(source.results, Mapping) else {}

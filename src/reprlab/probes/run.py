@@ -1,0 +1,153 @@
+"""End to end: capture a dataset once, sweep probes over the store, write the report."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reprlab.errors import ConfigError, StoreError
+from reprlab.probes.frozen import Probe
+from reprlab.probes.sweep import SweepResult, pick_linear, sweep
+
+logger = logging.getLogger(__name__)
+
+
+def _data_name(spec: Any) -> str:
+    if isinstance(spec, str):
+        base = spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "data"
+    return getattr(spec, "name", "") or "data"
+
+
+def probe(model: Any = "minilm", data: Any = "builtin:cities", *,
+          sites: str | Sequence[str] | None = None,
+          positions: str | Sequence[str] | None = None,
+          probes: str | Sequence[str] = ("logistic", "mass-mean"),
+          evals: Sequence[Any] = (), test: Any = None, out: str | Path = "runs/probe",
+          store: str | Path | None = None, split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+          folds: int | None = None, seed: int = 0, controls: bool = True, bootstrap: int = 1000,
+          options: dict[str, dict] | None = None, batch_size: int = 32, device: str = "cpu",
+          model_dtype: str = "float32", max_length: int = 512, limit: int | None = None,
+          data_kwargs: dict[str, Any] | None = None, progress: bool = True,
+          report: bool = True, validate: bool = False,
+          validate_coeffs: Any = "-8:8:9") -> SweepResult:
+    """Capture ``data`` (and ``evals`` / ``test``) with ``model`` at ``sites`` x ``positions``,
+    sweep the probe families over the store and write a run directory at ``out``.
+
+    Stores are kept under ``out/stores/`` and reused when the same request is made again;
+    ``store`` points at an existing store instead of capturing ``data``. ``sites`` defaults to
+    ``embed,layers.*`` when capturing and to every site of ``store``; ``positions`` to
+    ``last,mean`` when capturing and to every position of ``store``. Returns the
+    :class:`SweepResult` (``result.run_dir`` is the report directory).
+
+    ``validate=True`` then steers along the best linear probe's direction at its site with
+    ``validate_coeffs`` and adds the readout shift (with side effects) to the report and to
+    ``results.json["steering_validation"]``: readable is not yet used.
+    """
+    from reprlab.capture import capture
+    from reprlab.data import load_dataset
+    from reprlab.models import as_loaded
+    from reprlab.store import ActivationStore
+
+    out = Path(out)
+    if validate and store is not None:
+        raise ConfigError("--validate runs the model on the training texts; give --data "
+                          "instead of --store")
+    if validate and not report:
+        raise ConfigError("validate=True adds to the report; leave report=True")
+    kw = dict(data_kwargs or {})
+    if limit:
+        kw["limit"] = int(limit)
+    if positions is None:
+        pos = None if store is not None else ["last", "mean"]
+    else:
+        pos = list(positions.split(",")) if isinstance(positions, str) else list(positions)
+    inputs: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
+    lm = None
+
+    cap_sites: Any = sites or "embed,layers.*"
+    cap_pos: Any = pos
+
+    def grab(spec: Any, name: str, role: str) -> Any:
+        nonlocal lm
+        ds = load_dataset(spec, **kw) if isinstance(spec, str) else spec
+        loaded[role] = ds
+        if lm is None:
+            lm = as_loaded(model, device=device, dtype=model_dtype)
+            if store is not None:  # eval/test activations must come from the store's model
+                main.check_model(lm.identity())
+        st = capture(lm, ds, cap_sites, cap_pos, out / "stores" / name, batch_size=batch_size,
+                     max_length=max_length, progress=progress)
+        inputs[role] = {"name": str(spec) if isinstance(spec, str) else name,
+                        "hash": ds.hash() if callable(getattr(ds, "hash", None)) else "",
+                        "rows": len(ds.texts)}
+        return st
+
+    if store is not None:
+        main = ActivationStore.open(store)
+        inputs["data"] = {"name": f"store:{store}", "hash": main.manifest.get("data", {}).get("hash", ""),
+                          "rows": main.n_rows}
+        inputs["model"] = main.manifest.get("model", {})
+        # eval / test sets are captured at the store's sites and positions
+        cap_sites = list(sites.split(",")) if isinstance(sites, str) else (sites or main.sites)
+        cap_pos = pos or [p for p in main.positions if p != "all"]
+    else:
+        main = grab(data, "train-" + _data_name(data), "data")
+    eval_stores = {}
+    for spec in evals:
+        name = _data_name(spec)
+        eval_stores[name] = grab(spec, "eval-" + name, f"eval:{name}")
+    test_store = grab(test, "test-" + _data_name(test), "test") if test is not None else None
+    if lm is not None:
+        inputs["model"] = {**lm.identity(), "spec": model if isinstance(model, str) else lm.name}
+    result = sweep(main, sites=None if store is None else sites, positions=pos, probes=probes,
+                   split=split, test=test_store, folds=folds, evals=eval_stores, seed=seed,
+                   controls=controls, bootstrap=bootstrap, options=options, progress=progress)
+    if report:
+        from reprlab.probes.report import write_run
+
+        model_name = inputs.get("model", {}).get("name", str(model))
+        extra = None
+        if validate:
+            from reprlab.steering.validate import validate_probe_run
+
+            def extra(run: Any) -> dict[str, Any]:
+                # steer at the best linear site, read with the probe of the next probed site:
+                # a readout at the steered site itself moves linearly by construction
+                best = pick_linear(result.rows)["site"]
+                order = list(result.linear_probes())
+                i = order.index(best)
+                result.validation = validate_probe_run(
+                    result, lm, loaded["data"], validate_coeffs, site=best,
+                    readout_site=order[min(i + 1, len(order) - 1)], report=run,
+                    batch_size=batch_size, seed=seed, progress=progress)
+                return {"steering_validation": result.validation}
+
+        result.run_dir = write_run(result, out, inputs=inputs, extra=extra,
+                                   title=f"Probes: {_data_name(data)} on {model_name}")
+    return result
+
+
+def load_probes(run_dir: str | Path, position: str | None = None,
+                family: str | None = None) -> dict[str, Probe]:
+    """``{site: probe}`` saved by a probe run, for one linear family at one position (default:
+    those of the run's best linear row), e.g. to validate or steer along its directions."""
+    from reprlab.io import read_json
+
+    run = Path(run_dir)
+    if not (run / "results.json").exists() or not (run / "probes").is_dir():
+        raise StoreError(f"{run} is not a probe run (no results.json and probes/); run "
+                         "`reprlab probe --out DIR` first")
+    row = pick_linear(read_json(run / "results.json")["rows"], position, family)
+    position, family = row["position"], row["family"]
+    out = {}
+    for f in sorted((run / "probes").glob(f"*__{position.replace(':', '_')}__{family}.json")):
+        probe = Probe.load(f)
+        out[probe.meta.get("site", f.name.split("__")[0])] = probe
+    if not out:
+        raise StoreError(f"{run}/probes has no {family} probes at position {position}")
+    return out
