@@ -1,0 +1,1 @@
+"""Built-in training tasks with known phase transitions."""
