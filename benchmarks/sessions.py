@@ -7,16 +7,20 @@ session (64 texts, batch 16, 3 epochs, forward stopped after the probed layer).
 
     python benchmarks/sessions.py [--k 16] [--repeats 5]
 
-Prints the median wall time of each backend and the ratio nnsight / local.
+Prints the median wall time of each backend (the two run in rotation) and the ratio
+nnsight / local.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import compare  # noqa: E402
 
 
 def small_model():
@@ -56,16 +60,6 @@ def probe_session(lm, backend):
                                   progress=False)
 
 
-def median_time(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--k", type=int, default=16)
@@ -80,9 +74,9 @@ def main() -> None:
         (f"patch session, K={args.k} traces", lambda be: patch_session(lm, be, args.k)),
         ("probe session, 64 texts x 3 epochs", lambda be: probe_session(lm, be)),
     ):
-        local = median_time(lambda fn=fn: fn("local"), args.repeats)
-        nns = median_time(lambda fn=fn: fn("nnsight"), args.repeats)
-        rows.append((name, local, nns, nns / local))
+        t = compare({"local": lambda fn=fn: fn("local"), "nnsight": lambda fn=fn: fn("nnsight")},
+                    args.repeats)
+        rows.append((name, t["local"], t["nnsight"], t["nnsight"] / t["local"]))
     print(f"{'workload':40s} {'local s':>9s} {'nnsight s':>10s} {'ratio':>7s}")
     for name, lo, nn, ratio in rows:
         print(f"{name:40s} {lo:9.3f} {nn:10.3f} {ratio:7.2f}")

@@ -176,6 +176,60 @@ def test_validate_adds_steering_to_the_report(tiny_dir, tmp_path, capsys):
                        .params["weight"])
 
 
+def test_probe_trained_inside_a_session_same_on_both_backends(tiny_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    from safetensors.torch import load_file
+
+    from reprlab.probes import load_probes
+
+    data = _write_csv(tmp_path / "s.csv", 120, 0)
+    runs = {}
+    for backend in ("local", "nnsight"):
+        out = tmp_path / backend
+        rc = main(["probe", "--backend", backend, "--model", str(tiny_dir), "--data", str(data),
+                   "--sites", "layers.1", "--positions", "mean", "--epochs", "20", "--lr", "2",
+                   "--batch-size", "16", "--bootstrap", "100", "--out", str(out),
+                   "--no-progress"])
+        printed = capsys.readouterr().out
+        assert rc == 0 and f"{backend} session(s)" in printed and "report:" in printed
+        runs[backend] = json.loads((out / "results.json").read_text())
+    a, b = runs["local"], runs["nnsight"]
+    assert a["rows"] == b["rows"]
+    assert a["training"]["loss_per_epoch"] == b["training"]["loss_per_epoch"]
+    losses = a["training"]["loss_per_epoch"]
+    assert losses[-1] < 0.6 * losses[0]  # it learns
+    row = a["rows"][0]
+    assert row["n_train"] + row["n_test"] == 120 and row["test_acc"] > 0.75
+    wa = load_file(str(tmp_path / "local" / "probes" / "layers.1__mean__logistic.safetensors"))
+    wb = load_file(str(tmp_path / "nnsight" / "probes" / "layers.1__mean__logistic.safetensors"))
+    assert all(torch_equal(wa[k], wb[k]) for k in wa)
+    # the run reads like any probe run: apply and steering find the probe
+    assert list(load_probes(tmp_path / "nnsight")) == ["layers.1"]
+    rc = main(["probe", "apply", str(tmp_path / "nnsight"), "--text", "What a lovely walk it was."])
+    assert rc == 0 and "positive=" in capsys.readouterr().out
+
+    # NDIF without a key: one clear line, nothing that looks finished
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr("nnsight.CONFIG.API.APIKEY", None, raising=False)
+    out = tmp_path / "remote"
+    rc = main(["probe", "--backend", "nnsight", "--remote", "--model", str(tiny_dir), "--data",
+               str(data), "--sites", "layers.1", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: no NDIF API key")
+    assert not (out / "results.json").exists()
+    for bad, msg in ((["--sites", "layers.*"], "one --sites"),
+                     (["--sites", "layers.1", "--remote"], "--remote needs --backend nnsight"),
+                     (["--sites", "layers.1", "--validate"], "--validate")):
+        rc = main(["probe", "--backend", "local", "--data", str(data), *bad])
+        assert rc == 2 and msg in capsys.readouterr().err
+
+
+def torch_equal(x, y):
+    import torch
+
+    return torch.equal(x, y)
+
+
 def test_example_runs(tmp_path, capsys):
     mod = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "probe_api.py"))
     res = mod["main"](str(tmp_path / "ex"), rows=160)

@@ -24,6 +24,8 @@ class ProbeCommand:
           --positions last,mean --probes logistic,mass-mean,mlp --eval builtin:puns-heldout \\
           --out runs/puns
       reprlab probe apply runs/puns --site layers.12 --position last --probe logistic --text "..."
+      reprlab probe --backend nnsight --remote --model meta-llama/Llama-3.1-70B \\
+          --data puns.csv --sites layers.40 --positions last --epochs 5
     """
 
     model: str = opt("minilm", help="model alias, local path or hub name")
@@ -54,6 +56,15 @@ class ProbeCommand:
     limit: int = opt(0, help="use only the first N rows of each dataset (0 = all)")
     text_col: str = opt("text", help="text column of a file dataset")
     label_col: str = opt("label", help="label column of a file dataset")
+    backend: str = opt("store", help="store: capture once, sweep every layer here (default); "
+                       "local or nnsight: train one logistic probe at one site inside a session "
+                       "where the model runs")
+    remote: bool = opt(False, help="with --backend nnsight: run the session on NDIF (needs "
+                       "NDIF_API_KEY); only the probe weights and losses come back")
+    epochs: int = opt(5, help="training epochs of a session-trained probe")
+    lr: float = opt(1e-2, help="AdamW learning rate of a session-trained probe")
+    session_mode: str = opt("session", help="session: the whole loop in one session; steps: "
+                            "one session per batch, optimizer step here")
     validate: bool = opt(False, help="steer along the best linear probe's direction and add the "
                          "readout shift and side effects to the report")
     validate_coeffs: str = opt("-8:8:9", help="steering coefficients for --validate: "
@@ -77,6 +88,18 @@ class ProbeCommand:
         require(self.mlp_width >= 1, f"--mlp-width must be at least 1, got {self.mlp_width}")
         require(self.mlp_epochs >= 1, f"--mlp-epochs must be at least 1, got {self.mlp_epochs}")
         require(self.limit >= 0, f"--limit must be 0 or more, got {self.limit}")
+        require(self.backend in ("store", "local", "nnsight"),
+                f"unknown --backend {self.backend!r}; use store, local or nnsight")
+        require(not self.remote or self.backend == "nnsight", "--remote needs --backend nnsight")
+        if self.backend != "store":
+            require(bool(self.sites) and "*" not in self.sites and "," not in self.sites
+                    and ":" not in self.sites,
+                    f"--backend {self.backend} trains one probe: give one --sites, e.g. layers.12")
+            require(len(self.positions) <= 1, "--backend local/nnsight takes one --positions")
+            require(not self.store and not self.validate and not self.eval and not self.test,
+                    f"--store, --validate, --eval and --test work with --backend store, not "
+                    f"{self.backend}")
+            require(self.epochs >= 1 and self.lr > 0, "--epochs must be >= 1 and --lr > 0")
         if self.validate:
             from reprlab.steering.operators import parse_coeffs
 
@@ -84,6 +107,8 @@ class ProbeCommand:
 
 
 def run_probe(cfg: ProbeCommand) -> int:
+    if cfg.backend != "store":
+        return _run_in_session(cfg)
     from reprlab.probes.report import console_table
     from reprlab.probes.run import probe
 
@@ -109,6 +134,30 @@ def run_probe(cfg: ProbeCommand) -> int:
         print(f"steering along the best linear probe at {v['site']}, read at "
               f"{v['readout_site']}: {summary_line(v)}")
     print(f"report: {Path(result.run_dir) / 'report.html'}")
+    return 0
+
+
+def _run_in_session(cfg: ProbeCommand) -> int:
+    import sys
+
+    from reprlab.probes.session_run import probe_in_session
+
+    position: str | int = cfg.positions[0] if cfg.positions else "last"
+    if isinstance(position, str) and position.lstrip("-").isdigit():
+        position = int(position)
+    train, _, test = cfg.split
+    res = probe_in_session(cfg.model, cfg.data, site=cfg.sites, position=position,
+                           backend=cfg.backend, remote=cfg.remote, mode=cfg.session_mode,
+                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                           split=(train, test), seed=cfg.seed, bootstrap=cfg.bootstrap,
+                           out=cfg.out, limit=cfg.limit or None,
+                           data_kwargs={"text_col": cfg.text_col, "label_col": cfg.label_col},
+                           progress=not cfg.no_progress,
+                           on_log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(res["summary"])
+    losses = ", ".join(f"{v:.4f}" for v in res["training"]["loss_per_epoch"])
+    print(f"training loss per epoch: {losses}")
+    print(f"report: {Path(res['run_dir']) / 'report.html'}")
     return 0
 
 

@@ -10,7 +10,8 @@ from reprlab.sessions.api import (
     Trace,
     Value,
     session,
+    session_model,
 )
 
 __all__ = ["NotRunError", "RemoteError", "Session", "SessionError", "ShapeError", "Trace",
-           "Value", "session"]
+           "Value", "session", "session_model"]

@@ -516,6 +516,21 @@ def encode(lm: Any, prompts: Any) -> dict:
     return dict(lm.encode(prompts, padding_side="left" if lm.is_causal else None))
 
 
+def session_model(model: Any, remote: bool = False, **load_options: Any) -> Any:
+    """The model a session runs on. For NDIF (``remote=True``) a hub name becomes a local
+    skeleton without weights (config and tokenizer only): the weights stay on the server,
+    which matters for a 70B model. Local paths and loaded models are used as they are."""
+    from pathlib import Path
+
+    from reprlab.models import as_loaded
+
+    if remote and isinstance(model, str) and not Path(model).exists():
+        from reprlab.sessions.nnsight_backend import remote_model
+
+        return remote_model(model)
+    return as_loaded(model, **load_options)
+
+
 def session(*models: Any, backend: str = "local", remote: bool = False,
             on_log: Callable[[str], Any] | None = None, progress: bool = True,
             **options: Any) -> Session:

@@ -71,18 +71,9 @@ class SweepConfig:
 
 
 def _load(name: str, cfg: Any) -> Any:
-    from reprlab.models import load_model
+    from reprlab.sessions import session_model
 
-    if cfg.remote:
-        from reprlab.errors import ModelError
-
-        try:
-            return load_model(name, dtype=cfg.dtype, device=cfg.device)
-        except ModelError:
-            from reprlab.sessions.nnsight_backend import remote_model
-
-            return remote_model(name)
-    return load_model(name, dtype=cfg.dtype, device=cfg.device)
+    return session_model(name, cfg.remote, dtype=cfg.dtype, device=cfg.device)
 
 
 def _say(message: str) -> None:
