@@ -6,7 +6,7 @@
 (b) end to end, dataset with mixed lengths -> pooled rows on disk: `reprlab.capture` vs the
     usual nnsight recipe (batches in dataset order, trace + save, pool, concatenate, write).
 
-    python benchmarks/capture.py [--rows 1024] [--repeats 5]
+    python benchmarks/capture.py [--rows 1024] [--repeats 5] [--models minilm] [--parts a]
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", default="minilm,gpt2-small-random")
+    ap.add_argument("--parts", default="a,b", help="a: identical batches; b: end to end")
     args = ap.parse_args()
     torch.manual_seed(0)
     import warnings
@@ -143,21 +144,22 @@ def main() -> None:
         lm = load_model("minilm") if name == "minilm" else gpt2_small_random()
         texts = short[: args.batches * args.batch_size]
         t0 = time.perf_counter()
-        a = identical_batches(lm, texts, args.batch_size, args.repeats)
-        print(f"\n== {name}: (a) identical batches, all {lm.arch.n_layers} block outputs, "
-              f"median of {args.repeats} ==")
-        for k, v in a.items():
-            print(f"  {k:<22} {v:>10.0f} tokens/s")
-        print(f"  reprlab / plain      {a['reprlab'] / a['plain']:.3f}x")
-        print(f"  reprlab / nnsight    {a['reprlab'] / a['nnsight']:.3f}x")
-        print(f"  layer-1-only / plain {a['reprlab_layer1_only'] / a['plain']:.3f}x")
-        mixed = mixed_texts(args.rows)
-        b = end_to_end(lm, mixed, args.batch_size, max(1, args.repeats // 2))
-        print(f"== {name}: (b) end to end, {args.rows} mixed-length rows -> last+mean of every "
-              f"block on disk ==")
-        print(f"  nnsight recipe {b['nnsight_recipe_s']:.2f}s  reprlab {b['reprlab_s']:.2f}s  "
-              f"speedup {b['speedup']:.2f}x   ({time.perf_counter() - t0:.0f}s total)")
-
+        if "a" in args.parts:
+            a = identical_batches(lm, texts, args.batch_size, args.repeats)
+            print(f"\n== {name}: (a) identical batches, all {lm.arch.n_layers} block outputs, "
+                  f"median of {args.repeats} ==")
+            for k, v in a.items():
+                print(f"  {k:<22} {v:>10.0f} tokens/s")
+            print(f"  reprlab / plain      {a['reprlab'] / a['plain']:.3f}x")
+            print(f"  reprlab / nnsight    {a['reprlab'] / a['nnsight']:.3f}x")
+            print(f"  layer-1-only / plain {a['reprlab_layer1_only'] / a['plain']:.3f}x")
+        if "b" in args.parts:
+            mixed = mixed_texts(args.rows)
+            b = end_to_end(lm, mixed, args.batch_size, max(1, args.repeats // 2))
+            print(f"== {name}: (b) end to end, {args.rows} mixed-length rows -> last+mean of "
+                  "every block on disk ==")
+            print(f"  nnsight recipe {b['nnsight_recipe_s']:.2f}s  reprlab {b['reprlab_s']:.2f}s  "
+                  f"speedup {b['speedup']:.2f}x   ({time.perf_counter() - t0:.0f}s total)")
 
 if __name__ == "__main__":
     main()
