@@ -90,7 +90,13 @@ def plot_accuracy(result: SweepResult, title: str = "") -> Any:
         ax.set_xlabel("site")
         ax.set_title(f"position: {pos}")
     axes[0][0].set_ylabel("test accuracy (95% CI)")
-    axes[0][-1].legend(loc="lower right", fontsize=7.5)
+    # one legend under the panels (inside, it would cover the control lines near chance)
+    seen: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), loc="upper center", fontsize=7.5, frameon=False,
+               ncol=min(len(seen), 6), bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
