@@ -11,7 +11,6 @@ tensor per site, e.g. ``{"layers.3": [d]}`` or ``{"layers.3.direction": [d],
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,6 @@ from typing import Any
 import torch
 
 from reprlab.errors import SiteError, StoreError
-
-logger = logging.getLogger(__name__)
 
 _WEIGHT_KEYS = ("direction", "weight", "coef", "w")
 _BIAS_KEYS = ("bias", "intercept", "b")
