@@ -140,6 +140,11 @@ def test_batched_equals_one_by_one():
     for i in range(4):
         one = rot.sinkhorn(x[i], y[i], rel_eps=0.1, tol=1e-6)
         assert float(one.cost) == pytest.approx(float(batch.cost[i]), rel=1e-5)
+    # chunked iteration (how a CPU runs large pairs) gives the same pairs in the same order
+    for chunk in (1, 3):
+        part = rot.sinkhorn(x, y, rel_eps=0.1, tol=1e-6, chunk=chunk)
+        torch.testing.assert_close(part.cost, batch.cost, rtol=1e-5, atol=0)
+        assert torch.equal(part.converged, batch.converged) and part.f.shape == batch.f.shape
 
 
 def test_squared_euclidean_ot_is_not_rotation_invariant_but_shared_basis_is_faithful():
