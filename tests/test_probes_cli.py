@@ -175,6 +175,17 @@ def test_validate_adds_steering_to_the_report(tiny_dir, tmp_path, capsys):
                        load_probes(out, position="mean", family="logistic")["layers.1"]
                        .params["weight"])
 
+    # the steering CLI reads the same run: its dataset from the manifest, and by default the
+    # probe of the next probed site as the readout
+    capsys.readouterr()
+    rc = main(["steer", "validate", "--model", str(tiny_dir), "--from-probe", str(out),
+               "--site", "layers.0", "--coeffs", "-1,0,1", "--out", str(tmp_path / "sv"),
+               "--no-side-effects", "--no-progress"])
+    assert rc == 0 and "read by the probe at layers.1" in capsys.readouterr().out
+    sv = json.loads((tmp_path / "sv" / "results.json").read_text())
+    assert sv["site"] == "layers.0" and sv["readout_site"] == "layers.1"
+    assert sv["metrics"]["readout_shift"]["mean"][1] == 0.0
+
 
 def test_probe_trained_inside_a_session_same_on_both_backends(tiny_dir, tmp_path, capsys,
                                                                monkeypatch):

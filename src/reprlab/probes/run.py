@@ -142,12 +142,14 @@ def load_probes(run_dir: str | Path, position: str | None = None,
     if not (run / "results.json").exists() or not (run / "probes").is_dir():
         raise StoreError(f"{run} is not a probe run (no results.json and probes/); run "
                          "`reprlab probe --out DIR` first")
-    row = pick_linear(read_json(run / "results.json")["rows"], position, family)
+    rows = read_json(run / "results.json")["rows"]
+    row = pick_linear(rows, position, family)
     position, family = row["position"], row["family"]
     out = {}
-    for f in sorted((run / "probes").glob(f"*__{position.replace(':', '_')}__{family}.json")):
-        probe = Probe.load(f)
-        out[probe.meta.get("site", f.name.split("__")[0])] = probe
+    for r in rows:  # in the run's site order (embed, layers.0, ..., layers.10, ...)
+        stem = run / "probes" / f"{r['site']}__{position.replace(':', '_')}__{family}"
+        if (r["position"], r["family"]) == (position, family) and Path(f"{stem}.json").exists():
+            out[r["site"]] = Probe.load(stem)
     if not out:
         raise StoreError(f"{run}/probes has no {family} probes at position {position}")
     return out

@@ -186,7 +186,8 @@ class ValidateCmd:
     readout: str | None = opt(None, help="probe run/safetensors whose probe scores the texts "
                                          "(default: --from-probe)")
     readout_site: str | None = opt(None, help="site of the readout probe (same or later "
-                                              "layer; default: --site)")
+                                              "layer; default: the next probed site after "
+                                              "--site, else --site)")
     coeffs: str = opt("-8:8:9", help="coefficients: list -4,0,4 or start:stop:count -8:8:9")
     data: str | None = opt(None, help="texts for the readout (labeled dataset spec; default: "
                                       "the probe run's dataset)")
@@ -230,12 +231,24 @@ def _probe_data_spec(run_dir: str) -> str | None:
     for section in (man.get("inputs") or {}, man.get("config") or {}):
         for key in ("data", "dataset", "data_spec"):
             v = section.get(key)
-            if isinstance(v, dict) and v.get("spec"):
-                return str(v["spec"])
+            if isinstance(v, dict):
+                # reprlab probe records {"name": spec, "hash", "rows"}; a store has no texts
+                spec = v.get("spec") or v.get("name")
+                if isinstance(spec, str) and spec and not spec.startswith("store:"):
+                    return spec
+                continue
             if isinstance(v, str):
                 return v
     return None
 
+
+
+def _next_site(readouts: dict, site: str) -> str:
+    """The probed site after ``site``: read there, since a readout at the steered site itself
+    moves linearly with the coefficient by construction."""
+    order = list(readouts)
+    i = order.index(site) if site in order else -1
+    return order[i + 1] if 0 <= i < len(order) - 1 else site
 
 
 def run_validate(cfg: ValidateCmd) -> int:
@@ -268,7 +281,7 @@ def run_validate(cfg: ValidateCmd) -> int:
     readout = None
     texts = None
     if readouts is not None:
-        readout = pick(readouts, cfg.readout_site or site_obj.name)
+        readout = pick(readouts, cfg.readout_site or _next_site(readouts, site_obj.name))
         spec = cfg.data or (_probe_data_spec(cfg.from_probe) if cfg.from_probe else None)
         if spec is None:
             raise ConfigError("readout shift needs texts: pass --data (the probe's dataset)")
@@ -290,7 +303,8 @@ def run_validate(cfg: ValidateCmd) -> int:
         preserve_norm=cfg.preserve_norm, batch_size=cfg.batch_size, seed=cfg.seed,
         progress=not cfg.no_progress, allow_other_model=cfg.allow_other_model)
     coeffs = results["coeffs"]
-    print(f"steering {lm.name} at {results['site']} ({cfg.op}, {cfg.unit}); "
+    read = f", read by the probe at {readout.site}" if readout is not None else ""
+    print(f"steering {lm.name} at {results['site']} ({cfg.op}, {cfg.unit}){read}; "
           f"means over examples (95% intervals in results.json and the report)")
     print(f"{'metric':<20}" + "".join(f" {c:>10g}" for c in coeffs) + f" {'spearman':>9}")
     for name, m in results["metrics"].items():
