@@ -60,6 +60,27 @@ def test_planted_direction_recovered_and_controls_near_chance():
     assert cos(res.best["direction"], u) > 0.95
 
 
+def test_several_controls_are_averaged_and_the_first_is_the_single_one():
+    store, _, _ = planted(n=400, d=16, strength=(0.0, 1.0, 3.0))
+    one = sweep(store, probes=["logistic", "mass-mean"], progress=False, bootstrap=0)
+    many = sweep(store, probes=["logistic", "mass-mean"], progress=False, bootstrap=0,
+                 controls=4)
+    assert many.config["controls"] == 4 and one.config["controls"] == 1
+    for a, b in zip(one.rows, many.rows, strict=True):
+        each = b["control_acc_each"]
+        assert len(each) == 4 and a["control_acc_each"] is None
+        # the task fit is unchanged; the first permutation is the one a single control uses
+        assert b["test_acc"] == a["test_acc"]
+        assert each[0] == pytest.approx(a["control_acc"], abs=1e-6)
+        assert b["control_acc"] == pytest.approx(sum(each) / 4, abs=1e-6)
+        assert b["selectivity"] == pytest.approx(b["test_acc"] - b["control_acc"], abs=1e-6)
+        assert len(set(each)) > 1  # different permutations, different controls
+    none = sweep(store, probes=["mass-mean"], progress=False, bootstrap=0, controls=0)
+    assert all(r["control_acc"] is None and r["selectivity"] is None for r in none.rows)
+    with pytest.raises(ReprlabError, match="controls"):
+        sweep(store, probes=["mass-mean"], progress=False, controls=-1)
+
+
 @pytest.mark.parametrize("C", [0.05, 1.0])
 def test_logistic_matches_sklearn_at_same_regularisation(C):
     g = torch.Generator().manual_seed(1)

@@ -47,6 +47,8 @@ class ProbeCommand:
     mlp_width: int = opt(64, help="hidden width of MLP probes")
     mlp_weight_decay: float = opt(1e-2, help="AdamW weight decay of MLP probes")
     mlp_epochs: int = opt(300, help="maximum epochs of MLP probes (early stopping on validation)")
+    controls: int = opt(1, help="random-label control permutations per layer; several "
+                        "average out the luck of one (the mean is reported)")
     no_controls: bool = opt(False, help="skip the random-label control probes")
     bootstrap: int = opt(1000, help="bootstrap resamples for 95%% intervals (0: none)")
     batch_size: int = opt(32, help="rows per forward pass while capturing")
@@ -83,6 +85,7 @@ class ProbeCommand:
                 f"--split needs three positive fractions like 0.6,0.2,0.2, got {self.split}")
         self.split = list(fr)
         require(self.folds == 0 or self.folds >= 2, f"--folds must be 0 or at least 2, got {self.folds}")
+        require(self.controls >= 0, f"--controls must be 0 or more, got {self.controls}")
         require(self.bootstrap >= 0, f"--bootstrap must be 0 or more, got {self.bootstrap}")
         require(self.l2 is None or self.l2 > 0, f"--l2 must be positive, got {self.l2}")
         require(self.mlp_width >= 1, f"--mlp-width must be at least 1, got {self.mlp_width}")
@@ -119,7 +122,8 @@ def run_probe(cfg: ProbeCommand) -> int:
     result = probe(cfg.model, cfg.data, sites=cfg.sites or None, positions=cfg.positions or None,
                    probes=cfg.probes, evals=cfg.eval, test=cfg.test or None, out=cfg.out,
                    store=cfg.store or None, split=tuple(cfg.split), folds=cfg.folds or None,
-                   seed=cfg.seed, controls=not cfg.no_controls, bootstrap=cfg.bootstrap,
+                   seed=cfg.seed, controls=0 if cfg.no_controls else cfg.controls,
+                   bootstrap=cfg.bootstrap,
                    options=options, batch_size=cfg.batch_size, device=cfg.device,
                    model_dtype=cfg.model_dtype, max_length=cfg.max_length,
                    limit=cfg.limit or None,

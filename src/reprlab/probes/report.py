@@ -167,7 +167,8 @@ def plot_directions(result: SweepResult) -> Any:
 def _csv_rows(result: SweepResult) -> list[dict[str, Any]]:
     out = []
     for r in result.rows:
-        row = {k: v for k, v in r.items() if k != "hyper"}
+        row = {k: (";".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v)
+               for k, v in r.items() if k != "hyper"}
         for hk, hv in (r.get("hyper") or {}).items():
             row[f"hyper_{hk}"] = hv
         out.append(row)
@@ -197,9 +198,11 @@ def write_run(result: SweepResult, out: str | Path, *, inputs: dict[str, Any] | 
                f"{best['test_acc']:.3f}{ci}; control {_f(best['row']['control_acc'])}, "
                f"selectivity {_f(best['row']['selectivity'], '{:+.3f}')}, majority baseline "
                f"{best['row']['majority_acc']:.3f}.")
+    n_ctl = int(result.config.get("controls") or 0)
+    ctl = (f"mean of {n_ctl} random-label controls" if n_ctl > 1 else "random-label control")
     run.figure(plot_accuracy(result, title), "accuracy.png", title="Accuracy by layer",
-               caption="Test accuracy with 95% bootstrap intervals; dashed: random-label control "
-                       "(same family and budget); dotted: chance; star: best site.")
+               caption=f"Test accuracy with 95% bootstrap intervals; dashed: {ctl} (same "
+                       "family and budget); dotted: chance; star: best site.")
     run.table("Per-layer results", table_rows,
               note="selectivity = test accuracy - control accuracy (Hewitt & Liang 2019); "
                    "cosine between the probe's raw-space direction and the difference of class "

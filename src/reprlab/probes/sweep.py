@@ -201,7 +201,8 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
           probes: str | list[str] = ("logistic", "mass-mean"),
           split: tuple[float, float, float] = (0.6, 0.2, 0.2), test: Any = None,
           folds: int | None = None, evals: dict[str, Any] | None = None, seed: int = 0,
-          controls: bool = True, bootstrap: int = 1000, options: dict[str, dict] | None = None,
+          controls: bool | int = True, bootstrap: int = 1000,
+          options: dict[str, dict] | None = None,
           dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
           progress: bool = True) -> SweepResult:
     """Train probes of every family at every site x position of ``store``.
@@ -212,6 +213,8 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
     ``store`` by the first two fractions). ``folds``: k-fold cross-validation (default for
     stores of at most 100 rows). ``evals``: name -> store scored by every probe (OOD sets).
     ``options``: per-family options, e.g. ``{"logistic": {"l2": 1e-2}, "mlp": {"width": 32}}``.
+    ``controls``: random-label control permutations per layer (``True`` = 1, ``False`` = 0);
+    with several, ``control_acc`` is their mean and ``control_acc_each`` lists them.
     Deterministic for a given ``seed``.
     """
     names = probes.split(",") if isinstance(probes, str) else [q for p in probes for q in p.split(",")]
@@ -248,12 +251,15 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
         fl = kfold_rows(y_all, folds, groups, seed)
         plan = [(torch.cat([fl[j] for j in range(folds) if j not in (i, (i + 1) % folds)]).sort().values,
                  fl[(i + 1) % folds], fl[i]) for i in range(folds)]
-    n_controls = 1 if controls else 0
+    n_controls = int(controls)  # True -> one permutation
+    if n_controls < 0:
+        raise ConfigError(f"controls must be 0 or more permutations, got {controls}")
+    controls = n_controls > 0
     Yctl = permuted_labels(y_all, groups, seed, n_controls) if controls else y_all.new_zeros(0, N)
     Y = torch.cat([y_all[None], Yctl]).to(device)
     config = {"sites": site_list, "positions": pos_list, "families": families, "mode": mode,
               "split": list(split), "folds": folds if mode == "cv" else None, "seed": seed,
-              "controls": controls, "bootstrap": bootstrap, "classes": classes,
+              "controls": n_controls, "bootstrap": bootstrap, "classes": classes,
               "n_rows": N, "options": options, "dtype": str(dt).replace("torch.", ""),
               "evals": sorted(evals or {})}
     rows: list[dict[str, Any]] = []
@@ -295,7 +301,9 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
         for fam in families:
             pt = torch.cat([f.fits[fam]["probs_test"] for _, f in fits], 2)  # [L, P, m, K]
             task = M.score(pt[:, 0], y_te, resamples=bootstrap, seed=seed)
-            ctl_acc = M.accuracy(pt[:, 1], Yfull[1, te_all]) if controls else None
+            # each control permutation is scored on its own permuted test labels
+            ctl_each = M.accuracy(pt[:, 1:], Yfull[1:, te_all]) if controls else None  # [L, C]
+            ctl_acc = ctl_each.mean(1) if controls else None
             fit0 = first.fits[fam]
             tr_acc = M.accuracy(fit0["probs_train"], Yfull[:, tr0])  # [L, P]
             va_acc = M.accuracy(fit0["probs_val"][:, 0], Yfull[0, va0])
@@ -322,7 +330,10 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
                        "test_log_loss_hi": _num(task["log_loss"]["hi"][li]),
                        "train_acc": float(tr_acc[li, 0]), "val_acc": float(va_acc[li]),
                        "control_acc": float(ctl_acc[li]) if controls else None,
-                       "control_train_acc": float(tr_acc[li, 1]) if controls else None,
+                       "control_train_acc": (float(tr_acc[li, 1:].mean()) if controls
+                                             else None),
+                       "control_acc_each": ([float(v) for v in ctl_each[li]]
+                                            if n_controls > 1 else None),
                        "selectivity": (_num(task["accuracy"]["value"][li] - ctl_acc[li])
                                        if controls else None),
                        "majority_acc": majority, "chance": 1.0 / K,
