@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,6 +80,18 @@ def make_tiny(arch: str = "gpt2", hidden: int = 32, layers: int = 3, seed: int =
 
     tok = copy.deepcopy(bundled_tokenizer())
     return LoadedModel.from_hf(model, tok, name=f"tiny-{arch}")
+
+
+def save_lm(lm, path) -> Path:
+    """Write ``lm``'s model and tokenizer to ``path`` (a directory ``load_model`` reads)."""
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny(path, arch: str = "gpt2", **kwargs) -> Path:
+    """A tiny random model (see :func:`make_tiny`) saved to ``path``; returns the path."""
+    return save_lm(make_tiny(arch, **kwargs), path)
 
 
 @pytest.fixture(params=ARCHS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEXTS, make_tiny
+from conftest import TEXTS, make_tiny, save_tiny
 
 from reprlab.capture import capture
 from reprlab.errors import SiteError, StoreError
@@ -142,10 +142,7 @@ def _digest(path: Path) -> dict:
 
 
 def test_kill_and_resume_gives_identical_store(tmp_path):
-    lm = make_tiny("gpt2")
-    model_dir = tmp_path / "model"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny(tmp_path / "model")
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(MANY * 2))
     script = tmp_path / "cap.py"

@@ -3,18 +3,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_tiny
+from conftest import save_tiny
 
 from reprlab.cli import main
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    lm = make_tiny("gpt2")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+    return save_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def test_capture_and_store_info_end_to_end(tmp_path, tiny_dir, capsys):

@@ -6,16 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import make_tiny, save_lm, save_tiny
 
 from reprlab.cli import main
 
 
 def test_layers_cli_end_to_end(tmp_path):
-    lm = make_tiny("gpt2")
-    mdir = tmp_path / "tiny"
-    lm.model.save_pretrained(mdir)
-    lm.tokenizer.save_pretrained(mdir)
+    mdir = save_tiny(tmp_path / "tiny")
     out = tmp_path / "run"
     rc = main(["drift", "layers", "--model", str(mdir), "--data", "builtin:cities",
                "--limit", "40", "--points", "200", "--out", str(out), "--no-progress",
@@ -38,10 +35,7 @@ def test_layers_cli_end_to_end(tmp_path):
 
 
 def test_layers_refuses_too_few_points(tmp_path, capsys):
-    lm = make_tiny("gpt2")
-    mdir = tmp_path / "tiny"
-    lm.model.save_pretrained(mdir)
-    lm.tokenizer.save_pretrained(mdir)
+    mdir = save_tiny(tmp_path / "tiny")
     rc = main(["drift", "layers", "--model", str(mdir), "--data", "builtin:cities",
                "--limit", "5", "--position", "last", "--points", "50",
                "--out", str(tmp_path / "r"), "--no-progress"])
@@ -56,8 +50,7 @@ def _save_ckpts(tmp_path, steps=(0, 50, 100), hidden=32):
         with torch.no_grad():
             for p in base.model.parameters():
                 p.add_(0.05 * k * torch.randn_like(p))
-        base.model.save_pretrained(d)
-        base.tokenizer.save_pretrained(d)
+        save_lm(base, d)
     return tmp_path / "ckpts"
 
 
@@ -143,10 +136,7 @@ def test_grokking_resume_matches_uninterrupted(tmp_path):
 
 
 def test_train_lm_cli_and_resume(tmp_path):
-    lm = make_tiny("gpt2")
-    mdir = tmp_path / "tiny"
-    lm.model.save_pretrained(mdir)
-    lm.tokenizer.save_pretrained(mdir)
+    mdir = save_tiny(tmp_path / "tiny")
     data = tmp_path / "train.jsonl"
     rows = [{"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(48)]
     data.write_text("\n".join(json.dumps(r) for r in rows))

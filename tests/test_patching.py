@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import make_tiny, save_tiny
 
 from reprlab.cli import main
 from reprlab.errors import ConfigError
@@ -84,11 +84,7 @@ def test_patch_topk_before_after():
 
 @pytest.fixture
 def saved_model(tmp_path):
-    lm = make_tiny("gpt2")
-    path = tmp_path / "tiny-gpt2"
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_tiny(tmp_path / "tiny-gpt2"))
 
 
 def test_cli_patch_and_sweep(saved_model, tmp_path, capsys):

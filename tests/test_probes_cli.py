@@ -12,7 +12,7 @@ import runpy
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny
+from conftest import save_tiny
 
 from reprlab.cli import main
 
@@ -35,11 +35,7 @@ def _write_csv(path: Path, n: int, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-gpt2")
-    lm = make_tiny("gpt2", hidden=32, layers=2)
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+    return save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), hidden=32, layers=2)
 
 
 def test_cli_end_to_end_tiny(tiny_dir, tmp_path, capsys):
@@ -165,7 +161,7 @@ def test_validate_adds_steering_to_the_report(tiny_dir, tmp_path, capsys):
     assert {p.family for p in probes.values()} == {"logistic"}
     w, _ = probes["layers.1"].linear_readout()
     lm = load_model(str(tiny_dir))
-    texts = [r[0] for r in __import__("csv").reader(data.open())][1:20]
+    texts = [r[0] for r in csv.reader(data.open())][1:20]
     same = validate_probe_run(out, lm, texts, "-2:2:3", site="layers.1", side_effects=False,
                               progress=False)
     shift = same["metrics"]["readout_shift"]["mean"]
@@ -189,6 +185,7 @@ def test_validate_adds_steering_to_the_report(tiny_dir, tmp_path, capsys):
 
 def test_probe_trained_inside_a_session_same_on_both_backends(tiny_dir, tmp_path, capsys,
                                                                monkeypatch):
+    import torch
     from safetensors.torch import load_file
 
     from reprlab.probes import load_probes
@@ -213,7 +210,7 @@ def test_probe_trained_inside_a_session_same_on_both_backends(tiny_dir, tmp_path
     assert row["n_train"] + row["n_test"] == 120 and row["test_acc"] > 0.75
     wa = load_file(str(tmp_path / "local" / "probes" / "layers.1__mean__logistic.safetensors"))
     wb = load_file(str(tmp_path / "nnsight" / "probes" / "layers.1__mean__logistic.safetensors"))
-    assert all(torch_equal(wa[k], wb[k]) for k in wa)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the run reads like any probe run: apply and steering find the probe
     assert list(load_probes(tmp_path / "nnsight")) == ["layers.1"]
     rc = main(["probe", "apply", str(tmp_path / "nnsight"), "--text", "What a lovely walk it was."])
@@ -233,12 +230,6 @@ def test_probe_trained_inside_a_session_same_on_both_backends(tiny_dir, tmp_path
                      (["--sites", "layers.1", "--validate"], "--validate")):
         rc = main(["probe", "--backend", "local", "--data", str(data), *bad])
         assert rc == 2 and msg in capsys.readouterr().err
-
-
-def torch_equal(x, y):
-    import torch
-
-    return torch.equal(x, y)
 
 
 def test_example_runs(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_tiny
+from conftest import make_tiny, save_tiny
 
 from reprlab.cli import main
 
@@ -20,9 +20,7 @@ PAIRS = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("steer_cli")
-    lm = make_tiny("gpt2")
-    lm.model.save_pretrained(root / "tiny")
-    lm.tokenizer.save_pretrained(root / "tiny")
+    save_tiny(root / "tiny")
     pairs = root / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
     return root

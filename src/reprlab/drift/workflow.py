@@ -53,6 +53,10 @@ class _Common:
     seed: int = opt(0, help="sampling seed")
     progress: bool = opt(True, help="progress bars")
 
+    def __post_init__(self) -> None:
+        self.measures = split_list(self.measures)
+        _check_common(self)
+
 
 @dataclass
 class LayersConfig(_Common):
@@ -68,10 +72,6 @@ class LayersConfig(_Common):
     limit: int = opt(0, help="use only the first N rows of the data (0 = all)")
     batch_size: int = opt(32, help="capture batch size")
     device: str = opt("cpu", help="device for capture and maths")
-
-    def __post_init__(self) -> None:
-        self.measures = split_list(self.measures)
-        _check_common(self)
 
 
 @dataclass
@@ -89,10 +89,9 @@ class CheckpointsConfig(_Common):
     device: str = opt("cpu", help="device for capture and maths")
 
     def __post_init__(self) -> None:
-        self.measures = split_list(self.measures)
         self.checkpoints = split_list(self.checkpoints)
         require(len(self.checkpoints) >= 1, "pass --checkpoints (e.g. 'ckpts/step-*')")
-        _check_common(self)
+        super().__post_init__()
 
 
 @dataclass
@@ -121,8 +120,7 @@ class TrainConfig(_Common):
     threads: int = opt(0, help="torch threads (0 = default)")
 
     def __post_init__(self) -> None:
-        self.measures = split_list(self.measures)
-        if self.measures == DEFAULT_LAYER_MEASURES:
+        if split_list(self.measures) == DEFAULT_LAYER_MEASURES:
             self.measures = list(DEFAULT_SERIES_MEASURES)
         require(self.task in ("", "grokking"), f"unknown task {self.task!r}; use 'grokking'")
         require(bool(self.task) != bool(self.model),
@@ -130,7 +128,7 @@ class TrainConfig(_Common):
         require(bool(self.task) or bool(self.data), "--model needs --data (training texts)")
         require(self.every >= 0 and self.epochs >= 0 and self.steps >= 1,
                 "--every, --epochs and --steps must be positive")
-        _check_common(self)
+        super().__post_init__()
 
 
 def _opts(c) -> dict:

@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 LINEAR_FAMILIES = ("logistic", "mass-mean", "mass-mean-iid")
 
 
+def _rank(row: dict[str, Any]) -> tuple[float, float]:
+    """How rows compare for "best": test accuracy, then selectivity."""
+    return row["test_acc"], row.get("selectivity") or 0.0
+
+
 def pick_linear(rows: list[dict[str, Any]], position: str | None = None,
                 family: str | None = None) -> dict[str, Any]:
     """The best row (test accuracy) among linear families, narrowed to ``position`` /
@@ -45,7 +50,7 @@ def pick_linear(rows: list[dict[str, Any]], position: str | None = None,
         raise ConfigError("no linear probe (logistic, mass-mean) matches "
                           f"position={position or 'any'} family={family or 'any'}; add "
                           "--probes logistic or pick a position/family the run has")
-    return max(cand, key=lambda r: (r["test_acc"], r.get("selectivity") or 0.0))
+    return max(cand, key=_rank)
 
 #: datasets up to this many rows use k-fold cross-validation unless a split is forced
 CV_MAX_ROWS = 100
@@ -68,7 +73,7 @@ class SweepResult:
     def best(self) -> dict[str, Any]:
         """Best row by test accuracy (ties: selectivity), with its probe and raw unit direction
         (the probe's for linear families, else the mean difference)."""
-        row = max(self.rows, key=lambda r: (r["test_acc"], r.get("selectivity") or 0.0))
+        row = max(self.rows, key=_rank)
         key = (row["site"], row["position"], row["family"])
         probe = self.probes.get(key)
         d = probe.direction if probe is not None else None
@@ -342,9 +347,9 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
                        "cos_meandiff_prev": float(nb_m[li - 1]) if li > 0 else None,
                        "hyper": fit0["grid"][li]}
                 rows.append(row)
-                params = {k: v[li, 0].detach().clone() for k, v in fit0["params"].items()}
-                probes_out[key] = Probe(fam, fit0["kind"], params, first.mean[li].clone(),
-                                        first.std[li].clone(), classes,
+                params = {k: v[li, 0] for k, v in fit0["params"].items()}  # Probe copies
+                probes_out[key] = Probe(fam, fit0["kind"], params, first.mean[li],
+                                        first.std[li], classes,
                                         {"site": site, "position": pos, "layer": layers[li],
                                          "hyper": fit0["grid"][li], "seed": seed,
                                          "test_acc": row["test_acc"]})
