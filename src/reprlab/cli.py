@@ -23,6 +23,10 @@ COMMANDS: dict[str, str] = {
     "steer": "reprlab.steering.cli",
     "patch": "reprlab.sessions.cli",
     "drift": "reprlab.drift.cli",
+    "toy": "reprlab.toy.cli",
+    "prefs": "reprlab.prefs.cli",
+    "lens": "reprlab.lenses.cli",
+    "sweep": "reprlab.sweeps.cli",
 }
 
 
