@@ -1,14 +1,22 @@
-"""Resumable training state as safetensors + JSON (no pickle).
+"""Resumable training state of a tracked run: one file, committed atomically.
 
-A tracked run keeps, under ``<out>/track/``: ``state.safetensors`` + ``state.json`` (model
-weights, optimiser and scheduler state, position in training; overwritten atomically at each
-checkpoint), ``history.json`` (metrics per checkpoint) and one cloud file per checkpoint
+A tracked run keeps, under ``<out>/track/``: ``trainstate.safetensors`` (model weights,
+optimiser and scheduler state, RNG states and the position in training, all in ONE safetensors
+file written through :func:`reprlab.trainstate.save_train_state` and renamed into place),
+``history.json`` (metrics per checkpoint) and one cloud file per checkpoint
 (``clouds/step-0000100.safetensors`` or a full activation store under ``stores/``).
+
+Order of writes at a checkpoint: clouds, history, state. The state is the commit: a crash
+before it leaves the previous state, and resuming drops history entries newer than that state
+and recomputes them, so a resumed run equals an uninterrupted one.
+
+Runs written before the one-file state (``state.safetensors`` + ``state.json``) are still
+read; the next checkpoint replaces them with the one-file state.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,79 +24,74 @@ import torch
 from torch import nn
 
 from reprlab.errors import StoreError
-from reprlab.io import atomic_write_bytes, read_json, write_json
+from reprlab.io import read_json
+from reprlab.trainstate import load_optimizer, load_train_state, save_train_state
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainstate.safetensors"
+_LEGACY = ("state.safetensors", "state.json")
 
 
-def optimizer_payload(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimiser state dict into tensors and JSON-able metadata."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, t in tensors.items():
-        if not name.startswith("opt."):
-            continue
-        _, pid, k = name.split(".", 2)
-        state.setdefault(int(pid), {})[k] = t
-    for pid, sc in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(sc)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+def state_path(directory: Path) -> Path:
+    return Path(directory) / STATE_FILE
 
 
 def save_state(directory: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                info: dict) -> None:
-    """Write ``state.safetensors`` then ``state.json`` (the JSON marks the state complete)."""
-    from safetensors.torch import save
-
-    directory.mkdir(parents=True, exist_ok=True)
-    opt_t, opt_meta = optimizer_payload(opt)
-    seen: dict[int, str] = {}
-    model_t, aliases = {}, {}
-    for k, v in model.state_dict().items():  # tied weights are stored once
-        ptr = v.data_ptr()
-        if ptr in seen and v.shape == model_t[seen[ptr]].shape:
-            aliases[k] = seen[ptr]
-            continue
-        seen[ptr] = "model." + k
-        model_t["model." + k] = v.detach().cpu().contiguous().clone()
-    aliases = {"model." + k: v for k, v in aliases.items()}
-    atomic_write_bytes(directory / "state.safetensors", save({**model_t, **opt_t}))
-    sched_sd = sched.state_dict() if sched is not None else None
-    if sched_sd is not None:
-        sched_sd = {k: v for k, v in sched_sd.items() if k != "lr_lambdas"}
-    write_json(directory / "state.json", {**info, "optimizer": opt_meta, "scheduler": sched_sd,
-                                          "aliases": aliases})
+    """Commit weights, optimiser, scheduler, RNG and ``info`` as one file (atomic rename)."""
+    directory = Path(directory)
+    save_train_state(state_path(directory), model, opt, sched, info)
+    for name in _LEGACY:  # the one-file state supersedes a legacy pair
+        (directory / name).unlink(missing_ok=True)
 
 
 def load_state(directory: Path, model: nn.Module, opt: torch.optim.Optimizer,
                sched: Any) -> dict | None:
     """Restore a saved state; ``None`` when there is none. Returns the saved ``info``."""
+    directory = Path(directory)
+    info = load_train_state(state_path(directory), model, opt, sched)
+    if info is not None:
+        info.pop("_tensors", None)
+        return info
+    if (directory / "state.json").exists():
+        return _load_legacy(directory, model, opt, sched)
+    return None
+
+
+def clear_state(directory: Path) -> None:
+    """Remove any saved state (one-file or legacy) from ``directory``."""
+    for name in (STATE_FILE, *_LEGACY):
+        (Path(directory) / name).unlink(missing_ok=True)
+
+
+def _load_legacy(directory: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                 sched: Any) -> dict:
     from safetensors.torch import load_file
 
-    if not (directory / "state.json").exists():
-        return None
+    logger.warning("%s holds a training state in the old two-file layout; resuming from it "
+                   "(the next checkpoint writes the one-file state)", directory)
     try:
         info = read_json(directory / "state.json")
         tensors = load_file(str(directory / "state.safetensors"))
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt JSON or safetensors, missing file
         raise StoreError(f"the saved training state in {directory} is unreadable ({exc}); "
                          "delete it to start over") from None
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     for alias, target in info.get("aliases", {}).items():
         model_sd[alias[len("model."):]] = tensors[target]
-    model.load_state_dict(model_sd)
+    try:
+        model.load_state_dict(model_sd)
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise StoreError(f"the saved training state in {directory} does not fit this model "
+                         f"({first}); delete it to start over") from None
     load_optimizer(opt, tensors, info["optimizer"])
     if sched is not None and info.get("scheduler"):
         sd = sched.state_dict()
         sd.update(info["scheduler"])
         sched.load_state_dict(sd)
-    return info
+    return {k: v for k, v in info.items() if k not in ("optimizer", "scheduler", "aliases")}
+
+
+__all__ = ["STATE_FILE", "clear_state", "load_state", "save_state", "state_path"]

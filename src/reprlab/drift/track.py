@@ -12,8 +12,13 @@ Two trainers share one layout (see :mod:`reprlab.drift.state`):
   into an activation store (so full weights need not be kept per checkpoint), and eval loss
   and next-token accuracy are logged.
 
-Both save the latest training state at every checkpoint; running the same command again after a
-crash resumes from there and gives the same history as an uninterrupted run.
+Both save the latest training state at every checkpoint as one file committed by a rename
+(:mod:`reprlab.drift.state`); running the same command again after a crash at any point resumes
+from there. Guarantees by thread count: at one torch thread a resumed run is bit-identical to an
+uninterrupted one (history, clouds, weights, optimiser). At several threads, reductions may be
+ordered differently from run to run, so two uninterrupted runs can already differ by float
+rounding (~1e-7 relative); a resumed run then matches an uninterrupted one to that rounding,
+not bit for bit. Pass ``threads=1`` (``--threads 1``) where identity matters.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reprlab._threads import num_threads
-from reprlab.drift.state import load_state, save_state
+from reprlab.drift.state import clear_state, load_state, save_state
 from reprlab.drift.tasks import grokking as gk
 from reprlab.errors import ConfigError, DataError
 from reprlab.io import read_json, write_json
@@ -82,8 +87,7 @@ def _prepare(directory: Path, config: dict, resume: bool) -> tuple[list[dict], s
                 raise ConfigError(f"{directory} holds a tracked run with other settings; use "
                                   "another --out, or --no-resume to start over")
         if not resume:
-            for f in directory.glob("state.*"):
-                f.unlink()
+            clear_state(directory)
             (directory / "history.json").unlink(missing_ok=True)
     write_json(meta, {"hash": h, "config": config})
     hist = read_json(directory / "history.json") if (directory / "history.json").exists() else []
