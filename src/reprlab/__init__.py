@@ -28,7 +28,7 @@ _EXPORTS = {
     "PreferenceTriples": "reprlab.data",
     "RunDir": "reprlab.report",
     "session": "reprlab.sessions",
-    "probe": "reprlab.probes",
+    "probe": "reprlab.workflows",
     "sweep": "reprlab.probes",
     "ReprlabError": "reprlab.errors",
 }

@@ -104,7 +104,7 @@ class ProbeCommand:
                     f"{self.backend}")
             require(self.epochs >= 1 and self.lr > 0, "--epochs must be >= 1 and --lr > 0")
         if self.validate:
-            from reprlab.steering.operators import parse_coeffs
+            from reprlab.workflows.probe_validate import parse_coeffs
 
             parse_coeffs(self.validate_coeffs)
 
@@ -113,7 +113,7 @@ def run_probe(cfg: ProbeCommand) -> int:
     if cfg.backend != "store":
         return _run_in_session(cfg)
     from reprlab.probes.report import console_table
-    from reprlab.probes.run import probe
+    from reprlab.workflows.probe_validate import probe, summary_line
 
     options = {"mlp": {"width": cfg.mlp_width, "weight_decay": cfg.mlp_weight_decay,
                        "max_epochs": cfg.mlp_epochs}}
@@ -132,11 +132,7 @@ def run_probe(cfg: ProbeCommand) -> int:
                    validate_coeffs=cfg.validate_coeffs)
     print(console_table(result))
     if result.validation is not None:
-        from reprlab.steering.validate import summary_line
-
-        v = result.validation
-        print(f"steering along the best linear probe at {v['site']}, read at "
-              f"{v['readout_site']}: {summary_line(v)}")
+        print(summary_line(result.validation))
     print(f"report: {Path(result.run_dir) / 'report.html'}")
     return 0
 

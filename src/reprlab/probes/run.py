@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reprlab.errors import ConfigError, StoreError
+from reprlab.errors import StoreError
 from reprlab.probes.frozen import Probe
 from reprlab.probes.sweep import SweepResult, pick_linear, sweep
 
@@ -33,8 +33,8 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *,
           options: dict[str, dict] | None = None, batch_size: int = 32, device: str = "cpu",
           model_dtype: str = "float32", max_length: int = 512, limit: int | None = None,
           data_kwargs: dict[str, Any] | None = None, progress: bool = True,
-          report: bool = True, validate: bool = False,
-          validate_coeffs: Any = "-8:8:9") -> SweepResult:
+          report: bool = True,
+          report_extra: Callable[..., dict[str, Any]] | None = None) -> SweepResult:
     """Capture ``data`` (and ``evals`` / ``test``) with ``model`` at ``sites`` x ``positions``,
     sweep the probe families over the store and write a run directory at ``out``.
 
@@ -44,9 +44,10 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *,
     ``last,mean`` when capturing and to every position of ``store``. Returns the
     :class:`SweepResult` (``result.run_dir`` is the report directory).
 
-    ``validate=True`` then steers along the best linear probe's direction at its site with
-    ``validate_coeffs`` and adds the readout shift (with side effects) to the report and to
-    ``results.json["steering_validation"]``: readable is not yet used.
+    ``report_extra(result, run, lm, loaded)`` (``run`` the report's :class:`RunDir`, ``lm`` the
+    loaded model or None, ``loaded`` the datasets by role) may add to the report before it is
+    written; what it returns joins ``results.json``. Steering along the best probe
+    (``--validate``) is :func:`reprlab.workflows.probe`, which joins probing and steering.
     """
     from reprlab.capture import capture
     from reprlab.data import load_dataset
@@ -54,11 +55,6 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *,
     from reprlab.store import ActivationStore
 
     out = Path(out)
-    if validate and store is not None:
-        raise ConfigError("--validate runs the model on the training texts; give --data "
-                          "instead of --store")
-    if validate and not report:
-        raise ConfigError("validate=True adds to the report; leave report=True")
     kw = dict(data_kwargs or {})
     if limit:
         kw["limit"] = int(limit)
@@ -113,20 +109,9 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *,
 
         model_name = inputs.get("model", {}).get("name", str(model))
         extra = None
-        if validate:
-            from reprlab.steering.validate import validate_probe_run
-
+        if report_extra is not None:
             def extra(run: Any) -> dict[str, Any]:
-                # steer at the best linear site, read with the probe of the next probed site:
-                # a readout at the steered site itself moves linearly by construction
-                best = pick_linear(result.rows)["site"]
-                order = list(result.linear_probes())
-                i = order.index(best)
-                result.validation = validate_probe_run(
-                    result, lm, loaded["data"], validate_coeffs, site=best,
-                    readout_site=order[min(i + 1, len(order) - 1)], report=run,
-                    batch_size=batch_size, seed=seed, progress=progress)
-                return {"steering_validation": result.validation}
+                return report_extra(result, run, lm, loaded)
 
         result.run_dir = write_run(result, out, inputs=inputs, extra=extra,
                                    title=f"Probes: {_data_name(data)} on {model_name}")

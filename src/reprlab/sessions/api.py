@@ -26,8 +26,14 @@ from typing import Any
 
 import torch
 
-from reprlab.errors import ConfigError, ReprlabError, SiteError
+from reprlab.errors import ConfigError, SiteError
 from reprlab.sessions import runtime as rt
+from reprlab.sessions.errors import (  # noqa: F401 - RemoteError re-exported
+    NotRunError,
+    RemoteError,
+    SessionError,
+    ShapeError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +45,6 @@ BACKENDS = {
     "local": "reprlab.sessions.local:run_plan",
     "nnsight": "reprlab.sessions.nnsight_backend:run_plan",
 }
-
-
-class SessionError(ReprlabError, ValueError):
-    """A session was used in a way that cannot run (mixed models, bad order...)."""
-
-
-class ShapeError(SessionError):
-    """A value does not fit where it is written."""
-
-
-class NotRunError(SessionError):
-    """A value was read before the trace that makes it ran (or it was not saved)."""
-
-
-class RemoteError(ReprlabError):
-    """A remote (NDIF) session could not be sent, or failed on the server."""
 
 
 def _ref_args(session: Session, args: Any) -> Any:

@@ -30,7 +30,7 @@ import torch
 
 from reprlab.errors import ConfigError
 from reprlab.sessions import runtime as rt
-from reprlab.sessions.api import RemoteError
+from reprlab.sessions.errors import RemoteError
 
 logger = logging.getLogger(__name__)
 

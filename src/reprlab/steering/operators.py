@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -30,7 +30,21 @@ from reprlab.sites import resolve_sites
 
 if TYPE_CHECKING:
     from reprlab.models import LoadedModel
-    from reprlab.steering.vector import SteeringVector
+
+
+class VectorLike(Protocol):
+    """What steering needs of a vector (:class:`reprlab.steering.SteeringVector` has it)."""
+
+    sites: list[str]
+    scales: Mapping[str, float]
+
+    def direction(self, site: str) -> torch.Tensor: ...
+
+    def check_model(self, lm: LoadedModel, strict: bool = ...) -> None: ...
+
+
+def _is_vector(obj: Any) -> bool:
+    return callable(getattr(obj, "direction", None)) and hasattr(obj, "scales")
 
 Operator = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -133,9 +147,7 @@ class _Positions:
 def _directions(vector: Any, sites: list[str] | None) -> tuple[dict[str, torch.Tensor],
                                                                  dict[str, float]]:
     """``(unit directions, raw scales)`` from a SteeringVector or a dict of tensors."""
-    from reprlab.steering.vector import SteeringVector
-
-    if isinstance(vector, SteeringVector):
+    if _is_vector(vector):
         names = sites or vector.sites
         return ({s: vector.direction(s) for s in names}, {s: vector.scales[s] for s in names})
     if isinstance(vector, Mapping):
@@ -155,7 +167,7 @@ def _directions(vector: Any, sites: list[str] | None) -> tuple[dict[str, torch.T
 
 
 @contextlib.contextmanager
-def steer(lm: LoadedModel, vector: SteeringVector | Mapping[str, torch.Tensor],
+def steer(lm: LoadedModel, vector: VectorLike | Mapping[str, torch.Tensor],
           coeff: float | Mapping[str, float] = 1.0, *, sites: list[str] | str | None = None,
           op: str = "add", unit: str = "unit", scope: str | Scope = "all",
           preserve_norm: bool = False, check: bool = True) -> Iterator[None]:
@@ -165,8 +177,6 @@ def steer(lm: LoadedModel, vector: SteeringVector | Mapping[str, torch.Tensor],
     mean-difference norm. On exit (normal or exception) every hook is removed, so the model's
     outputs are bitwise what they were before.
     """
-    from reprlab.steering.vector import SteeringVector
-
     if op not in OPERATORS:
         raise ConfigError(f"unknown steering operator {op!r}; use one of {', '.join(OPERATORS)}")
     if unit not in UNITS:
@@ -175,7 +185,7 @@ def steer(lm: LoadedModel, vector: SteeringVector | Mapping[str, torch.Tensor],
     names: list[str] | None = None
     if sites is not None:
         names = [s.name for s in resolve_sites(lm, sites)]
-    if isinstance(vector, SteeringVector) and check:
+    if _is_vector(vector) and check and hasattr(vector, "check_model"):
         vector.check_model(lm, strict=False)
     dirs, scales = _directions(vector, names)
     d = lm.arch.hidden_size

@@ -21,6 +21,7 @@ import torch
 
 from reprlab.errors import ConfigError, ModelError, SiteError, StoreError
 from reprlab.io import atomic_write_bytes, ensure_writable_dir, read_json, write_json
+from reprlab.steering import operators
 
 if TYPE_CHECKING:
     from reprlab.models import LoadedModel
@@ -192,9 +193,7 @@ class SteeringVector:
     def steer(self, lm: LoadedModel, coeff: float | Mapping[str, float] = 1.0,
               **kwargs: Any) -> AbstractContextManager[None]:
         """Context manager steering ``lm`` along this vector (see :func:`operators.steer`)."""
-        from reprlab.steering.operators import steer
-
-        return steer(lm, self, coeff, **kwargs)
+        return operators.steer(lm, self, coeff, **kwargs)
 
 
 def _short(items: list[str], n: int = 6) -> str:

@@ -1,4 +1,5 @@
-"""`reprlab capture` and `reprlab store info`."""
+"""`reprlab capture` and `reprlab store info`: the commands of the core modules
+(:mod:`reprlab.capture`, :mod:`reprlab.store`); each workflow package keeps its own `cli.py`."""
 
 from __future__ import annotations
 

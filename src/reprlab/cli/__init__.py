@@ -17,8 +17,8 @@ from reprlab.errors import ReprlabError
 
 #: subcommand name -> module that registers it (imported when the CLI is built)
 COMMANDS: dict[str, str] = {
-    "capture": "reprlab.capture_cli",
-    "store": "reprlab.capture_cli",
+    "capture": "reprlab.cli.capture",
+    "store": "reprlab.cli.capture",
     "probe": "reprlab.probes.cli",
     "steer": "reprlab.steering.cli",
     "patch": "reprlab.sessions.cli",
