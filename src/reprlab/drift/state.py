@@ -1,6 +1,6 @@
 """Resumable training state of a tracked run: one file, committed atomically.
 
-A tracked run keeps, under ``<out>/track/``: ``trainstate.safetensors`` (model weights,
+A tracked run keeps, under ``<out>/track/``: ``state.safetensors`` (model weights,
 optimiser and scheduler state, RNG states and the position in training, all in ONE safetensors
 file written through :func:`reprlab.trainstate.save_train_state` and renamed into place),
 ``history.json`` (metrics per checkpoint) and one cloud file per checkpoint
@@ -10,8 +10,10 @@ Order of writes at a checkpoint: clouds, history, state. The state is the commit
 before it leaves the previous state, and resuming drops history entries newer than that state
 and recomputes them, so a resumed run equals an uninterrupted one.
 
-Runs written before the one-file state (``state.safetensors`` + ``state.json``) are still
-read; the next checkpoint replaces them with the one-file state.
+Runs written before the one-file state (weights in ``state.safetensors``, the position in
+``state.json``) are still read; the next checkpoint replaces them with the one-file state (whose
+header carries the JSON, so a ``state.safetensors`` with that header is never mistaken for the
+old pair, even beside a stale ``state.json``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from reprlab.trainstate import load_optimizer, load_train_state, save_train_stat
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainstate.safetensors"
-_LEGACY = ("state.safetensors", "state.json")
+STATE_FILE = "state.safetensors"
+_LEGACY_JSON = "state.json"
 
 
 def state_path(directory: Path) -> Path:
@@ -42,26 +44,39 @@ def save_state(directory: Path, model: nn.Module, opt: torch.optim.Optimizer, sc
     """Commit weights, optimiser, scheduler, RNG and ``info`` as one file (atomic rename)."""
     directory = Path(directory)
     save_train_state(state_path(directory), model, opt, sched, info)
-    for name in _LEGACY:  # the one-file state supersedes a legacy pair
-        (directory / name).unlink(missing_ok=True)
+    (directory / _LEGACY_JSON).unlink(missing_ok=True)  # the one-file state supersedes it
 
 
 def load_state(directory: Path, model: nn.Module, opt: torch.optim.Optimizer,
                sched: Any) -> dict | None:
     """Restore a saved state; ``None`` when there is none. Returns the saved ``info``."""
     directory = Path(directory)
-    info = load_train_state(state_path(directory), model, opt, sched)
+    path = state_path(directory)
+    if not path.exists():
+        return None
+    if not _is_one_file(path) and (directory / _LEGACY_JSON).exists():
+        return _load_legacy(directory, model, opt, sched)
+    info = load_train_state(path, model, opt, sched)
     if info is not None:
         info.pop("_tensors", None)
-        return info
-    if (directory / "state.json").exists():
-        return _load_legacy(directory, model, opt, sched)
-    return None
+    return info
+
+
+def _is_one_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    from reprlab.trainstate import _META_KEY
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return _META_KEY in (fh.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable: let load_train_state say so
+        return True
 
 
 def clear_state(directory: Path) -> None:
     """Remove any saved state (one-file or legacy) from ``directory``."""
-    for name in (STATE_FILE, *_LEGACY):
+    for name in (STATE_FILE, _LEGACY_JSON):
         (Path(directory) / name).unlink(missing_ok=True)
 
 
