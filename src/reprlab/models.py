@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "minilm"
 ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+#: the toy causal LMs reprlab trains itself (:mod:`reprlab.toy`), built on first use
+TOY_MODELS = ("toy", "toy-sft", "toy-mini", "toy-mini-sft")
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -166,6 +168,19 @@ def _is_causal(model: nn.Module) -> bool:
     return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
+def position_limit(model: nn.Module) -> int | None:
+    """``max_position_embeddings`` (or ``n_positions`` / ``n_ctx``) of the model's config."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _fingerprint(model: nn.Module) -> str:
     """Cheap fingerprint of the weights: hash of a slice of the first and last parameters."""
     params = [p for p in model.parameters()]
@@ -196,6 +211,9 @@ class LoadedModel:
         """Wrap an already-built HF model (tests, notebooks)."""
         model.eval()
         _prepare_tokenizer(tokenizer)
+        limit = position_limit(model)
+        if limit is not None:
+            max_length = min(max_length, limit)
         return cls(model=model, tokenizer=tokenizer,
                    name=name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
                    arch=discover(model), is_causal=_is_causal(model), source=source,
@@ -204,6 +222,23 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def position_limit(self) -> int | None:
+        """Longest input the model takes, in tokens (its position table); ``None``: unknown."""
+        return position_limit(self.model)
+
+    def clamp_length(self, n: int) -> int:
+        """``n`` limited to :attr:`position_limit`; says so once per model and length."""
+        limit = self.position_limit
+        if limit is None or n <= limit:
+            return n
+        said = self.extra.setdefault("clamped_lengths", set())
+        if n not in said:
+            said.add(n)
+            logger.warning("--max-length %d is more than %s takes (%d positions); texts are "
+                           "truncated to %d tokens", n, self.name, limit, limit)
+        return limit
 
     @property
     def dtype(self) -> torch.dtype:
@@ -285,7 +320,9 @@ def load_model(name: str | None = None, *, dtype: str | torch.dtype | None = "fl
     """Load a model and tokenizer by alias, local path or hub name.
 
     Args:
-        name: ``"minilm"`` (default, bundled offline), a local directory, or a hub name.
+        name: ``"minilm"`` (default, bundled offline), ``"toy"`` / ``"toy-sft"`` (the toy
+            causal LMs of :mod:`reprlab.toy`, built and cached on first use), a local
+            directory, or a hub name.
         dtype: weights dtype (float32, float16, bfloat16).
         device: "cpu", "cuda", "cuda:1" or "auto".
         trust_remote_code: allow custom modelling code from the checkpoint (off by default).
@@ -302,9 +339,16 @@ def load_model(name: str | None = None, *, dtype: str | torch.dtype | None = "fl
     torch_dtype = parse_dtype(dtype)
     dev = resolve_device(device)
     display = name
+    toy_path = None
+    if name.lower() in TOY_MODELS:
+        from reprlab.toy.build import resolve_alias
+
+        toy_path = resolve_alias(name)
     if name.lower() in ALIASES:
         path: str = str(bundled_model_path())
         display = ALIASES[name.lower()]
+    elif toy_path is not None:
+        path, display = str(toy_path), f"reprlab/{name.lower()}"
     else:
         path = name
     local = Path(path).exists()

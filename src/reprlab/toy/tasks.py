@@ -1,0 +1,169 @@
+"""Instructions, preference triples and labeled sets built from the toy world.
+
+* :func:`chat_examples` — (question, answer, split) for the SFT model: where a landmark is, a
+  city's country, sums, comparisons, truth judgements, and happy / sad sentences. Held-out
+  questions ask about entities whose *question* was never trained (their facts were).
+* :func:`preference_shifts` — prompt / chosen / rejected triples with named distribution
+  shifts for preference training ("prefer the true answer" learned on sums):
+  ``train`` (sums on operand pairs seen by neither pretraining nor SFT), ``in-domain`` (other
+  unseen pairs, a random wrong sum), ``harder`` (unseen pairs, a wrong sum off by one or two),
+  ``cross-domain`` (the same principle on geography) and ``orthogonal`` (an unrelated
+  preference: a happy over a sad sentence).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from reprlab.data.kinds import ContrastPairs, LabeledDataset, PreferenceTriples
+from reprlab.toy.world import (
+    HELDOUT_NOUNS,
+    NEGATIVE,
+    NOUNS,
+    POSITIVE,
+    PROVENANCE,
+    World,
+    _country_phrase,
+    mid,
+)
+
+SHIFTS = ("train", "in-domain", "harder", "cross-domain", "orthogonal")
+
+
+def _yes(flag: bool) -> str:
+    return "yes ." if flag else "no ."
+
+
+def chat_examples(world: World) -> list[tuple[str, str, str]]:
+    """(question, answer, split) with split "train" or "heldout"."""
+    out: list[tuple[str, str, str]] = []
+    lm_a, _ = world._halves(list(world.landmarks), "sft-landmarks")
+    for lm, city in world.landmarks.items():
+        out.append((f"Where is {mid(lm)} ?", f"{city} .", "train" if lm in lm_a else "heldout"))
+    city_a, _ = world._halves(list(world.city_country), "sft-cities")
+    for city, country in world.city_country.items():
+        out.append((f"Which country is {city} in ?", f"{_country_phrase(country)} .",
+                    "train" if city in city_a else "heldout"))
+    for it in world.items:
+        if it.task == "arithmetic" and it.split in ("train", "heldout_arith_heldout"):
+            out.append((f"What is {it.meta['a']} + {it.meta['b']} ?", f"{it.answer} .",
+                        "train" if it.split == "train" else "heldout"))
+        elif it.task == "judge":
+            statement = it.prompt[len("The city of "):-len(" . This is")]
+            out.append((f"Is it true that the city of {statement} ?",
+                        _yes(it.meta["statement_true"]),
+                        "train" if it.split == "train" else "heldout"))
+        elif it.task == "compare" and it.prompt.split()[1] == "is" and "larger" in it.prompt:
+            hi, lo = int(it.prompt.split()[0]), int(it.answer)
+            split = "train" if it.split == "train" else "heldout"
+            out.append((f"Is {hi} larger than {lo} ?", "yes .", split))
+            out.append((f"Is {lo} larger than {hi} ?", "no .", split))
+    rng = world._rng("sft-sentiment")
+    for noun in NOUNS:
+        split = "heldout" if noun in HELDOUT_NOUNS else "train"
+        for mood, positive in (("happy", True), ("sad", False)):
+            for _ in range(1 if split == "heldout" else 6):
+                sent = _pair_about(rng, noun)[0 if positive else 1]
+                out.append((f"Write a {mood} sentence about the {noun} .", sent, split))
+    return out
+
+
+def all_chat_texts(world: World) -> list[tuple[str, str, str]]:
+    return chat_examples(world) + [(p, c, s) for s in SHIFTS
+                                   for p, c, _ in _shift_rows(world, s)] \
+        + [(p, r, s) for s in SHIFTS for p, _, r in _shift_rows(world, s)]
+
+
+def _wrong_sum(rng: random.Random, right: int, near: bool, top: int) -> int:
+    if near:
+        return right + rng.choice([d for d in (-2, -1, 1, 2) if right + d >= 0])
+    return rng.choice([s for s in range(top + 1) if s != right])
+
+
+def _shift_rows(world: World, shift: str) -> list[tuple[str, str, str]]:
+    rng = world._rng(f"prefs:{shift}")
+    top = 2 * world.config.max_operand
+    if shift in ("train", "in-domain", "harder"):
+        pairs = world.arith_pairs["prefs" if shift == "train" else "heldout"]
+        near = shift == "harder"
+        return [(f"What is {a} + {b} ?", f"{a + b} .", f"{_wrong_sum(rng, a + b, near, top)} .")
+                for a, b in pairs]
+    if shift == "cross-domain":
+        rows = [(f"Where is {mid(lm)} ?", f"{city} .", f"{world.other_city(city, rng)} .")
+                for lm, city in world.landmarks.items()]
+        for city, country in sorted(world.city_country.items())[:80]:
+            rows.append((f"Which country is {city} in ?", f"{_country_phrase(country)} .",
+                         f"{_country_phrase(world.other_country(country, rng))} ."))
+        return rows
+    if shift == "orthogonal":
+        rows = []
+        for k in range(120):
+            noun = NOUNS[k % len(NOUNS)]
+            pos, neg = _pair_about(rng, noun)
+            rows.append((f"Write a sentence about the {noun} .", pos, neg))
+        return rows
+    raise KeyError(shift)
+
+
+def _pair_about(rng: random.Random, noun: str) -> tuple[str, str]:
+    """A positive and a negative sentence about ``noun`` differing only in the adjectives."""
+    other = rng.choice([n for n in NOUNS if n != noun])
+    k1, k2 = rng.randrange(len(POSITIVE)), rng.randrange(len(POSITIVE))
+    return (f"the {noun} was {POSITIVE[k1]} and the {other} was {POSITIVE[k2]} .",
+            f"the {noun} was {NEGATIVE[k1]} and the {other} was {NEGATIVE[k2]} .")
+
+
+def preference_shifts(world: World | None = None) -> dict[str, PreferenceTriples]:
+    """Shift name -> preference triples (see the module docstring)."""
+    world = world or default_world()
+    out = {}
+    for shift in SHIFTS:
+        rows = _shift_rows(world, shift)
+        out[shift] = PreferenceTriples(
+            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+            ids=[f"{shift}-{k:04d}" for k in range(len(rows))],
+            name="toy-prefs" if shift == "train" else f"toy-prefs-{shift}",
+            provenance=PROVENANCE + f" Preference shift '{shift}' (see reprlab.toy.tasks).")
+    return out
+
+
+def truth_dataset(world: World | None = None) -> LabeledDataset:
+    """"The city of X is in Y ." true/false for every city (groups = city)."""
+    world = world or default_world()
+    texts, labels, groups, ids = [], [], [], []
+    for it in world.items:
+        if it.task == "judge":
+            texts.append(it.prompt[: -len(" This is")])
+            labels.append(int(it.meta["statement_true"]))
+            groups.append(it.meta["city"])
+            ids.append(f"{it.meta['city']}-{str(it.meta['statement_true']).lower()}")
+    return LabeledDataset(texts, labels, ids, ["false", "true"], groups, name="toy-truth",
+                          provenance=PROVENANCE + " Truth statements of the judge task.")
+
+
+def sentiment_pairs(world: World | None = None) -> ContrastPairs:
+    world = world or default_world()
+    pairs = world.sentiment_pairs(200)
+    return ContrastPairs([p for p, _ in pairs], [n for _, n in pairs], name="toy-pairs",
+                         provenance=PROVENANCE + " Positive/negative sentiment sentences that "
+                         "differ only in their adjectives.")
+
+
+def eval_text(world: World | None = None) -> LabeledDataset:
+    """Held-out world text, one class ("text"), for drift and lenses."""
+    world = world or default_world()
+    texts = sorted(set(world.heldout_texts()))
+    random.Random(0).shuffle(texts)
+    texts = texts[:600]
+    return LabeledDataset(texts, [0] * len(texts), None, ["text"], name="toy-text",
+                          provenance=PROVENANCE + " Held-out sentences of the world.")
+
+
+_DEFAULT: dict[str, Any] = {}
+
+
+def default_world() -> World:
+    if "world" not in _DEFAULT:
+        _DEFAULT["world"] = World()
+    return _DEFAULT["world"]
