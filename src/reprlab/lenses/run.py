@@ -1,0 +1,288 @@
+"""Lens workflows as Python calls that write run directories (the CLI wraps these).
+
+>>> from reprlab.lenses.run import tuned_lens_run, talk_lens_run, talk_explain
+>>> tuned_lens_run("toy", "builtin:toy-text", out="runs/tuned")
+>>> talk_lens_run("toy", "builtin:toy-text", site="layers.2", tokens=4, out="runs/talk")
+>>> talk_explain("runs/talk", ["The Eiffel Tower is in the city of"])
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reprlab.errors import DataError, StoreError
+from reprlab.io import read_json
+from reprlab.lenses import distributed as dd
+from reprlab.lenses.base import load_lens
+from reprlab.lenses.logit import LogitLens
+from reprlab.lenses.report import loss_figure, tuned_figure
+from reprlab.lenses.talk import TalkativeLens, read_activation
+from reprlab.lenses.talk_data import describe, dump
+from reprlab.lenses.talk_eval import evaluate_talk
+from reprlab.lenses.talk_train import TalkConfig, train_talk
+from reprlab.lenses.tuned import TunedLens
+from reprlab.lenses.tuned_train import TunedTrainConfig, evaluate_lenses, train_tuned
+from reprlab.lenses.unembed import unembed
+from reprlab.models import LoadedModel, as_loaded
+from reprlab.report import RunDir
+from reprlab.sites import resolve_sites
+
+logger = logging.getLogger(__name__)
+
+PROBE_TEXT = "The Eiffel Tower is in the city of"
+PROBE_WORDS = ("paris", "france")
+
+
+def load_texts(data: Any, limit: int | None = None) -> tuple[list[str], dict]:
+    """Texts of a dataset spec, a ``.txt`` file (one text a line) or a list."""
+    if isinstance(data, (list, tuple)):
+        texts = [str(t) for t in data]
+        desc = {"name": "texts", "rows": len(texts)}
+    elif isinstance(data, str) and data.endswith(".txt"):
+        p = Path(data)
+        if not p.exists():
+            raise DataError(f"no file {p}; give a .txt file with one text a line or builtin:NAME")
+        texts = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        desc = {"name": p.name, "rows": len(texts)}
+    else:
+        from reprlab.capture import Rows
+
+        rows = Rows.from_any(data, require_classes=0)
+        texts, desc = rows.texts, rows.describe()
+    if limit:
+        texts = texts[:limit]
+    if not texts:
+        raise DataError(f"{data!r} holds no texts")
+    return texts, desc
+
+
+def _split(texts: list[str], eval_frac: float, seed: int) -> tuple[list[str], list[str]]:
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(texts), generator=g).tolist()
+    n_eval = max(1, int(round(len(texts) * eval_frac))) if len(texts) > 1 else 0
+    ev = [texts[i] for i in order[:n_eval]]
+    tr = [texts[i] for i in order[n_eval:]] or ev
+    return tr, ev
+
+
+# -- tuned lens ----------------------------------------------------------------------------
+def tuned_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/tuned", *,
+                   cfg: TunedTrainConfig | None = None, eval_frac: float = 0.1,
+                   limit: int | None = None, device: str = "cpu", progress: bool = True
+                   ) -> dict[str, Any]:
+    """Train a tuned lens, evaluate it against the logit lens, write a run directory."""
+    cfg = cfg or TunedTrainConfig()
+    lm = as_loaded(model, device=device)
+    texts, desc = load_texts(data, limit)
+    train, held = _split(texts, eval_frac, cfg.seed)
+    run = RunDir.create(out, "lens-tuned", config={**asdict(cfg), "eval_frac": eval_frac},
+                        inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
+    lens, history = train_tuned(lm, train, cfg, state_path=run.path / "train_state.safetensors",
+                                progress=progress)
+    lens.save(run.path / "lens")
+    run.files += ["lens.safetensors", "lens.json", "train_state.safetensors"]
+    rows = evaluate_lenses(lm, {"logit": LogitLens.fit(lm), "tuned": lens}, held,
+                           batch_size=cfg.batch_size, max_length=cfg.max_length,
+                           progress=progress)
+    results = {"layers": rows, "history": history, "eval_texts": len(held),
+               "train_texts": len(train), "data": desc, "eval_frac": eval_frac}
+    _tuned_report(run, rows, history, results, lm.name, _spec(model, lm), _spec(data, None))
+    return results
+
+
+def _spec(value: Any, lm: LoadedModel | None) -> str | None:
+    if isinstance(value, str):
+        return value
+    return (lm.source or None) if lm is not None else None
+
+
+def _tuned_report(run: RunDir, rows: list[dict], history: list[dict], results: dict,
+                  name: str, model_spec: str | None, data_spec: str | None) -> None:
+    run.write_csv("eval.csv", rows)
+    if history:
+        run.write_csv("history.csv", history)
+    run.figure(tuned_figure(rows, ["logit", "tuned"]), "lenses.png",
+               "per layer, in bits per token, on held-out text", "Logit vs tuned lens")
+    run.table("Per layer (bits per token)", rows)
+    worse = [r["layer"] for r in rows[:-1] if r["tuned_kl_bits"] >= r["logit_kl_bits"]]
+    summary = ("The tuned lens is closer to the final output than the logit lens at every "
+               "layer but the last." if not worse else
+               f"The tuned lens is not closer than the logit lens at {', '.join(worse)}.")
+    results["tuned_better_everywhere"] = not worse
+    run.finish(results, title=f"Tuned lens · {name}", summary=summary,
+               extra_manifest={"model_spec": model_spec, "data_spec": data_spec})
+
+
+def tuned_lens_eval(run_dir: str | Path, data: Any = None, *, device: str = "cpu",
+                    limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a trained tuned lens again (on ``data``, else the run's held-out texts)."""
+    run_dir = Path(run_dir)
+    results = RunDir.load_results(run_dir)
+    manifest = read_json(run_dir / "manifest.json")
+    lm = _model_of(manifest, device)
+    lens = load_lens(run_dir / "lens")
+    if not isinstance(lens, TunedLens):
+        raise StoreError(f"{run_dir} holds a {lens.kind} lens, not a tuned lens")
+    cfg = manifest["config"]
+    if data is None:
+        texts, _ = load_texts(_data_spec(manifest), limit)
+        _, texts = _split(texts, cfg.get("eval_frac", 0.1), cfg.get("seed", 0))
+    else:
+        texts, _ = load_texts(data, limit)
+    rows = evaluate_lenses(lm, {"logit": LogitLens.fit(lm), "tuned": lens}, texts,
+                           batch_size=cfg.get("batch_size", 8),
+                           max_length=cfg.get("max_length", 128), progress=progress)
+    return {"layers": rows, "eval_texts": len(texts), "previous": results.get("layers")}
+
+
+def _data_spec(manifest: dict) -> str:
+    spec = manifest.get("data_spec")
+    if not spec:
+        raise StoreError("this run does not record its data; pass --data")
+    return spec
+
+
+def _model_of(manifest: dict, device: str) -> LoadedModel:
+    from reprlab.models import load_model
+
+    spec = manifest.get("model_spec") or manifest["inputs"]["model"]["name"]
+    lm = load_model(spec, device=device)
+    want = manifest["inputs"]["model"]
+    if lm.identity()["weights_fingerprint"] != want.get("weights_fingerprint"):
+        raise StoreError(f"model {spec!r} is not the one this lens was trained on; "
+                         "pass the same --model")
+    return lm
+
+
+# -- talkative lens -----------------------------------------------------------------------
+def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/talk", *,
+                  cfg: TalkConfig | None = None, store: str | Path | None = None,
+                  position: str = "random", max_length: int = 64, limit: int | None = None,
+                  best_of: int = 4, device: str = "cpu", progress: bool = True,
+                  tuned: str | Path | None = None) -> dict[str, Any] | None:
+    """Dump activations (or reuse a dump), train, evaluate, write a run directory.
+
+    Under ``torchrun`` every rank trains on its shard; rank 0 writes the run. Returns the
+    results on rank 0 and ``None`` elsewhere.
+    """
+    cfg = cfg or TalkConfig()
+    lm = as_loaded(model, device=device)
+    world = dd.init_from_env(lm.device)
+    try:
+        texts, desc = load_texts(data, limit)
+        out = Path(out)
+        dump_dir = Path(store) if store else out / "data"
+        if world.main:
+            data_ = dump(lm, texts, resolve_sites(lm, cfg.site)[0].name, dump_dir,
+                         position=position, seed=cfg.seed, max_length=max_length,
+                         progress=progress)
+        dd.barrier(world)
+        if not world.main:
+            data_ = dump(lm, texts, resolve_sites(lm, cfg.site)[0].name, dump_dir,
+                         position=position, seed=cfg.seed, max_length=max_length,
+                         progress=False)
+        run = RunDir.create(out, "lens-talk", config={**asdict(cfg), "position": position,
+                                                       "max_length": max_length,
+                                                       "best_of": best_of},
+                            inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed) \
+            if world.main else None
+        lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,
+                                          state_path=out / "train_state.safetensors")
+        if not world.main:
+            return None
+        lens.save(out / "lens")
+        run.files += ["lens.safetensors", "lens.json", "train_state.safetensors"]
+        metrics = evaluate_talk(lm, lens, data_, facts["eval_indices"], best_of=best_of,
+                                seed=cfg.seed)
+        tuned_lens = load_lens(Path(tuned) / "lens") if tuned else None
+        examples = explain_rows(lm, lens, [PROBE_TEXT] + _examples(data_, 5),
+                                tuned_lens, best_of=best_of)
+        probe = examples[0]
+        probe["mentions_paris_or_france"] = any(
+            w in (probe["explanation"] + " " + probe.get("best_words", "")).lower()
+            for w in PROBE_WORDS)
+        results = {"metrics": metrics, "history": history, "data": describe(data_),
+                   "facts": facts, "examples": examples, "probe": probe}
+        _talk_report(run, results, lm.name, cfg, _spec(model, lm), _spec(data, None))
+        return results
+    finally:
+        dd.shutdown(world)
+
+
+def _examples(data: Any, n: int) -> list[str]:
+    texts = data.texts
+    return [t for t in texts[-n:]] if texts else []
+
+
+def _talk_report(run: RunDir, results: dict, name: str, cfg: TalkConfig,
+                 model_spec: str | None, data_spec: str | None) -> None:
+    m = results["metrics"]
+    if results["history"]:
+        run.write_csv("history.csv", results["history"])
+        run.figure(loss_figure(results["history"]), "training.png",
+                   "losses, batch FVE and schedules per step", "Training")
+    if m:
+        rows = [{"reconstruction": "generated tokens (greedy)", "FVE": m["fve"]},
+                {"reconstruction": f"best of {m['best_of']} samples",
+                 "FVE": m[f"fve_best_of_{m['best_of']}"]},
+                {"reconstruction": "generated tokens shuffled", "FVE": m["fve_shuffled"]},
+                {"reconstruction": "original context tokens", "FVE": m["fve_original_tokens"]}]
+        run.write_csv("baselines.csv", rows)
+        run.table("Reconstruction vs baselines (held-out samples)", rows,
+                  f"normalised RMSE {m['nrmse']:.3f}; KL with the reconstruction spliced in "
+                  f"{m['kl_bits']:.4f} bits; {m['token_usage']['distinct']} distinct tokens")
+    ex = [{k: v for k, v in r.items() if k != "words"} for r in results["examples"]]
+    run.write_csv("examples.csv", ex)
+    run.table("Example explanations", ex)
+    p = results["probe"]
+    summary = (f"FVE {m.get('fve', float('nan')):.3f} on held-out activations (shuffled tokens "
+               f"{m.get('fve_shuffled', float('nan')):.3f}). '{PROBE_TEXT}' -> "
+               f"'{p['explanation']}' (mentions Paris or France: "
+               f"{'yes' if p['mentions_paris_or_france'] else 'no'}).")
+    extra = {"model_spec": model_spec, "data_spec": data_spec}
+    run.finish(results, title=f"Talkative lens · {name} · {cfg.site}", summary=summary,
+               extra_manifest=extra)
+
+
+def explain_rows(lm: LoadedModel, lens: TalkativeLens, texts: list[str],
+                 tuned: TunedLens | None = None, position: int = -1, best_of: int = 1,
+                 top_k: int = 3) -> list[dict[str, Any]]:
+    """The lens's words for each text beside the logit- and tuned-lens readings there."""
+    rows = lens.explain(lm, texts, position=position, best_of=best_of)
+    site = resolve_sites(lm, lens.site_name)[0]
+    a, _, _ = read_activation(lm, site, texts, position)
+    layer = 0 if site.kind == "embed" else (site.layer or 0) + 1
+    with torch.no_grad():
+        readings = {"logit_lens": unembed(lm, a.to(lm.dtype))}
+        if tuned is not None:
+            readings["tuned_lens"] = unembed(lm, tuned.transform(a, layer))
+    for name, logits in readings.items():
+        top = logits.float().softmax(-1).topk(top_k, dim=-1).indices
+        for i, r in enumerate(rows):
+            r[name] = " ".join(lm.tokenizer.decode([int(t)]).strip() for t in top[i])
+    return rows
+
+
+def talk_explain(run_dir: str | Path, texts: list[str], *, position: int = -1,
+                 best_of: int = 1, tuned: str | Path | None = None, device: str = "cpu"
+                 ) -> list[dict[str, Any]]:
+    """Explain activations of new texts with a trained talkative lens."""
+    run_dir = Path(run_dir)
+    RunDir.load_results(run_dir)
+    manifest = read_json(run_dir / "manifest.json")
+    lm = _model_of(manifest, device)
+    lens = load_lens(run_dir / "lens", lm=lm)
+    tl = None
+    if tuned:
+        tl = load_lens(Path(tuned) / "lens")
+    return explain_rows(lm, lens, texts, tl, position=position, best_of=best_of)
+
+
+def clear_state(out: str | Path) -> None:
+    shutil.rmtree(Path(out) / "data", ignore_errors=True)

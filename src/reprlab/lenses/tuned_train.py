@@ -1,0 +1,217 @@
+"""Fit a tuned lens (KL(final ‖ lens) summed over layers, a tokens-per-step budget, SGD with
+Nesterov momentum or Adam, resumable) and evaluate logit and tuned lenses layer by layer."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from reprlab.errors import ConfigError, DataError
+from reprlab.lenses.logit import LogitLens
+from reprlab.lenses.metrics import LN2, cross_entropy_logits, entropy_logits, kl_logits
+from reprlab.lenses.tuned import Translators, TunedLens
+from reprlab.lenses.unembed import forward_states, layer_names, unembed
+from reprlab.models import LoadedModel
+from reprlab.trainstate import load_train_state, save_train_state
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = {
+    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
+                                                  weight_decay=wd),
+    "adam": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+}
+DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3}
+
+
+@dataclass
+class TunedTrainConfig:
+    """How to fit a tuned lens (defaults sized for a CPU; the paper used 250 x 2^18 tokens)."""
+
+    steps: int = 100
+    tokens_per_step: int = 4096
+    batch_size: int = 8
+    max_length: int = 128
+    optimizer: str = "sgd"
+    lr: float | None = None
+    weight_decay: float = 1e-3
+    warmup_frac: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}")
+        for name in ("steps", "tokens_per_step", "batch_size", "max_length", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, "
+                                  f"got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_frac < 1:
+            raise ConfigError(f"--warmup-frac must lie in [0, 1), got {self.warmup_frac}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+def encode_batches(lm: LoadedModel, texts: list[str], batch_size: int,
+                   max_length: int) -> list[dict]:
+    """Right-padded input batches of ``texts`` in the given order."""
+    return [lm.encode(texts[i:i + batch_size], padding_side="right", max_length=max_length)
+            for i in range(0, len(texts), batch_size)]
+
+
+def tuned_loss(lm: LoadedModel, translators: Translators, states: list[torch.Tensor],
+               final_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ over layers (but the last) of Σ over real tokens of KL(final ‖ lens), in nats."""
+    m = mask.to(final_logits.dtype)
+    total = final_logits.new_zeros(())
+    target = final_logits.detach()
+    for layer, h in enumerate(states[:-1]):
+        lens_logits = unembed(lm, translators(h.detach(), layer))
+        total = total + (kl_logits(target, lens_logits) * m).sum()
+    return total
+
+
+def _lr_lambda(steps: int, warmup_frac: float):
+    warm = max(1, int(round(steps * warmup_frac))) if warmup_frac > 0 else 0
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _freeze(lm: LoadedModel) -> None:
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+
+
+def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None = None, *,
+                state_path: str | Path | None = None, progress: bool = True,
+                stop_after: int | None = None) -> tuple[TunedLens, list[dict]]:
+    """Fit translators on ``texts``; returns the lens and the loss history per step.
+
+    With ``state_path`` the run checkpoints every ``cfg.checkpoint_every`` steps and resumes
+    from the file when it exists. ``stop_after`` (a test aid; also ``REPRLAB_STOP_AFTER``)
+    interrupts the run after that step's checkpoint.
+    """
+    cfg = cfg or TunedTrainConfig()
+    if not texts:
+        raise DataError("no texts to train the tuned lens on; pass a dataset with text rows")
+    if stop_after is None and os.environ.get("REPRLAB_STOP_AFTER"):
+        stop_after = int(os.environ["REPRLAB_STOP_AFTER"])
+    _freeze(lm)
+    lm.model.eval()
+    n_layers = len(layer_names(lm))
+    torch.manual_seed(cfg.seed)
+    translators = Translators(n_layers, lm.arch.hidden_size).to(lm.device)
+    opt = OPTIMIZERS[cfg.optimizer](translators.parameters(), cfg.learning_rate,
+                                    cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.steps, cfg.warmup_frac))
+    step, epoch, cursor, history = 0, 0, 0, []
+    if state_path is not None:
+        info = load_train_state(state_path, translators, opt, sched)
+        if info is not None:
+            if info.get("config") != asdict(cfg):
+                raise ConfigError(f"{state_path} holds a run with other settings; use another "
+                                  "--out or delete it to start over")
+            step, epoch, cursor = info["step"], info["epoch"], info["cursor"]
+            history = info["history"]
+            logger.info("resuming the tuned lens at step %d", step)
+
+    def order(ep: int) -> list[int]:
+        g = torch.Generator().manual_seed(cfg.seed * 1000003 + ep)
+        return torch.randperm(len(texts), generator=g).tolist()
+
+    perm = order(epoch)
+    bar = tqdm(total=cfg.steps, initial=step, desc="tuned lens", unit="step",
+               disable=not progress)
+    try:
+        while step < cfg.steps:
+            opt.zero_grad(set_to_none=True)
+            tokens, loss_sum = 0, 0.0
+            while tokens < cfg.tokens_per_step:
+                if cursor >= len(perm):
+                    epoch, cursor = epoch + 1, 0
+                    perm = order(epoch)
+                idx = perm[cursor:cursor + cfg.batch_size]
+                cursor += len(idx)
+                batch = lm.encode([texts[i] for i in idx], padding_side="right",
+                                  max_length=cfg.max_length)
+                states, final = forward_states(lm, batch)
+                mask = batch["attention_mask"]
+                loss = tuned_loss(lm, translators, states, final, mask)
+                (loss / cfg.tokens_per_step).backward()
+                tokens += int(mask.sum())
+                loss_sum += float(loss.detach())
+            opt.step()
+            sched.step()
+            step += 1
+            history.append({"step": step, "kl_sum_bits": loss_sum / tokens / LN2,
+                            "tokens": tokens, "lr": sched.get_last_lr()[0]})
+            bar.update(1)
+            bar.set_postfix(kl=f"{history[-1]['kl_sum_bits']:.3f}")
+            if state_path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps
+                                           or step == stop_after):
+                save_train_state(state_path, translators, opt, sched,
+                                 {"step": step, "epoch": epoch, "cursor": cursor,
+                                  "history": history, "config": asdict(cfg)})
+            if stop_after is not None and step == stop_after and step < cfg.steps:
+                raise KeyboardInterrupt
+    finally:
+        bar.close()
+    lens = TunedLens.from_translators(lm, translators.cpu(), {**asdict(cfg), "history_len":
+                                                              len(history)})
+    return lens, history
+
+
+def evaluate_lenses(lm: LoadedModel, lenses: dict[str, LogitLens], texts: list[str], *,
+                    batch_size: int = 8, max_length: int = 128,
+                    progress: bool = False) -> list[dict[str, Any]]:
+    """Per layer and lens: KL(final ‖ lens), cross-entropy of the next token and entropy, in
+    bits per token, averaged over every real token (CE over tokens that have a next token)."""
+    names = layer_names(lm)
+    sums: dict[tuple[str, int, str], float] = {}
+    n_tok, n_ce = 0, 0
+    final_ce = 0.0
+    moved = {k: v.to(lm.device) for k, v in lenses.items()}
+    for batch in tqdm(encode_batches(lm, texts, batch_size, max_length), desc="lens eval",
+                      disable=not progress):
+        states, final = forward_states(lm, batch)
+        mask = batch["attention_mask"].bool()
+        ids = batch["input_ids"]
+        nxt = mask[:, 1:] & mask[:, :-1]
+        n_tok += int(mask.sum())
+        n_ce += int(nxt.sum())
+        final_ce += float(cross_entropy_logits(final[:, :-1], ids[:, 1:])[nxt].sum())
+        with torch.no_grad():
+            for lname, lens in moved.items():
+                for i, h in enumerate(states):
+                    lg = lens.logits(lm, h, i)
+                    vals = {"kl": kl_logits(final, lg)[mask].sum(),
+                            "entropy": entropy_logits(lg)[mask].sum(),
+                            "ce": cross_entropy_logits(lg[:, :-1], ids[:, 1:])[nxt].sum()}
+                    for k, v in vals.items():
+                        sums[(lname, i, k)] = sums.get((lname, i, k), 0.0) + float(v)
+    rows = []
+    for i, name in enumerate(names):
+        row: dict[str, Any] = {"layer": name}
+        for lname in lenses:
+            row[f"{lname}_kl_bits"] = sums[(lname, i, "kl")] / n_tok / LN2
+            row[f"{lname}_ce_bits"] = sums[(lname, i, "ce")] / max(1, n_ce) / LN2
+            row[f"{lname}_entropy_bits"] = sums[(lname, i, "entropy")] / n_tok / LN2
+        row["model_ce_bits"] = final_ce / max(1, n_ce) / LN2
+        rows.append(row)
+    return rows
