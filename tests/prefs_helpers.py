@@ -26,8 +26,8 @@ def chat_tiny(seed: int = 0, hidden: int = 32, layers: int = 2, template: bool =
 
 def trl_dpo_trainer(lm, rows, out: Path, *, beta=0.1, lora_r=4, lora_alpha=8,
                     targets=("q_proj", "v_proj"), batch_size=2, lr=1e-3, steps=1,
-                    max_length=128, precompute=False):
-    """TRL's DPOTrainer on ``lm`` with LoRA, on CPU, no logging or checkpoints."""
+                    max_length=128, precompute=False, conversational=True):
+    """TRL's DPOTrainer on ``lm`` with LoRA, on CPU, no logging or checkpoints (chat rows)."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
@@ -41,6 +41,10 @@ def trl_dpo_trainer(lm, rows, out: Path, *, beta=0.1, lora_r=4, lora_alpha=8,
                      precompute_ref_log_probs=precompute)
     peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(targets),
                              lora_dropout=0.0)
+    if conversational:
+        rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+                 "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                 "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
     ds = Dataset.from_list([dict(r) for r in rows])
     return DPOTrainer(model=lm.model, args=args, train_dataset=ds, processing_class=lm.tokenizer,
                       peft_config=peft_config)

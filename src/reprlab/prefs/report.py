@@ -1,0 +1,72 @@
+"""Plots, tables and the run directory of preference training, evaluation and comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reprlab.report.plots import PALETTE, new_figure
+
+TRAIN_CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"),
+                ("rewards/accuracies", "reward accuracy"), ("logps/chosen", "log-prob chosen"),
+                ("logps/rejected", "log-prob rejected"), ("grad_norm", "grad norm"))
+
+
+def train_figure(log: list[dict]) -> Any:
+    fig, axes = new_figure(10, 5.5, ncols=3, nrows=2)
+    steps = [r["step"] for r in log]
+    for ax, (k, title) in zip(axes.ravel(), TRAIN_CURVES, strict=True):
+        ys = [r.get(k) for r in log]
+        if any(y is not None for y in ys):
+            ax.plot(steps, [float("nan") if y is None else y for y in ys], lw=1.4)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def write_train_report(rundir: Any, result: Any, cfg: Any, identity: dict) -> None:
+    log = result.log
+    tps = [r["tokens_per_s"] for r in log if r.get("tokens_per_s")]
+    results = {
+        "workflow": "prefs-train", "method": result.method, "steps": result.steps,
+        "resumed_from": result.resumed_from, "final": result.final,
+        "tokens_per_s_median": sorted(tps)[len(tps) // 2] if tps else None,
+        "truncation": result.truncation, "reference": result.reference,
+        "config": result.config, "model": identity, "adapter": "adapter",
+        "log": "train_log.jsonl",
+    }
+    rundir.files += ["train_log.jsonl", "state.safetensors", "adapter/adapter_model.safetensors",
+                     "adapter/adapter_config.json"]
+    if log:
+        rundir.figure(train_figure(log), "training.png", title="Training",
+                      caption="loss, implicit-reward margin and accuracy, completion log-probs "
+                              "and gradient norm per step")
+    t = result.truncation
+    rundir.table("Data after tokenisation", [t], note="prompt cut from the left, completion "
+                 "from the right; dropped rows are not trained on")
+    rundir.table("Final step", [{k: v for k, v in result.final.items()}])
+    rundir.finish(results, title=f"reprlab prefs train: {result.method['name']}",
+                  summary=f"{result.steps} steps of {result.method['name']} on "
+                          f"{t['kept']}/{t['rows']} pairs.")
+
+
+def shift_figure(rows: list[dict], metric: str = "pref_acc") -> Any:
+    """Bar chart: accuracy per split, adapter on vs off; incoherent runs hatched."""
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    fig, ax = new_figure(max(5.0, 1.3 * len(splits) + 2), 3.6)
+    width = 0.38
+    for j, adapter in enumerate(("off", "on")):
+        vals = [next((r[metric] for r in rows if r["split"] == s and r["adapter"] == adapter),
+                     float("nan")) for s in splits]
+        bars = ax.bar([i + (j - 0.5) * width for i in range(len(splits))], vals, width,
+                      label=f"adapter {adapter}" + (" (base)" if adapter == "off" else ""),
+                      color=PALETTE[j])
+        if adapter == "on" and any(r.get("incoherent") for r in rows):
+            for b in bars:
+                b.set_hatch("//")
+    ax.axhline(0.5, color="#888", lw=0.8, ls="--")
+    ax.set_xticks(range(len(splits)), splits, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("preference accuracy")
+    ax.legend()
+    return fig

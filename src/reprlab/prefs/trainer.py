@@ -1,0 +1,296 @@
+"""The preference-training loop: any registered method, a PEFT adapter, resumable.
+
+``train(model, data, out=..., method="dpo", ...)`` tokenises the data (reporting every cut and
+drop), injects the adapter, takes the reference from the cache (or runs it live with the adapter
+disabled), and steps AdamW with warm-up + schedule, gradient accumulation and clipping. Every
+step is logged to ``train_log.jsonl`` (loss, rewards chosen/rejected/margin/accuracy, log-probs
+chosen/rejected, grad norm, learning rate, tokens/s). The adapter is checkpointed with the
+optimiser, scheduler, data position and RNG in one atomic file (:mod:`reprlab.trainstate`), so a
+killed run started again with the same command continues where it stopped and ends with the
+same adapter as an uninterrupted run. Methods plug in through :mod:`reprlab.prefs.methods`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from reprlab.errors import ConfigError
+from reprlab.io import atomic_write_text
+from reprlab.models import LoadedModel, as_loaded
+from reprlab.prefs.adapters import AdapterSpec, apply_adapter, trainable
+from reprlab.prefs.config import TrainConfig, diff
+from reprlab.prefs.data import load_preferences
+from reprlab.prefs.forward import forward
+from reprlab.prefs.methods import Method, MethodOptions, SeqOutputs, StepContext, build_method
+from reprlab.prefs.refcache import ReferenceTable, cached_reference
+from reprlab.prefs.schedule import make_scheduler
+from reprlab.prefs.tokenize import TokenizedPrefs, collate, tokenize_prefs
+from reprlab.trainstate import load_train_state, read_train_state, save_train_state
+
+logger = logging.getLogger(__name__)
+
+STATE = "state.safetensors"
+LOG = "train_log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run holds (also in ``results.json``)."""
+
+    run_dir: Path
+    method: dict
+    steps: int
+    final: dict
+    log: list[dict]
+    truncation: dict
+    reference: dict
+    resumed_from: int
+    config: dict = field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.log]
+
+
+def order_for(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled row order of ``epoch`` (a pure function of seed and epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def rows_at(n: int, seed: int, step: int, micro: int, accum: int, batch: int) -> list[int]:
+    """Rows of micro-batch ``micro`` of optimiser step ``step`` (resumable data position)."""
+    start = (step * accum + micro) * batch
+    out, cache = [], {}
+    for pos in range(start, start + batch):
+        epoch = pos // n
+        if epoch not in cache:
+            cache[epoch] = order_for(n, seed, epoch)
+        out.append(cache[epoch][pos % n])
+    return out
+
+
+def _metrics(policy: SeqOutputs, ref: SeqOutputs | None, beta: float) -> dict[str, float]:
+    m = {"logps/chosen": policy.chosen_logps.detach().mean().item(),
+         "logps/rejected": policy.rejected_logps.detach().mean().item()}
+    if ref is not None:
+        rc = beta * (policy.chosen_logps.detach() - ref.chosen_logps)
+        rr = beta * (policy.rejected_logps.detach() - ref.rejected_logps)
+        m.update({"rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
+                  "rewards/margins": (rc - rr).mean().item(),
+                  "rewards/accuracies": (rc > rr).float().mean().item()})
+    return m
+
+
+def _mean_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for p in parts for k in p}
+    return {k: sum(p[k] for p in parts if k in p) / sum(1 for p in parts if k in p) for k in keys}
+
+
+def _scalar(v: Any) -> float:
+    return float(v.detach().item()) if torch.is_tensor(v) else float(v)
+
+
+class _Run:
+    """The state of one training run (built by :func:`train`)."""
+
+    def __init__(self, cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, method: Method,
+                 out: Path, identity: dict):
+        self.cfg, self.lm, self.tokens, self.method, self.out = cfg, lm, tokens, method, out
+        self.identity = identity
+        torch.manual_seed(cfg.seed)
+        spec = AdapterSpec(cfg.adapter, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                           tuple(cfg.lora_targets), cfg.rslora, cfg.dora,
+                           dict(cfg.adapter_options))
+        self.peft = apply_adapter(lm.model, spec)
+        self.params = trainable(self.peft)
+        if not self.params:
+            raise ConfigError("the adapter has no trainable parameters; check --adapter and "
+                              "--lora-targets")
+        self.opt = torch.optim.AdamW([p for _, p in self.params], lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+        n = len(tokens)
+        per_step = cfg.batch_size * cfg.grad_accum
+        self.total = cfg.steps or max(1, math.ceil(cfg.epochs * n / per_step))
+        self.sched = make_scheduler(self.opt, cfg.schedule, cfg.warmup_steps, self.total)
+        self.reference: ReferenceTable | None = None
+        self.live_reference_forwards = 0
+        self.state: dict[str, Any] = {}
+
+    def adapter_off(self):
+        return self.peft.disable_adapter()
+
+    def ref_for(self, rows: list[int], batch: dict) -> SeqOutputs | None:
+        if not self.method.needs_reference:
+            return None
+        if self.reference is not None:
+            return self.reference.batch(rows, self.lm.device)
+        self.live_reference_forwards += 1
+        with torch.no_grad(), self.adapter_off():
+            out = forward(self.lm, batch, tuple(self.method.sites))
+        return SeqOutputs(out.chosen_logps, out.rejected_logps, out.chosen_tokens,
+                          out.rejected_tokens, {k: v.detach() for k, v in out.chosen_hidden.items()},
+                          {k: v.detach() for k, v in out.rejected_hidden.items()})
+
+    def step(self, step: int) -> dict[str, Any]:
+        cfg, lm = self.cfg, self.lm
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.peft.train()
+        parts, tokens = [], 0
+        for micro in range(cfg.grad_accum):
+            rows = rows_at(len(self.tokens), cfg.seed, step, micro, cfg.grad_accum, cfg.batch_size)
+            batch = collate(self.tokens, rows, lm.device)
+            tokens += int(batch["attention_mask"].sum())
+            ref = self.ref_for(rows, batch)
+            policy = forward(lm, batch, tuple(self.method.sites))
+            out = self.method.loss(policy, ref)
+            ctx = StepContext(step, micro, micro == cfg.grad_accum - 1, self.peft, self.params,
+                              policy, ref, out, self.state)
+            self.method.before_backward(ctx)
+            (out.loss / cfg.grad_accum).backward()
+            self.method.after_backward(ctx)
+            m = {"loss": out.loss.detach().item(),
+                 **_metrics(policy, ref, getattr(self.method, "beta", cfg.beta))}
+            m.update({k: _scalar(v) for k, v in out.metrics.items()})
+            parts.append(m)
+        grads = [p for _, p in self.params if p.grad is not None]
+        gnorm = torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm) if grads else torch.zeros(())
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rec = {"step": step + 1, **_mean_metrics(parts), "grad_norm": float(gnorm), "lr": lr,
+               "tokens": tokens, "seconds": wall, "cpu_seconds": cpu,
+               "tokens_per_s": tokens / wall if wall > 0 else None}
+        return rec
+
+    def save(self, step: int) -> None:
+        info = {"step": step, "config": self.cfg.numeric(), "config_hash": self.cfg.hash(),
+                "method": self.method.describe(), "total_steps": self.total}
+        save_train_state(self.out / STATE, self.peft, self.opt, self.sched, info,
+                         tensors=self.method.state_tensors(), trainable_only=True)
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def check_resume(out: Path, cfg: TrainConfig) -> dict | None:
+    """The saved state's info when ``out`` holds a resumable run of the same configuration."""
+    got = read_train_state(out / STATE)
+    if got is None:
+        return None
+    info = got[1]["info"]
+    if info.get("config_hash") != cfg.hash():
+        changes = diff(info.get("config", {}), cfg.numeric())
+        raise ConfigError(f"{out} holds a run with different settings ({'; '.join(changes[:4])}); "
+                          "resume with the same settings, or choose another --out")
+    return info
+
+
+def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str | Path = None,
+          config: TrainConfig | None = None, on_step: Callable[[dict], None] | None = None,
+          **options: Any) -> TrainResult:
+    """Train a preference adapter; see :class:`TrainConfig` for ``options``.
+
+    ``model`` is a :class:`LoadedModel` or a name/path; ``data`` a spec, rows or
+    :class:`PreferenceTriples`. ``on_step(record)`` is called after every optimiser step.
+    Returns a frozen :class:`TrainResult`; the run directory holds the adapter, the log,
+    ``results.json``, ``report.html`` and ``manifest.json``.
+    """
+    from reprlab.prefs.report import write_train_report
+
+    cfg = config or TrainConfig()
+    if isinstance(model, str):
+        options.setdefault("model", model)
+    elif isinstance(model, LoadedModel):
+        options.setdefault("model", model.source or model.name)
+    if isinstance(data, str):
+        options.setdefault("data", data)
+    if out is not None:
+        options["out"] = str(out)
+    cfg = replace(cfg, **options)
+    out = Path(cfg.out)
+    info = check_resume(out, cfg)  # before any expensive work
+    method = build_method(cfg.method, MethodOptions(cfg.beta, cfg.label_smoothing,
+                                                    cfg.aggregation, cfg.nll_weight,
+                                                    dict(cfg.method_options)))
+    prefs = load_preferences(data if data is not None else cfg.data, limit=cfg.limit,
+                             prompt_col=cfg.prompt_col, chosen_col=cfg.chosen_col,
+                             rejected_col=cfg.rejected_col)
+    lm = as_loaded(model if model is not None else cfg.model, device=cfg.device,
+                   dtype=cfg.model_dtype)
+    tokens = tokenize_prefs(lm.tokenizer, prefs, max_length=cfg.max_length,
+                            max_prompt_length=cfg.max_prompt_length, raw_text=cfg.raw_text,
+                            model_name=lm.name)
+    identity = lm.identity()
+    from reprlab.report import RunDir
+
+    rundir = RunDir.create(out, "prefs-train", cfg.numeric() | {"out": str(out)},
+                           inputs={"model": {**identity, "spec": cfg.model},
+                                   "data": prefs.describe()}, seed=cfg.seed)
+    (out / "manifest.json").unlink(missing_ok=True)  # not complete until finish()
+    run = _Run(cfg, lm, tokens, method, out, identity)
+    if method.needs_reference and cfg.ref_cache != "off":
+        root = None if cfg.ref_cache == "auto" else cfg.ref_cache
+        run.reference = cached_reference(lm, identity, tokens, tuple(method.sites), root=root,
+                                          batch_size=max(cfg.batch_size, 8),
+                                          adapter_off=run.adapter_off, progress=cfg.progress,
+                                          data_name=prefs.name)
+    start = 0
+    if info is not None:
+        got = load_train_state(out / STATE, run.peft, run.opt, run.sched)
+        run.method.load_state_tensors(got.get("_tensors", {}))
+        start = int(got["step"])
+        logger.info("resuming %s from step %d of %d", out, start, run.total)
+    log = _read_log(out / LOG, start)
+    _write_log(out / LOG, log)  # drop lines of steps after the last saved state
+    bar = tqdm(total=run.total, initial=start, desc=f"prefs {cfg.method}", unit="step",
+               disable=not cfg.progress)
+    try:
+        for step in range(start, run.total):
+            rec = run.step(step)
+            log.append(rec)
+            with open(out / LOG, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}",
+                            acc=f"{rec.get('rewards/accuracies', float('nan')):.2f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == run.total:
+                run.save(step + 1)
+            if on_step is not None:
+                on_step(rec)
+    finally:
+        bar.close()
+    _write_log(out / LOG, log)
+    adapter_dir = out / "adapter"
+    run.peft.save_pretrained(str(adapter_dir))
+    reference = {"cached": run.reference is not None,
+                 "cache_hit": bool(run.reference and run.reference.cache_hit),
+                 "cache_path": str(run.reference.path) if run.reference and run.reference.path
+                 else None,
+                 "reference_forwards_this_run": (run.reference.forwards if run.reference else 0)
+                 + run.live_reference_forwards,
+                 "live_reference_forwards": run.live_reference_forwards}
+    result = TrainResult(out, method.describe(), run.total, log[-1] if log else {}, log,
+                         tokens.report.to_dict(), reference, start, cfg.numeric())
+    write_train_report(rundir, result, cfg, identity)
+    return result
