@@ -62,13 +62,15 @@ def store_clouds(store, sites: Sequence[str], position: str, idx: torch.Tensor,
 
 def layers_analysis(clouds: torch.Tensor, labels: Sequence[str], groups: torch.Tensor,
                     measures: Sequence[str], *, pca: int | None = None, seed: int = 0,
-                    n_splits: int = 2, rel_eps: float = 0.1, **opts) -> dict:
-    """Every measure between every pair of ``clouds [K, n, d]`` (one checkpoint's layers)."""
+                    n_splits: int = 2, rel_eps: float = 0.1, progress: bool = False,
+                    **opts) -> dict:
+    """Every measure between every pair of ``clouds [K, n, d]`` (one checkpoint's layers);
+    ``progress``: a bar per measure over its pairs and floors."""
     K = clouds.shape[0]
     work = shared_basis(clouds, pca, seed)
     pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
     comps = compare(work, pairs, measures, groups, n_splits=n_splits, seed=seed,
-                    rel_eps=rel_eps, **opts)
+                    rel_eps=rel_eps, progress=progress, desc=f"{K} sites: ", **opts)
     out = {"labels": list(labels), "measures": {}, "rows": []}
     for name, c in comps.items():
         entry = {"matrix": matrix(c, K).tolist(), "converged": bool(c.converged.all())}
@@ -107,7 +109,7 @@ def series_analysis(steps: Sequence[int], clouds: dict[str, torch.Tensor], group
         work = shared_basis(x, pca, seed)
         pairs = [(t, t + 1) for t in range(T - 1)]
         comps = compare(work, pairs, measures, groups, n_splits=n_splits, seed=seed,
-                        rel_eps=rel_eps, **opts)
+                        rel_eps=rel_eps, progress=progress, desc=f"{site}: ", **opts)
         site_out: dict = {"consecutive": {}, "change_points": {}, "transition": {}}
         for name, c in comps.items():
             vals = c.value.double()
@@ -133,7 +135,7 @@ def series_analysis(steps: Sequence[int], clouds: dict[str, torch.Tensor], group
         xs = work[sub]
         pairs = [(i, j) for i in range(len(sub)) for j in range(i + 1, len(sub))]
         cm = compare(xs, pairs, [mm], groups, floors=False, seed=seed, rel_eps=rel_eps,
-                     **opts)[mm]
+                     progress=progress, desc=f"{site} checkpoint matrix: ", **opts)[mm]
         site_out["matrix"] = {"measure": mm, "steps": [steps[i] for i in sub],
                               "values": matrix(cm, len(sub)).tolist()}
         out["sites"][site] = site_out

@@ -19,7 +19,9 @@ def _print_series(res: dict) -> None:
     for t in res.get("transitions", []):
         print(f"{t['site']:>14s} {t['measure']:>13s}: strongest change at step {t['step']}")
     if "acc_crosses_50pct" in res:
-        print("accuracy reaches 50%:", res["acc_crosses_50pct"])
+        from reprlab.drift.workflow import crossing_phrase
+
+        print(crossing_phrase(res["acc_crosses_50pct"]))
     for w in res.get("warnings", []):
         print(f"warning: {w}")
 

@@ -17,10 +17,11 @@ between points of the union), so that values are comparable across the matrix.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from reprlab.drift import ot
 from reprlab.drift.measures import DISTANCES, Measured, is_paired, measure
@@ -49,11 +50,23 @@ def _chunks(n_pairs: int, n: int, m: int, max_bytes: float, elsize: int = 4) -> 
     return max(1, int(max_bytes // per_pair))
 
 
-def _sinkhorn_pairs(X, Y, pairs, eps, opts, max_bytes):
+class _Cache:
+    """Per-cloud terms shared by the pairs of one comparison: Sinkhorn self terms OT(x, x) and
+    Gaussian statistics, keyed by ``(tag, cloud index)`` where the tag names the sample of
+    points (``"full"``, ``"a0"``: input half a of split 0, ...)."""
+
+    def __init__(self) -> None:
+        self.values: dict = {}
+
+
+def _sinkhorn_pairs(X, Y, pairs, eps, opts, max_bytes, tags=(None, None), cache=None,
+                    tick=None):
     """Debiased divergence for pairs (i of X, j of Y); self terms computed once per cloud."""
     kw = dict(eps=eps, tol=opts.get("tol", 1e-5), max_iter=opts.get("max_iter", 5000))
     n, m = X.shape[1], Y.shape[1]
     step = _chunks(len(pairs), n, m, max_bytes)
+    cache = cache if cache is not None else _Cache()
+    tx, ty = tags if tags != (None, None) else (id(X), id(Y))
 
     def ent(A, B, idx_a, idx_b):
         vals, conv = [], []
@@ -62,33 +75,69 @@ def _sinkhorn_pairs(X, Y, pairs, eps, opts, max_bytes):
             r = ot.sinkhorn(A[ia], B[ib], **kw)
             vals.append(r.entropic)
             conv.append(r.converged)
+            if tick is not None:
+                tick(len(ia))
         return torch.cat(vals), torch.cat(conv)
 
-    xi = sorted({i for i, _ in pairs})
-    yj = sorted({j for _, j in pairs})
-    sx, cx = ent(X, X, xi, xi)
-    same = X is Y
-    sy, cy = (sx, cx) if same and xi == yj else ent(Y, Y, yj, yj)
-    self_x = dict(zip(xi, sx.tolist(), strict=True))
-    self_y = dict(zip(yj, sy.tolist(), strict=True))
-    conv_x = dict(zip(xi, cx.tolist(), strict=True))
-    conv_y = dict(zip(yj, cy.tolist(), strict=True))
+    def selves(A, tag, idx):
+        todo = sorted({k for k in idx if ("sk", tag, k) not in cache.values})
+        if todo:
+            v, c = ent(A, A, todo, todo)
+            for k, vk, ck in zip(todo, v.tolist(), c.tolist(), strict=True):
+                cache.values[("sk", tag, k)] = (vk, ck)
+        return {k: cache.values[("sk", tag, k)] for k in idx}
+
+    self_x = selves(X, tx, [i for i, _ in pairs])
+    self_y = selves(Y, ty, [j for _, j in pairs])
     cross, cc = ent(X, Y, [i for i, _ in pairs], [j for _, j in pairs])
-    vals = torch.tensor([float(cross[k]) - 0.5 * (self_x[i] + self_y[j])
+    vals = torch.tensor([float(cross[k]) - 0.5 * (self_x[i][0] + self_y[j][0])
                          for k, (i, j) in enumerate(pairs)], dtype=torch.float64)
-    conv = torch.tensor([bool(cc[k]) and conv_x[i] and conv_y[j]
+    conv = torch.tensor([bool(cc[k]) and self_x[i][1] and self_y[j][1]
                          for k, (i, j) in enumerate(pairs)])
     return Measured(vals, conv)
 
 
+def _bures_pairs(X, Y, pairs, tags=(None, None), cache=None, tick=None):
+    """Bures–Wasserstein for pairs from per-cloud Gaussian statistics (one eigendecomposition
+    per cloud, not per pair)."""
+    cache = cache if cache is not None else _Cache()
+    tx, ty = tags if tags != (None, None) else (id(X), id(Y))
+    use_cov = X.shape[2] <= min(X.shape[1], Y.shape[1])
+
+    def stats(A, tag, idx):
+        todo = sorted({k for k in idx if ("bw", tag, k, use_cov) not in cache.values})
+        for k in todo:
+            cache.values[("bw", tag, k, use_cov)] = ot.gaussian_stats(A[k:k + 1], use_cov)
+        return {k: cache.values[("bw", tag, k, use_cov)] for k in idx}
+
+    sx = stats(X, tx, [i for i, _ in pairs])
+    sy = stats(Y, ty, [j for _, j in pairs])
+    vals = []
+    for i, j in pairs:
+        vals.append(ot.bures_from_stats(sx[i], sy[j])[0])
+        if tick is not None:
+            tick(1)
+    v = torch.stack(vals) if vals else torch.zeros(0, dtype=torch.float64)
+    return Measured(v, torch.ones(len(pairs), dtype=torch.bool))
+
+
 def pair_values(name: str, X: torch.Tensor, Y: torch.Tensor, pairs: Sequence[tuple[int, int]],
-                eps: float | None = None, max_bytes: float = 1 << 30, **opts) -> Measured:
-    """``name`` between ``X[i]`` and ``Y[j]`` for each ``(i, j)`` in ``pairs`` -> ``[P]``."""
+                eps: float | None = None, max_bytes: float = 1 << 30, *,
+                tags: tuple = (None, None), cache: _Cache | None = None,
+                tick: Callable[[int], None] | None = None, **opts) -> Measured:
+    """``name`` between ``X[i]`` and ``Y[j]`` for each ``(i, j)`` in ``pairs`` -> ``[P]``.
+
+    ``tags`` name the point samples of ``X`` and ``Y`` so that per-cloud terms in ``cache``
+    (Sinkhorn self terms, Gaussian statistics) are computed once across calls; ``tick(k)`` is
+    called as pairs (and per-cloud Sinkhorn terms) complete.
+    """
     pairs = list(pairs)
     if name == "sinkhorn":
         if eps is None:
             raise ConfigError("sinkhorn pairs need an absolute eps (see shared_eps)")
-        return _sinkhorn_pairs(X, Y, pairs, eps, opts, max_bytes)
+        return _sinkhorn_pairs(X, Y, pairs, eps, opts, max_bytes, tags, cache, tick)
+    if name == "bures":
+        return _bures_pairs(X, Y, pairs, tags, cache, tick)
     step = _chunks(len(pairs), X.shape[1], Y.shape[1], max_bytes)
     vals, conv = [], []
     for s in range(0, len(pairs), step):
@@ -96,6 +145,8 @@ def pair_values(name: str, X: torch.Tensor, Y: torch.Tensor, pairs: Sequence[tup
         r = measure(name, X[[i for i, _ in chunk]], Y[[j for _, j in chunk]], **opts)
         vals.append(r.values.double())
         conv.append(r.converged)
+        if tick is not None:
+            tick(len(chunk))
     return Measured(torch.cat(vals), torch.cat(conv))
 
 
@@ -156,13 +207,42 @@ class Comparison:
         return out
 
 
+def _plan(name: str, pairs: list, self_pairs: list, n_splits: int) -> list[tuple]:
+    """``(tag of X, tag of Y, pairs)`` jobs of one measure: full clouds first, then per split
+    the input-half floors, the half-sample pairs and the point-half floors (unpaired), or
+    the pairs on each input half (paired)."""
+    jobs = [("full", "full", pairs)]
+    for s in range(n_splits):
+        if is_paired(name):
+            jobs += [(f"a{s}", f"a{s}", pairs), (f"b{s}", f"b{s}", pairs)]
+        else:
+            jobs += [(f"a{s}", f"b{s}", self_pairs), (f"a{s}", f"b{s}", pairs),
+                     (f"pa{s}", f"pb{s}", self_pairs)]
+    return jobs
+
+
+def _units(name: str, jobs: list[tuple]) -> int:
+    """Progress units of ``jobs``: pairs, plus each Sinkhorn self term computed once."""
+    total, seen = 0, set()
+    for tx, ty, ps in jobs:
+        total += len(ps)
+        if name == "sinkhorn":
+            new = {(tx, i) for i, _ in ps} | {(ty, j) for _, j in ps}
+            total += len(new - seen)
+            seen |= new
+    return total
+
+
 def compare(clouds: torch.Tensor, pairs: Sequence[tuple[int, int]], measures: Sequence[str],
             groups: torch.Tensor | None = None, *, n_splits: int = 2, seed: int = 0,
             rel_eps: float = 0.1, eps: float | None = None, floors: bool = True,
-            max_bytes: float = 1 << 30, **opts) -> dict[str, Comparison]:
+            max_bytes: float = 1 << 30, progress: bool = False, desc: str = "",
+            **opts) -> dict[str, Comparison]:
     """Every measure on every pair of ``clouds [K, n, d]``, with split-half floors.
 
     ``groups [n]``: the input (row) each point comes from (``None``: one point per input).
+    ``progress``: one bar per measure counting pairs (and Sinkhorn self terms), ``desc`` its
+    prefix.
     """
     K, n, _ = clouds.shape
     pairs = [(int(i), int(j)) for i, j in pairs]
@@ -176,41 +256,48 @@ def compare(clouds: torch.Tensor, pairs: Sequence[tuple[int, int]], measures: Se
         eps = shared_eps(clouds, rel_eps, seed=seed)
     splits = [input_halves(groups, seed + s) for s in range(n_splits)] if floors else []
     psplits = [point_halves(n, seed + 1000 + s) for s in range(n_splits)] if floors else []
+    views = {"full": clouds}
+    for s, ((a, b), (pa, pb)) in enumerate(zip(splits, psplits, strict=True)):
+        views.update({f"a{s}": clouds[:, a], f"b{s}": clouds[:, b],
+                      f"pa{s}": clouds[:, pa], f"pb{s}": clouds[:, pb]})
+    self_pairs = [(k, k) for k in range(K)]
     out: dict[str, Comparison] = {}
     for name in measures:
-        kw = dict(eps=eps, max_bytes=max_bytes, **opts)
-        full = pair_values(name, clouds, clouds, pairs, **kw)
+        jobs = _plan(name, pairs, self_pairs, n_splits if floors else 0)
+        cache = _Cache()
+        bar = tqdm(total=_units(name, jobs), desc=f"{desc}{name}", unit="pair", leave=False,
+                   disable=not progress)
+        kw = dict(eps=eps, max_bytes=max_bytes, cache=cache, tick=bar.update, **opts)
+
+        def run(job, kw=kw):
+            tx, ty, ps = job
+            return pair_values(name, views[tx], views[ty], ps, tags=(tx, ty), **kw)
+
+        try:
+            res = [run(job) for job in jobs]
+        finally:
+            bar.close()
+        full = res[0]
         comp = Comparison(name, pairs, full.values, full.converged,
                           eps=eps if name == "sinkhorn" else None)
         if floors and is_paired(name):
-            halves = []
-            for a, b in splits:
-                halves.append(pair_values(name, clouds[:, a], clouds[:, a], pairs, **kw).values)
-                halves.append(pair_values(name, clouds[:, b], clouds[:, b], pairs, **kw).values)
-            h = torch.stack(halves)
+            h = torch.stack([r.values for r in res[1:]])
             comp.half, comp.half_sd = h.mean(0), h.std(0)
         elif floors:
-            cf, hv, cfp = [], [], []
-            self_pairs = [(k, k) for k in range(K)]
+            fa, hh, fp = res[1::3], res[2::3], res[3::3]
             conv = comp.converged.clone()
-            for (a, b), (pa, pb) in zip(splits, psplits, strict=True):
-                fa = pair_values(name, clouds[:, a], clouds[:, b], self_pairs, **kw)
-                hh = pair_values(name, clouds[:, a], clouds[:, b], pairs, **kw)
-                fp = pair_values(name, clouds[:, pa], clouds[:, pb], self_pairs, **kw)
-                cf.append(fa.values)
-                hv.append(hh.values)
-                cfp.append(fp.values)
-                conv &= hh.converged
-            cloud_floor = torch.stack(cf)                       # [S, K]
+            for r in hh:
+                conv &= r.converged
+            cloud_floor = torch.stack([r.values for r in fa])   # [S, K]
             pair_floor = torch.stack([(cloud_floor[:, i] + cloud_floor[:, j]) / 2
                                       for i, j in pairs], dim=1)  # [S, P]
-            cfp_t = torch.stack(cfp)
+            cfp_t = torch.stack([r.values for r in fp])
             comp.cloud_floor = cloud_floor.mean(0)
             comp.floor = pair_floor.mean(0)
             comp.floor_sd = pair_floor.std(0) if n_splits > 1 else torch.zeros(len(pairs))
             comp.floor_points = torch.stack([(cfp_t[:, i] + cfp_t[:, j]) / 2
                                              for i, j in pairs], dim=1).mean(0)
-            comp.half = torch.stack(hv).mean(0)
+            comp.half = torch.stack([r.values for r in hh]).mean(0)
             comp.extra["floor_converged"] = bool(conv.all())
         out[name] = comp
         if not bool(comp.converged.all()):

@@ -448,6 +448,52 @@ def _sqrtm_psd(s: torch.Tensor) -> torch.Tensor:
     return (q * w.clamp_min(0).sqrt().unsqueeze(-2)) @ q.transpose(-1, -2)
 
 
+@dataclass
+class GaussianStats:
+    """What the Bures–Wasserstein distance needs of each cloud ``[B, n, d]``.
+
+    ``mean [B, d]``, ``trace [B]`` (of the biased covariance) and ``root``: the PSD square root
+    of the covariance ``[B, d, d]`` when ``d <= n``, else the centred cloud over ``√n``
+    ``[B, n, d]`` (``root rootᵀ`` has the covariance's non-zero spectrum). Computing these once
+    per cloud makes a matrix of K clouds cost K eigendecompositions instead of K(K-1).
+    """
+
+    mean: torch.Tensor
+    trace: torch.Tensor
+    root: torch.Tensor
+    covariance_root: bool
+
+    def __getitem__(self, idx) -> GaussianStats:
+        return GaussianStats(self.mean[idx], self.trace[idx], self.root[idx],
+                             self.covariance_root)
+
+
+def gaussian_stats(x: torch.Tensor, covariance_root: bool | None = None) -> GaussianStats:
+    """:class:`GaussianStats` of clouds ``x [B, n, d]`` in float64 (``covariance_root``: None
+    chooses ``d <= n``)."""
+    _, (x,) = _batched(x)
+    xd = x.double()
+    n, d = x.shape[1], x.shape[2]
+    mean = xd.mean(1)
+    xc = xd - mean[:, None]
+    trace = (xc ** 2).sum((1, 2)) / n
+    use_cov = d <= n if covariance_root is None else covariance_root
+    root = _sqrtm_psd(xc.transpose(1, 2) @ xc / n) if use_cov else xc / math.sqrt(n)
+    return GaussianStats(mean, trace, root, use_cov)
+
+
+def bures_from_stats(sx: GaussianStats, sy: GaussianStats) -> torch.Tensor:
+    """Bures–Wasserstein W2² ``[B]`` between batched :class:`GaussianStats` (float64)."""
+    if sx.covariance_root != sy.covariance_root:
+        raise ConfigError("both clouds' statistics must use the same root (covariance or "
+                          "centred points)")
+    if sx.covariance_root:
+        cross = torch.linalg.svdvals(sx.root @ sy.root).sum(-1)
+    else:
+        cross = torch.linalg.svdvals(sx.root @ sy.root.transpose(1, 2)).sum(-1)
+    return (((sx.mean - sy.mean) ** 2).sum(-1) + sx.trace + sy.trace - 2 * cross).clamp_min(0)
+
+
 def bures_wasserstein(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """W2² between the Gaussians fitted to the clouds (mean, biased covariance) ``[B]``.
 
@@ -456,18 +502,6 @@ def bures_wasserstein(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     avoids the square root of a non-symmetric matrix.
     """
     squeeze, (x, y) = _batched(x, y)
-    work = torch.float64 if x.dtype != torch.float64 else x.dtype
-    xd, yd = x.to(work), y.to(work)
-    mx, my = xd.mean(1), yd.mean(1)
-    xc, yc = xd - mx[:, None], yd - my[:, None]
-    n, m, d = x.shape[1], y.shape[1], x.shape[2]
-    tr_x = (xc ** 2).sum((1, 2)) / n
-    tr_y = (yc ** 2).sum((1, 2)) / m
-    if d <= min(n, m):
-        sx = _sqrtm_psd(xc.transpose(1, 2) @ xc / n)
-        sy = _sqrtm_psd(yc.transpose(1, 2) @ yc / m)
-        cross = torch.linalg.svdvals(sx @ sy).sum(-1)
-    else:
-        cross = torch.linalg.svdvals(xc @ yc.transpose(1, 2) / math.sqrt(n * m)).sum(-1)
-    res = (((mx - my) ** 2).sum(-1) + tr_x + tr_y - 2 * cross).clamp_min(0).to(x.dtype)
+    use_cov = x.shape[2] <= min(x.shape[1], y.shape[1])
+    res = bures_from_stats(gaussian_stats(x, use_cov), gaussian_stats(y, use_cov)).to(x.dtype)
     return res[0] if squeeze else res

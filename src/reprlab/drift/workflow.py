@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from reprlab._threads import num_threads
 from reprlab.cliutil import opt, require, split_list
-from reprlab.drift import analysis as an
-from reprlab.drift import report as rep
 from reprlab.drift.checkpoints import check_same_architecture, check_same_inputs, expand
-from reprlab.drift.measures import all_measures
 from reprlab.errors import ConfigError, DataError, StoreError
 from reprlab.io import read_json
+
+if TYPE_CHECKING:
+    import torch
+
+# the configs below build the CLI, which must not import torch or matplotlib: the maths
+# (analysis, report, measures) is imported by the functions that run it
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ DEFAULT_SERIES_MEASURES = ["sinkhorn", "cka", "procrustes", "displacement"]
 
 
 def _check_common(c) -> None:
+    from reprlab.drift.measures import all_measures
+
     bad = [m for m in c.measures if m not in all_measures()]
     require(not bad, f"unknown measure(s) {', '.join(bad)}; use any of {', '.join(all_measures())}")
     require(c.points >= 0, f"--points must be >= 0 (0 = all), got {c.points}")
@@ -52,6 +55,9 @@ class _Common:
     splits: int = opt(2, help="random input halves for the noise floor")
     seed: int = opt(0, help="sampling seed")
     progress: bool = opt(True, help="progress bars")
+    threads: int = opt(0, help="torch threads (0 = reprlab's policy: one thread for these "
+                               "small batched operations, or REPRLAB_THREADS); on a busy "
+                               "2-core machine Bures ran 13x slower at 2 threads than at 1")
 
     def __post_init__(self) -> None:
         self.measures = split_list(self.measures)
@@ -117,7 +123,6 @@ class TrainConfig(_Common):
     position: str = opt("last", help="LM: 'all' or a pooled position")
     out: str = opt("runs/drift-train", help="run directory")
     resume: bool = opt(True, help="resume an interrupted run in --out")
-    threads: int = opt(0, help="torch threads (0 = default)")
 
     def __post_init__(self) -> None:
         if split_list(self.measures) == DEFAULT_LAYER_MEASURES:
@@ -144,7 +149,16 @@ def _sinkhorn_note(res_measures: dict) -> str:
 # -- layers ------------------------------------------------------------------------------
 
 def run_layers(c: LayersConfig) -> dict:
+    from reprlab._threads import num_threads
+
+    with num_threads(c.threads):
+        return _run_layers(c)
+
+
+def _run_layers(c: LayersConfig) -> dict:
     from reprlab.capture import capture
+    from reprlab.drift import analysis as an
+    from reprlab.drift import report as rep
     from reprlab.report import RunDir
     from reprlab.store import ActivationStore
 
@@ -162,7 +176,8 @@ def run_layers(c: LayersConfig) -> dict:
     idx, groups = an.sample_points(store, c.position, c.points, c.seed)
     clouds = an.store_clouds(store, sites, c.position, idx, device=c.device)
     res = an.layers_analysis(clouds, sites, groups.to(clouds.device), c.measures, pca=c.pca or None,
-                             seed=c.seed, n_splits=c.splits, rel_eps=c.rel_eps, **_opts(c))
+                             seed=c.seed, n_splits=c.splits, rel_eps=c.rel_eps,
+                             progress=c.progress, **_opts(c))
     rep.layer_heatmaps(run, res)
     run.write_csv("pairs.csv", res["rows"])
     run.table("Layer pairs", res["rows"][:60], note="value on full clouds; half: on disjoint "
@@ -240,6 +255,10 @@ def checkpoint_stores(items: list[tuple[int, Path]], c) -> dict[int, object]:
 def series_from_stores(stores: dict[int, object], sites_spec: str, position: str,
                        n_points: int, seed: int, device: str = "cpu"
                        ) -> tuple[list[int], dict[str, torch.Tensor], torch.Tensor]:
+    import torch
+
+    from reprlab.drift import analysis as an
+
     steps = sorted(stores)
     first = stores[steps[0]]
     sites = _expand_sites(first.sites, sites_spec) or first.sites
@@ -254,6 +273,9 @@ def series_from_stores(stores: dict[int, object], sites_spec: str, position: str
 
 
 def _series_report(run, c, steps, clouds, groups, history=None, title="", extra=None) -> dict:
+    from reprlab.drift import analysis as an
+    from reprlab.drift import report as rep
+
     res = an.series_analysis(steps, clouds, groups, c.measures, pca=c.pca or None, seed=c.seed,
                              n_splits=c.splits, rel_eps=c.rel_eps, progress=c.progress,
                              **_opts(c))
@@ -280,6 +302,13 @@ def _series_report(run, c, steps, clouds, groups, history=None, title="", extra=
 
 
 def run_checkpoints(c: CheckpointsConfig) -> dict:
+    from reprlab._threads import num_threads
+
+    with num_threads(c.threads):
+        return _run_checkpoints(c)
+
+
+def _run_checkpoints(c: CheckpointsConfig) -> dict:
     from reprlab.report import RunDir
 
     items = expand(c.checkpoints)
@@ -302,6 +331,14 @@ def run_checkpoints(c: CheckpointsConfig) -> dict:
 # -- train and track -----------------------------------------------------------------------
 
 def run_train(c: TrainConfig) -> dict:
+    from reprlab._threads import num_threads
+
+    with num_threads(c.threads):
+        return _run_train(c)
+
+
+def _run_train(c: TrainConfig) -> dict:
+    from reprlab._threads import num_threads
     from reprlab.report import RunDir
 
     run = RunDir.create(c.out, workflow="drift-train", config=c, seed=c.seed)
@@ -344,7 +381,25 @@ def _n_points(store, position: str) -> int:
     return len(store.token_index) if position == "all" else store.n_rows
 
 
+_CROSS_NAMES = {"train_acc": "train", "test_acc": "test",
+                "test_nonsym_acc": "test (pairs whose transpose is not in training)"}
+
+
+def crossing_phrase(crossings: dict, level: float = 0.5, unit: str = "epoch") -> str:
+    """``{"test_acc": 650, "train_acc": None}`` -> "test accuracy reaches 50% at epoch 650;
+    train accuracy did not reach 50%" (for the console and the report)."""
+    parts = []
+    for key, step in crossings.items():
+        name = _CROSS_NAMES.get(key, key)
+        parts.append(f"{name} accuracy " + (f"reaches {level:.0%} at {unit} {step}"
+                                            if step is not None else f"did not reach {level:.0%}"))
+    return "; ".join(parts)
+
+
 def _run_grokking(c: TrainConfig, run) -> dict:
+    import torch
+
+    from reprlab.drift import analysis as an
     from reprlab.drift.tasks.grokking import preset
     from reprlab.drift.track import track_grokking
 
@@ -366,9 +421,9 @@ def _run_grokking(c: TrainConfig, run) -> dict:
                                     "acc_crosses_50pct": cross})
     final = hist[-1]
     run.finish(results, title="reprlab drift: grokking",
-               summary=(f"modular addition p={cfg.p}, {cfg.epochs} epochs: final train acc "
-                        f"{final['train_acc']:.3f}, test acc {final['test_acc']:.3f}; test acc "
-                        f"crosses 50% at step {cross['test_acc']}."),
+               summary=(f"Modular addition p={cfg.p}, {cfg.epochs} epochs: final train accuracy "
+                        f"{final['train_acc']:.3f}, test accuracy {final['test_acc']:.3f}; "
+                        f"{crossing_phrase(cross)}."),
                extra_manifest={"model": {"name": f"grokking-{c.preset}", **cfg.to_dict()},
                                "data": {"name": f"modular-addition-p{cfg.p}"}})
     return results
