@@ -1,0 +1,122 @@
+"""`reprlab lens ...` end to end on a tiny model on disk, and the bad-input table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import save_tiny
+
+from reprlab.cli import main
+
+TEXTS = [f"The {a} {b} is in the city of {c} ." for a in ("old", "tall", "red", "big")
+         for b in ("tower", "bridge", "gate") for c in ("Paris", "Rome")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lens-cli")
+    model = save_tiny(root / "llama", "llama", hidden=32, layers=2)
+    other = save_tiny(root / "llama-b", "llama", hidden=32, layers=2, seed=7)
+    wide = save_tiny(root / "wide", "llama", hidden=48, layers=2)
+    bert = save_tiny(root / "bert", "bert", hidden=32, layers=2)
+    data = root / "texts.txt"
+    data.write_text("\n".join(TEXTS) + "\n")
+    return {"model": str(model), "other": str(other), "wide": str(wide), "bert": str(bert),
+            "data": str(data), "root": root}
+
+
+def test_logit_and_tuned_cli(tiny, tmp_path, capsys):
+    assert main(["lens", "logit", "--model", tiny["model"], "--text", TEXTS[0],
+                 "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "logit lens" in out and "layers.1" in out and "embed" in out
+    run = tmp_path / "tuned"
+    rc = main(["lens", "tuned", "train", "--model", tiny["model"], "--data", tiny["data"],
+               "--out", str(run), "--steps", "8", "--tokens-per-step", "120",
+               "--optimizer", "adam", "--lr", "3e-3", "--eval-frac", "0.25", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "model cross-entropy" in printed
+    for name in ("results.json", "manifest.json", "report.html", "eval.csv", "lenses.png",
+                 "lens.safetensors", "lens.json"):
+        assert (run / name).exists(), name
+    res = json.loads((run / "results.json").read_text())
+    assert len(res["layers"]) == 3 and len(res["history"]) == 8
+    assert main(["lens", "tuned", "eval", str(run)]) == 0
+    again = capsys.readouterr().out
+    assert again.splitlines() == printed.splitlines()[:-1]  # same numbers, minus 'report:'
+    assert main(["lens", "logit", "--model", tiny["model"], "--text", TEXTS[0],
+                 "--tuned", str(run)]) == 0
+    assert "tuned lens" in capsys.readouterr().out
+
+
+def test_talk_cli_train_explain_and_resume(tiny, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "talk"
+    args = ["lens", "talk", "train", "--model", tiny["model"], "--data", tiny["data"],
+            "--site", "layers.1", "--tokens", "3", "--out", str(run), "--steps", "4",
+            "--batch-size", "6", "--eval-rows", "4", "--best-of", "2", "--checkpoint-every",
+            "1", "--no-progress"]
+    monkeypatch.setenv("REPRLAB_STOP_AFTER", "2")
+    assert main(args) == 130
+    assert not (run / "manifest.json").exists() and (run / "train_state.safetensors").exists()
+    monkeypatch.delenv("REPRLAB_STOP_AFTER")
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held-out FVE" in out and "mentions Paris or France" in out
+    res = json.loads((run / "results.json").read_text())
+    assert [h["step"] for h in res["history"]] == [1, 2, 3, 4]
+    m = res["metrics"]
+    for k in ("fve", "nrmse", "kl_bits", "fve_shuffled", "fve_original_tokens", "fve_best_of_2"):
+        assert isinstance(m[k], float), k
+    assert res["data"]["cache_hit"] is True  # the second run reused the dump
+    for name in ("report.html", "training.png", "examples.csv", "baselines.csv",
+                 "lens.safetensors"):
+        assert (run / name).exists(), name
+    assert main(["lens", "talk", "explain", str(run), "--text", TEXTS[0], "--best-of", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "words:" in out and "logit lens:" in out and "best of 2" in out
+
+
+def _bad(tiny, tmp_path):
+    t, d = tiny["model"], tiny["data"]
+    store = tmp_path / "shared-store"
+    base = ["lens", "talk", "train", "--data", d, "--steps", "1", "--no-progress"]
+    return [
+        (base + ["--model", t, "--tokens", "0", "--out", str(tmp_path / "a")],
+         "--tokens must be at least 1"),
+        (base + ["--model", t, "--tau", "linear:1.0:-0.2", "--out", str(tmp_path / "b")],
+         "goes below 0"),
+        (base + ["--model", t, "--site", "layers.1", "--decoder", tiny["wide"],
+                 "--out", str(tmp_path / "c")], "width 32 but the decoder LM's is 48"),
+        (base + ["--model", tiny["other"], "--site", "layers.1", "--store", str(store),
+                 "--out", str(tmp_path / "d")], "captured from"),
+        (base + ["--model", t, "--site", "layers.7", "--out", str(tmp_path / "e")],
+         "out of range"),
+        (base + ["--model", t, "--w-kl", "0", "--w-mse", "0", "--out", str(tmp_path / "f")],
+         "all 0"),
+        (["lens", "tuned", "train", "--model", t, "--data", d, "--optimizer", "lion",
+          "--out", str(tmp_path / "g")], "unknown optimizer"),
+        (["lens", "logit", "--model", tiny["bert"], "--text", "hi"], "unembedding"),
+        (["lens", "talk", "explain", str(tmp_path / "nope"), "--text", "hi"],
+         "not a finished reprlab run"),
+        (["lens", "tuned", "eval", str(tmp_path / "nope")], "not a finished reprlab run"),
+    ]
+
+
+def test_bad_inputs_one_line_exit_2(tiny, tmp_path, capsys):
+    # a dump made with one model, then offered to another
+    assert main(["lens", "talk", "train", "--model", tiny["model"], "--data", tiny["data"],
+                 "--site", "layers.1", "--store", str(tmp_path / "shared-store"),
+                 "--steps", "1", "--eval-rows", "2", "--best-of", "1", "--out",
+                 str(tmp_path / "ok"), "--no-progress"]) == 0
+    capsys.readouterr()
+    for argv, needle in _bad(tiny, tmp_path):
+        rc = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2, argv
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (argv, err)
+        out = argv[argv.index("--out") + 1] if "--out" in argv else None
+        if out:
+            assert not (tmp_path / out / "manifest.json").exists()
