@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shlex
 import sys
 import types
@@ -69,8 +70,9 @@ def add_dataclass(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + f.name.replace("_", "-")
         if tp is bool:
             if default:
+                # the help text says what the option does when on; this flag turns it off
                 parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name,
-                                    action="store_false", help=help_text)
+                                    action="store_false", help=negated(help_text))
             else:
                 parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
             continue
@@ -85,6 +87,23 @@ def add_dataclass(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(flag, dest=f.name, default=default, required=required,
                             type=_caster(caster, flag),
                             help=help_text + (f" (default: {default})" if default not in (None, "") else ""))
+
+
+def negated(help_text: str) -> str:
+    """Help for ``--no-x`` from the help of option ``x`` (which is on by default)."""
+    if not help_text:
+        return "turn this default off"
+    return f"turn off (on by default): {help_text}"
+
+
+_RST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_RST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain(text: str | None) -> str:
+    """A docstring as terminal text: ``literal`` and :role:`~a.b` markup become plain words."""
+    text = _RST_ROLE.sub(lambda m: m.group(1), text or "")
+    return _RST_LITERAL.sub(lambda m: m.group(1), text).strip()
 
 
 def _caster(tp: type, flag: str) -> Callable[[str], Any]:
@@ -114,7 +133,7 @@ def build(cls: type, ns: argparse.Namespace) -> Any:
 def subcommand(sub: argparse._SubParsersAction, name: str, cls: type,
                run: Callable[[Any], int | None], help: str) -> argparse.ArgumentParser:
     """Register ``name`` whose arguments come from ``cls`` and which calls ``run(config)``."""
-    parser = sub.add_parser(name, help=help, description=(cls.__doc__ or help).strip(),
+    parser = sub.add_parser(name, help=help, description=plain(cls.__doc__ or help),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass(parser, cls)
     parser.set_defaults(_handler=lambda ns: run(build(cls, ns)))

@@ -5,31 +5,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from reprlab.errors import StoreError
 
 
 def _jsonable(obj: Any) -> Any:
+    # torch / numpy values exist only once those libraries are imported: this module does not
+    # import them, so the CLI that uses it starts fast
+    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
+    if torch is not None and isinstance(obj, torch.Tensor):
         return _jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
+    if np is not None and isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
+    if isinstance(obj, float) or (np is not None and isinstance(obj, np.floating)):
         f = float(obj)
         return f if math.isfinite(f) else None
-    if isinstance(obj, np.integer):
+    if np is not None and isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, np.bool_):
+    if np is not None and isinstance(obj, np.bool_):
         return bool(obj)
     if isinstance(obj, Path):
         return str(obj)
@@ -54,11 +55,32 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return p
 
 
+def current_umask() -> int:
+    """This process's umask (read without changing it where the OS allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode for a file reprlab writes: ``0o666`` less the umask, what ``open()`` gives a new
+    file (a group-readable report on a shared server when the umask says so)."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; respect the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

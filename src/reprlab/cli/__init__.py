@@ -12,10 +12,13 @@ import importlib
 import logging
 import re
 import sys
+from pathlib import Path
 
+from reprlab import __version__
 from reprlab.errors import ReprlabError
 
-#: subcommand name -> module that registers it (imported when the CLI is built)
+#: subcommand name -> module that registers it (imported when the CLI is built; a module
+#: whose file is absent from this build is skipped)
 COMMANDS: dict[str, str] = {
     "capture": "reprlab.cli.capture",
     "store": "reprlab.cli.capture",
@@ -30,24 +33,46 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _module_present(module_name: str) -> bool:
+    """Whether a ``reprlab.*`` module's file exists, without importing its package (a
+    workflow's package may be heavy to import, or not part of this build)."""
+    parts = module_name.split(".")[1:]
+    base = Path(__file__).resolve().parent.parent.joinpath(*parts)
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``reprlab`` parser; with ``command`` only the module registering that subcommand is
+    imported. Registering imports no torch or matplotlib: workflows import them when they run."""
     parser = argparse.ArgumentParser(
         prog="reprlab",
         description="Find, test and track what language models represent inside.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"reprlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    seen: set[str] = set()
-    for module_name in dict.fromkeys(COMMANDS.values()):
+    wanted = [COMMANDS[command]] if command in COMMANDS else list(COMMANDS.values())
+    for module_name in dict.fromkeys(wanted):
+        if not _module_present(module_name):  # a workflow not installed in this build
+            continue
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a workflow not installed in this build
+        except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("reprlab"):
                 continue
             raise
         module.register(sub)
-        seen.update(sub.choices)
     return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option)."""
+    for tok in argv:
+        if not tok.startswith("-"):
+            return tok if tok in COMMANDS else None
+        if tok in ("-h", "--help", "--version"):
+            return None
+    return None
 
 
 _NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
@@ -72,8 +97,9 @@ def join_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 success, 2 user error, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
+    argv = join_negative_values(sys.argv[1:] if argv is None else list(argv))
+    parser = build_parser(_command_of(argv))
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

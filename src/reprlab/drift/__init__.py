@@ -10,16 +10,38 @@ ordered by step (:mod:`~reprlab.drift.checkpoints`). Phase transitions:
 (:mod:`~reprlab.drift.tasks.grokking`).
 """
 
-from reprlab.drift.changepoints import ChangePoint, detect
-from reprlab.drift.compare import Comparison, compare
-from reprlab.drift.ot import (
-    bures_wasserstein,
-    emd2,
-    sinkhorn,
-    sinkhorn_divergence,
-    sliced_wasserstein,
-)
-from reprlab.drift.similarity import linear_cka, paired_displacement, procrustes_distance
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from reprlab._lazy import install
+
+if TYPE_CHECKING:  # the names below load on first use
+    from reprlab.drift.changepoints import ChangePoint, detect
+    from reprlab.drift.compare import Comparison, compare
+    from reprlab.drift.ot import (
+        bures_wasserstein,
+        emd2,
+        sinkhorn,
+        sinkhorn_divergence,
+        sliced_wasserstein,
+    )
+    from reprlab.drift.similarity import linear_cka, paired_displacement, procrustes_distance
+
+install(__name__, {
+    "ChangePoint": "reprlab.drift.changepoints",
+    "detect": "reprlab.drift.changepoints",
+    "Comparison": "reprlab.drift.compare",
+    "compare": "reprlab.drift.compare",
+    "bures_wasserstein": "reprlab.drift.ot",
+    "emd2": "reprlab.drift.ot",
+    "sinkhorn": "reprlab.drift.ot",
+    "sinkhorn_divergence": "reprlab.drift.ot",
+    "sliced_wasserstein": "reprlab.drift.ot",
+    "linear_cka": "reprlab.drift.similarity",
+    "paired_displacement": "reprlab.drift.similarity",
+    "procrustes_distance": "reprlab.drift.similarity",
+})
 
 __all__ = [
     "ChangePoint",

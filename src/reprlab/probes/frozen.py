@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reprlab.errors import ConfigError, StoreError
+from reprlab.io import file_mode
 from reprlab.probes.logistic import linear_logits, probs_from_logits
 from reprlab.probes.mlp import mlp_logits
 
@@ -157,6 +158,7 @@ def _with(stem: Path, ext: str) -> Path:
 
 def _atomic(target: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, file_mode())  # mkstemp makes 0600; respect the umask
     os.close(fd)
     try:
         write(Path(tmp))

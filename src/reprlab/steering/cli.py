@@ -17,10 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reprlab.cliutil import opt, subcommand
+from reprlab.cliutil import opt, plain, subcommand
 from reprlab.errors import ConfigError, DataError
-from reprlab.steering.directions import METHODS, canonical_method
-from reprlab.steering.operators import OPERATORS, Scope, parse_coeffs
+
+# names for --help, kept equal to steering.directions.METHODS (a test checks): building the
+# parser must not import torch
+METHOD_NAMES = ("mean-diff", "pca-diff", "pca-center", "logistic", "class-mean")
+
+
+def parse_coeffs(spec: Any) -> list[float]:
+    from reprlab.steering.operators import parse_coeffs as parse
+
+    return parse(spec)
 
 # "-4,0,4" and "-8:8:9" are values, not options
 _NEG = re.compile(r"^-[\d.].*$")
@@ -37,6 +45,8 @@ def _as_int(value: Any, flag: str) -> int | None:
 
 
 def _check_common(op: str = "add", unit: str = "unit", scope: str = "all") -> None:
+    from reprlab.steering.operators import OPERATORS, Scope
+
     if op not in OPERATORS:
         raise ConfigError(f"--op must be one of {', '.join(OPERATORS)}, got {op!r}")
     if unit not in ("unit", "raw"):
@@ -61,7 +71,7 @@ class VectorCmd:
                                        "negative columns, or builtin:pairs-sentiment")
     data: str | None = opt(None, help="labeled binary dataset instead of pairs (label 1 = "
                                       "positive side)")
-    method: str = opt("mean-diff", help=f"one of {', '.join(METHODS)} (pca = pca-center)")
+    method: str = opt("mean-diff", help=f"one of {', '.join(METHOD_NAMES)} (pca = pca-center)")
     sites: str = opt("layers.*", help="sites to fit, e.g. 'layers.*' or 'layers.4,layers.8'")
     position: str = opt("last", help="token read per text: last, first, middle, mean, "
                                      "mean:content or an index")
@@ -72,6 +82,8 @@ class VectorCmd:
     no_progress: bool = opt(False, help="hide progress bars")
 
     def __post_init__(self) -> None:
+        from reprlab.steering.directions import canonical_method
+
         self.method = canonical_method(self.method)
         if (self.pairs is None) == (self.data is None):
             raise ConfigError("give exactly one of --pairs (contrast pairs) or --data "
@@ -357,7 +369,8 @@ def run_import(cfg: ImportCmd) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("steer", help="steering vectors: fit, generate, validate, export",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=plain(__doc__),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     inner = parser.add_subparsers(dest="steer_command", metavar="ACTION")
     made = [
         subcommand(inner, "vector", VectorCmd, run_vector, "fit a steering vector"),

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from reprlab.errors import ConfigError, StoreError
+from reprlab.io import file_mode
 from reprlab.steering.vector import SteeringVector
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def export_gguf(vector: SteeringVector, path: str | Path, coeff: float = 1.0,
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.fchmod(fd, file_mode())  # mkstemp makes 0600; respect the umask
     os.close(fd)
     try:
         writer = gguf.GGUFWriter(tmp, ARCH)

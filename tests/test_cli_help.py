@@ -1,0 +1,57 @@
+"""Help text: negated flags say what they turn off; docstrings lose their RST markup."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from reprlab.cliutil import add_dataclass, negated, opt, plain
+
+
+@dataclass
+class _Cmd:
+    resume: bool = opt(True, help="resume an interrupted run in --out")
+    progress: bool = opt(True, help="progress bars")
+    overwrite: bool = opt(False, help="replace what is there")
+
+
+def test_flags_on_by_default_are_described_as_turning_off():
+    parser = argparse.ArgumentParser()
+    add_dataclass(parser, _Cmd)
+    helps = {a.option_strings[0]: a.help for a in parser._actions if a.option_strings}
+    assert helps["--no-resume"] == "turn off (on by default): resume an interrupted run in --out"
+    assert helps["--no-progress"].startswith("turn off (on by default)")
+    assert helps["--overwrite"] == "replace what is there"
+    assert parser.parse_args(["--no-resume"]).resume is False
+    assert parser.parse_args([]).resume is True
+    assert negated("") and negated("x") != "x"
+
+
+def test_drift_train_help_for_no_resume_and_no_progress(capsys):
+    from reprlab.cli import main
+
+    try:
+        main(["drift", "train", "--help"])
+    except SystemExit:
+        pass
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-resume turn off (on by default): resume" in text
+    assert "--no-progress turn off (on by default):" in text
+
+
+def test_plain_strips_rst_markup():
+    assert plain("``reprlab steer``: see :mod:`~reprlab.drift.ot` and :func:`x.y`") == \
+        "reprlab steer: see reprlab.drift.ot and x.y"
+    assert plain(None) == ""
+
+
+def test_steer_help_starts_with_plain_words(capsys):
+    from reprlab.cli import main
+
+    try:
+        main(["steer", "--help"])
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    assert description.startswith("reprlab steer: fit")
