@@ -6,9 +6,18 @@ happens inside the hook so only ``[B, d]`` per site and position leaves the mode
 
 What makes it safe: work is split into chunks written atomically under ``.partial/``; a run
 killed at any point and started again skips finished chunks and yields the same store, byte
-for byte. The final files are filled in place from the chunks (memory bounded by one chunk),
-and ``manifest.json`` is written last. The same request twice is a cache hit that runs no
-forward pass.
+for byte. The final files are allocated for real (a full disk is one clear line before any
+work, never a SIGBUS later) and filled from the chunks with ``pwrite``, and ``manifest.json``
+is written last. The same request twice is a cache hit that runs no forward pass. One capture
+at a time writes into a directory (``.lock``); a second one says who holds it.
+
+Memory: no long-lived map of the final files is kept, so written pages stay in the page cache
+rather than in the process. Peak RSS is the model and its activations for one batch plus about
+three copies of one chunk (``chunk_rows`` rows x every site and position x width x dtype size);
+it does not grow with the number of rows beyond that (``tests/test_capture_memory.py``).
+
+Texts longer than ``max_length`` tokens are truncated; ``max_length`` itself is clamped to the
+model's position limit. The store's manifest counts the truncated rows (``n_truncated``).
 """
 
 from __future__ import annotations
@@ -24,12 +33,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from reprlab import hooks
 from reprlab.errors import ConfigError, DataError, StoreError
-from reprlab.io import ensure_writable_dir, read_json, sha256_file, write_json
+from reprlab.io import (
+    atomic_write_bytes,
+    check_free_space,
+    disk_errors,
+    ensure_writable_dir,
+    read_json,
+    sha256_file,
+    write_json,
+)
+from reprlab.lock import LOCK_NAME, dir_lock
 from reprlab.models import LoadedModel, as_loaded, parse_dtype
 from reprlab.positions import flatten, parse_positions, pool
 from reprlab.sites import Site, resolve_sites
@@ -38,10 +57,11 @@ from reprlab.store import (
     MANIFEST,
     ROWS,
     ActivationStore,
+    TensorFileWriter,
     as_numpy,
-    create_tensor_file,
     fsync_dir,
     key,
+    read_tensor_header,
 )
 
 logger = logging.getLogger(__name__)
@@ -125,6 +145,14 @@ def _plan(lengths: list[int], batch_size: int, chunk_rows: int) -> list[list[lis
     return chunks
 
 
+def _token_counts(tok: Any, texts: list[str], block: int = 256) -> list[int]:
+    """Untruncated token count of each text, tokenized a block at a time (memory: one block)."""
+    out: list[int] = []
+    for i in range(0, len(texts), block):
+        out += [len(ids) for ids in tok(texts[i:i + block], add_special_tokens=True)["input_ids"]]
+    return out
+
+
 def _span_mask(offsets: torch.Tensor, spans: list[Any] | None, mask: torch.Tensor) -> torch.Tensor:
     """[T] mask of tokens whose character range lies inside any of ``spans``."""
     out = torch.zeros_like(mask)
@@ -191,7 +219,17 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
         raise ConfigError("position mean:span needs token spans in the dataset (token_masks)")
     out = ensure_writable_dir(out)
     lm = as_loaded(model, device=device, dtype=model_dtype)
+    max_length = lm.clamp_length(max_length)
     site_list = resolve_sites(lm, sites)
+    with dir_lock(out, what="a capture"):
+        return _capture_locked(lm, rows, site_list, pos_list, out, store_dtype, dtype_name,
+                               batch_size, max_length, chunk_rows, overwrite, progress)
+
+
+def _capture_locked(lm: LoadedModel, rows: Rows, site_list: list[Site], pos_list: list[str],
+                    out: Path, store_dtype: torch.dtype, dtype_name: str, batch_size: int,
+                    max_length: int, chunk_rows: int, overwrite: bool,
+                    progress: bool) -> ActivationStore:
     req = _request(lm, rows, site_list, pos_list, dtype_name, max_length)
     rid = _request_id(req)
 
@@ -202,6 +240,8 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
             prev = {}
         if prev.get("request_id") == rid:
             store = ActivationStore.open(out)
+            # a run killed after its manifest but before clean-up left chunks behind
+            shutil.rmtree(out / ".partial", ignore_errors=True)
             store.cache_hit = True
             logger.info("cache hit: %s already holds this capture", out)
             return store
@@ -212,14 +252,18 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
         _clear(out)
     elif any(out.iterdir()) and not (out / ".partial").exists() and overwrite is False:
         existing = [p.name for p in out.iterdir()]
-        if set(existing) - {ROWS, "data"}:
+        if set(existing) - {ROWS, "data", LOCK_NAME}:
             raise StoreError(f"{out} is not empty and is not a reprlab store; choose an empty --out")
 
     partial = out / ".partial"
     partial.mkdir(exist_ok=True)
     tok = lm.tokenizer
-    lengths = [len(ids) for ids in tok(rows.texts, truncation=True, max_length=max_length,
-                                       add_special_tokens=True)["input_ids"]]
+    full = _token_counts(tok, rows.texts)
+    lengths = [min(n, max_length) for n in full]
+    n_truncated = sum(n > max_length for n in full)
+    if n_truncated:
+        logger.warning("%d of %d texts are longer than %d tokens and were truncated",
+                       n_truncated, len(full), max_length)
     plan = _plan(lengths, batch_size, chunk_rows)
     plan_id = hashlib.sha256(json.dumps([rid, plan]).encode()).hexdigest()[:20]
     plan_file = partial / "plan.json"
@@ -250,11 +294,13 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
                 continue
             tensors = _run_chunk(lm, rows, chunk, site_list, pooled_positions, "all" in pos_list,
                                  store_dtype, max_length, need_special, need_spans, stop)
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            tmp = partial / (name + ".tmp")
-            save_file(tensors, str(tmp))
-            os.replace(tmp, partial / name)
+            blob = save(tensors)
+            del tensors
+            with disk_errors(partial, len(blob)):
+                atomic_write_bytes(partial / name, blob)
+            del blob
             bar.update(n_chunk)
             if delay:
                 time.sleep(delay)
@@ -266,11 +312,13 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
                  lm.arch.hidden_size)
     manifest = _manifest(out, lm, rows, site_list, pos_list, dtype_name, max_length, req, rid,
                          lengths, batch_size)
-    write_json(out / MANIFEST, manifest)
+    manifest["n_truncated"] = n_truncated
+    with disk_errors(out):
+        write_json(out / MANIFEST, manifest)
     fsync_dir(out)
     shutil.rmtree(partial, ignore_errors=True)
     store = ActivationStore.open(out)
-    store.stats = {"chunks": len(plan), "resumed_chunks": resumed}
+    store.stats = {"chunks": len(plan), "resumed_chunks": resumed, "truncated_rows": n_truncated}
     if resumed:
         logger.info("resumed: %d of %d chunks were already done", resumed, len(plan))
     return store
@@ -332,43 +380,45 @@ def _consolidate(out: Path, partial: Path, plan: list, rows: Rows, lengths: list
     offsets = [0]
     for ln in lengths:
         offsets.append(offsets[-1] + ln)
-    maps: dict[str, Any] = {}
     names: dict[str, str] = {}
+    specs: dict[str, tuple[torch.dtype, tuple[int, int], dict[str, str]]] = {}
     i = 0
     for s in sites:
         for p in positions:
             shape = (n_tokens, hidden) if p == "all" else (n, hidden)
             names[key(s.name, p)] = f"data/{i:04d}.safetensors"
-            maps[key(s.name, p)] = create_tensor_file(
-                out / names[key(s.name, p)], store_dtype, shape, {"site": s.name, "position": p})
+            specs[key(s.name, p)] = (store_dtype, shape, {"site": s.name, "position": p})
             i += 1
     if "all" in positions:
         names["tokens"] = "data/tokens.safetensors"
-        maps["tokens"] = create_tensor_file(out / names["tokens"], torch.int64, (n_tokens, 2),
-                                            {"columns": "row,token"})
+        specs["tokens"] = (torch.int64, (n_tokens, 2), {"columns": "row,token"})
+    item = {k: torch.tensor([], dtype=d).element_size() for k, (d, _, _) in specs.items()}
+    needed = sum(shape[0] * shape[1] * item[k] + 4096 for k, (_, shape, _) in specs.items())
+    check_free_space(out, needed)
+    files = {k: TensorFileWriter(out / names[k], d, shape, meta)
+             for k, (d, shape, meta) in specs.items()}
+    offs = np.asarray(offsets, dtype=np.int64)
     for c in range(len(plan)):
         with safe_open(str(partial / f"chunk-{c:05d}.safetensors"), framework="pt") as f:
-            order = f.get_tensor("__rows")
+            order = f.get_tensor("__rows").numpy()
+            starts = None
             if "all" in positions:
-                tok_ids = f.get_tensor("__token_ids")
+                tok_ids = f.get_tensor("__token_ids").numpy()
                 # destination of each flattened token: offset of its row + token id
-                starts = torch.tensor(offsets)[tok_ids[:, 0]] + tok_ids[:, 1]
-                maps["tokens"][starts.numpy()] = tok_ids.numpy()
+                starts = offs[tok_ids[:, 0]] + tok_ids[:, 1]
+                files["tokens"].write_rows(starts, tok_ids)
             for s in sites:
                 for p in positions:
                     k = key(s.name, p)
-                    t = f.get_tensor(k)
-                    dest = starts.numpy() if p == "all" else order.numpy()
-                    maps[k][dest] = as_numpy(t)
-    for m in maps.values():
-        if hasattr(m, "flush"):
-            m.flush()
-    del maps
-    write_json(out / ROWS, {
-        "ids": rows.ids, "labels": rows.labels, "classes": rows.classes, "groups": rows.groups,
-        "texts": rows.texts, "lengths": lengths,
-    })
-    write_json(partial / "names.json", names)
+                    files[k].write_rows(starts if p == "all" else order, as_numpy(f.get_tensor(k)))
+    for w in files.values():
+        w.close()
+    with disk_errors(out):
+        write_json(out / ROWS, {
+            "ids": rows.ids, "labels": rows.labels, "classes": rows.classes,
+            "groups": rows.groups, "texts": rows.texts, "lengths": lengths,
+        })
+        write_json(partial / "names.json", names)
 
 
 def _manifest(out: Path, lm: LoadedModel, rows: Rows, sites: list[Site], positions: list[str],
@@ -381,7 +431,9 @@ def _manifest(out: Path, lm: LoadedModel, rows: Rows, sites: list[Site], positio
     files = {}
     for k, rel in names.items():
         f = out / rel
-        files[k] = {"file": rel, "bytes": f.stat().st_size, "sha256": sha256_file(f)}
+        _, head = read_tensor_header(f)
+        files[k] = {"file": rel, "bytes": f.stat().st_size, "sha256": sha256_file(f),
+                    "shape": list(head["data"]["shape"]), "dtype": head["data"]["dtype"]}
     return {
         "kind": "activation_store", "format": FORMAT_VERSION, "request_id": rid,
         "model": req["model"], "data": rows.describe(), "sites": [s.name for s in sites],
@@ -389,6 +441,7 @@ def _manifest(out: Path, lm: LoadedModel, rows: Rows, sites: list[Site], positio
         "dtype": dtype, "max_length": max_length, "batch_size": batch_size,
         "n_rows": len(rows.texts), "n_tokens": sum(lengths),
         "hidden_size": lm.arch.hidden_size, "files": files,
+        "rows_sha256": sha256_file(out / ROWS),
         "versions": environment_versions(), "command_line": command_line(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,47 @@ def ensure_writable_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise StoreError(f"cannot write to {p} ({exc.strerror or exc}); choose another --out") from None
     return p
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@contextlib.contextmanager
+def disk_errors(directory: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk or an unwritable place into one :class:`StoreError` line naming the
+    directory (and the bytes needed, when known)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            need = f"; it needs {_human_bytes(needed)}" if needed else ""
+            raise StoreError(f"no space left in {directory}{need}: free some space or choose "
+                             "another --out") from None
+        if exc.errno in _NOT_WRITABLE:
+            raise StoreError(f"cannot write to {directory} ({exc.strerror}); choose another "
+                             "place") from None
+        raise
+
+
+def check_free_space(directory: str | Path, needed: int) -> None:
+    """Refuse to start writing ``needed`` bytes into ``directory`` when they do not fit."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return
+    if free < needed:
+        raise StoreError(f"not enough space in {directory}: it needs {_human_bytes(needed)}, "
+                         f"{_human_bytes(free)} are free; free some space or choose another "
+                         "--out")
 
 
 def current_umask() -> int:
