@@ -27,16 +27,25 @@ def _head_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     return logits.float()
 
 
+def _mean_pool(site: str, h: torch.Tensor, att: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
+    return pool(h, att, "mean:span", comp)
+
+
 def sequence_logps(lm: LoadedModel, batch: dict[str, torch.Tensor],
-                   sites: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor,
-                                                       dict[str, torch.Tensor]]:
-    """``(sums [N], counts [N], pooled {site: [N, d]})`` for a collated batch of N sequences."""
+                   sites: tuple[str, ...] = (), pooler=None
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``(sums [N], counts [N], pooled {site: [N, d]})`` for a collated batch of N sequences.
+
+    ``pooler(site, hidden, attention_mask, completion_mask)`` reduces a site's states
+    (default: mean over completion tokens).
+    """
+    pooler = pooler or _mean_pool
     ids, att, comp = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     backbone = lm.model.base_model
     if sites:
         with hooks.record(lm, list(sites), detach=False) as rec:
             hidden = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
-        pooled = {s: pool(rec[s], att, "mean:span", comp) for s in sites}
+        pooled = {s: pooler(s, rec[s], att, comp) for s in sites}
     else:
         hidden = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
         pooled = {}
@@ -56,6 +65,6 @@ def split(sums: torch.Tensor, counts: torch.Tensor, pooled: dict[str, torch.Tens
 
 
 def forward(lm: LoadedModel, batch: dict[str, torch.Tensor],
-            sites: tuple[str, ...] = ()) -> SeqOutputs:
+            sites: tuple[str, ...] = (), pooler=None) -> SeqOutputs:
     """Policy (or, under no_grad with the adapter off, reference) outputs of a batch."""
-    return split(*sequence_logps(lm, batch, sites))
+    return split(*sequence_logps(lm, batch, sites, pooler))

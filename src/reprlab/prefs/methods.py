@@ -34,6 +34,10 @@ A method is an object with these attributes (subclass :class:`Method` for the de
     ``(name, parameter)`` pairs, so ``after_backward`` can edit ``p.grad`` (e.g. project the
     gradient) before clipping and the optimiser step; ``ctx.state`` is a dict the method owns
     that lives for the whole run; ``ctx.last_micro_batch`` is True before the step is taken.
+``pool(site, hidden [N, T, d], attention_mask [N, T], completion_mask [N, T]) -> [N, d]``
+    Optional: how a site's states become one vector per sequence (default: the mean over
+    completion tokens). The same function pools the reference states for the cache (the
+    cache key includes the method's ``pool_id``, a string naming the pooling).
 ``state_tensors() -> dict[str, Tensor]`` / ``load_state_tensors(dict)``
     Optional tensors the method keeps across steps; saved with the resumable training state.
 
@@ -47,6 +51,7 @@ being named there (or by being imported before ``train`` is called).
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +61,11 @@ import torch
 from reprlab.errors import ConfigError
 from reprlab.prefs.losses import AGGREGATIONS, LOSSES, PairLogps, compute_loss
 
+logger = logging.getLogger(__name__)
+
 #: modules imported on the first method lookup (missing ones are skipped)
-PLUGIN_MODULES: tuple[str, ...] = ("reprlab.prefs.repr", "reprlab.reprpo")
+PLUGIN_MODULES: tuple[str, ...] = ("reprlab.prefs.repr_losses", "reprlab.prefs.repr",
+                                   "reprlab.reprpo")
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,14 @@ class Method:
 
     def after_backward(self, ctx: StepContext) -> None:
         return None
+
+    pool_id = "mean:completion"
+
+    def pool(self, site: str, hidden: torch.Tensor, attention_mask: torch.Tensor,
+             completion_mask: torch.Tensor) -> torch.Tensor:
+        from reprlab.positions import pool
+
+        return pool(hidden, attention_mask, "mean:span", completion_mask)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {}
@@ -217,7 +233,9 @@ def _load_plugins() -> None:
         except ModuleNotFoundError as exc:
             if exc.name and mod.startswith(exc.name):
                 continue
-            raise
+            logger.warning("method plugin %s could not be imported: %s", mod, exc)
+        except Exception as exc:  # a broken plugin must not break the built-in methods
+            logger.warning("method plugin %s could not be imported: %s", mod, exc)
 
 
 def available_methods() -> dict[str, str]:

@@ -74,9 +74,11 @@ class ReferenceTable:
                           {s: v[idx].to(device) for s, v in self.rejected_hidden.items()})
 
 
-def request(identity: dict, tokens: TokenizedPrefs, sites: tuple[str, ...], dtype: str) -> dict:
+def request(identity: dict, tokens: TokenizedPrefs, sites: tuple[str, ...], dtype: str,
+            pool_id: str = "mean:completion") -> dict:
     return {"kind": "prefs_reference", "model": identity, "tokens": tokens.hash(),
-            "sites": list(sites), "dtype": dtype, "format": FORMAT_VERSION}
+            "sites": list(sites), "pool": pool_id if sites else None, "dtype": dtype,
+            "format": FORMAT_VERSION}
 
 
 def request_id(req: dict) -> str:
@@ -84,8 +86,8 @@ def request_id(req: dict) -> str:
 
 
 def compute_reference(lm: LoadedModel, tokens: TokenizedPrefs, sites: tuple[str, ...] = (),
-                      *, batch_size: int = 8, adapter_off=None, progress: bool = False
-                      ) -> ReferenceTable:
+                      *, batch_size: int = 8, adapter_off=None, progress: bool = False,
+                      pooler=None) -> ReferenceTable:
     """Reference outputs of every row (no grad; inside ``adapter_off()`` when given)."""
     import contextlib
 
@@ -103,7 +105,7 @@ def compute_reference(lm: LoadedModel, tokens: TokenizedPrefs, sites: tuple[str,
         with torch.no_grad(), ctx:
             for start in range(0, n, batch_size):
                 rows = order[start:start + batch_size]
-                s, c, pooled = sequence_logps(lm, collate(tokens, rows, lm.device), sites)
+                s, c, pooled = sequence_logps(lm, collate(tokens, rows, lm.device), sites, pooler)
                 forwards += 1
                 b = len(rows)
                 idx = torch.tensor(rows)
@@ -179,14 +181,15 @@ def _read(path: Path, sites: tuple[str, ...]) -> ReferenceTable:
 def cached_reference(lm: LoadedModel, identity: dict, tokens: TokenizedPrefs,
                      sites: tuple[str, ...] = (), *, root: str | Path | None = None,
                      batch_size: int = 8, adapter_off=None, progress: bool = False,
-                     data_name: str = "") -> ReferenceTable:
+                     data_name: str = "", pooler=None,
+                     pool_id: str = "mean:completion") -> ReferenceTable:
     """The reference of ``tokens`` from the cache under ``root``, computing it once if absent.
 
     ``identity`` is the base model's :meth:`LoadedModel.identity` taken *before* an adapter was
     injected (adapter weights change the fingerprint).
     """
     root = Path(root) if root is not None else cache_home() / "refcache"
-    req = request(identity, tokens, tuple(sites), str(lm.dtype).replace("torch.", ""))
+    req = request(identity, tokens, tuple(sites), str(lm.dtype).replace("torch.", ""), pool_id)
     rid = request_id(req)
     path = root / rid
     if (path / MANIFEST).exists():
@@ -197,7 +200,7 @@ def cached_reference(lm: LoadedModel, identity: dict, tokens: TokenizedPrefs,
         except Exception as exc:  # an unreadable entry is recomputed
             logger.warning("reference cache %s unreadable (%s); recomputing", path, exc)
     table = compute_reference(lm, tokens, tuple(sites), batch_size=batch_size,
-                              adapter_off=adapter_off, progress=progress)
+                              adapter_off=adapter_off, progress=progress, pooler=pooler)
     root.mkdir(parents=True, exist_ok=True)
     _write(path, table, req, rid, tokens, lm.arch.hidden_size, data_name)
     table.path = path

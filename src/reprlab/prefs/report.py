@@ -70,3 +70,54 @@ def shift_figure(rows: list[dict], metric: str = "pref_acc") -> Any:
     ax.set_ylabel("preference accuracy")
     ax.legend()
     return fig
+
+
+def compare_figure(comparison: Any) -> Any:
+    shifts = list(comparison.shifts)
+    rows = list(comparison.rows)
+    fig, ax = new_figure(max(5.0, 1.6 * len(shifts) + 2), 3.8)
+    width = 0.8 / max(1, len(rows))
+    for j, r in enumerate(rows):
+        xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(shifts))]
+        means = [r[s]["mean"] if r[s] else float("nan") for s in shifts]
+        err = [[(r[s]["mean"] - r[s]["lo"]) if r[s] else 0 for s in shifts],
+               [(r[s]["hi"] - r[s]["mean"]) if r[s] else 0 for s in shifts]]
+        label = r["method"] + (" (INCOHERENT)" if r["incoherent_seeds"] else "")
+        bars = ax.bar(xs, means, width, yerr=err, capsize=2, label=label,
+                      color=PALETTE[j % len(PALETTE)])
+        if r["incoherent_seeds"]:
+            for b in bars:
+                b.set_hatch("//")
+                b.set_alpha(0.5)
+    ax.axhline(0.5, color="#888", lw=0.8, ls="--")
+    ax.set_xticks(range(len(shifts)), shifts, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.legend(fontsize=7.5)
+    return fig
+
+
+def write_compare_report(comparison: Any, out: Any, metric: str, seeds: int) -> None:
+    from reprlab.report import RunDir
+
+    rd = RunDir.create(out, "prefs-compare", {"metric": metric, "seeds": seeds},
+                       inputs={"runs": [r["run"] for r in comparison.rows if r["run"]]})
+    flat = []
+    for r in comparison.rows:
+        row = {k: r[k] for k in ("method", "seeds", "incoherent_seeds", "ppl_ratio_max")}
+        for s in comparison.shifts:
+            c = r[s]
+            row.update({f"{s}": c["mean"] if c else None, f"{s}_lo": c["lo"] if c else None,
+                        f"{s}_hi": c["hi"] if c else None})
+        flat.append(row)
+    rd.write_csv("compare.csv", flat)
+    rd.figure(compare_figure(comparison), "compare.png", title="Methods across shifts",
+              caption="mean over seeds, 95% bootstrap interval over seeds and rows; hatched: a "
+                      "seed failed the coherence guard")
+    rd.table("Comparison", flat)
+    rd.text("Winners", "best coherent method per shift: " + ", ".join(
+        f"{s}: {w}" for s, w in comparison.winners.items()))
+    rd.finish({"workflow": "prefs-compare", "metric": metric, "seeds": seeds,
+               "shifts": list(comparison.shifts), "rows": list(comparison.rows),
+               "winners": comparison.winners}, title="reprlab prefs compare",
+              summary=comparison.table().splitlines()[-1])

@@ -1,0 +1,192 @@
+"""Evaluation across distribution shifts, adapter on and off, with the coherence guard.
+
+Per split: the preference accuracy of the policy with no reference (σ(mean log-prob chosen −
+mean log-prob rejected) > 0.5, the ``open_pref_eval`` score), DPO's implicit-reward accuracy
+(the adapter's log-ratio margin against the base, > 0), the chosen-completion perplexity and
+its ratio to the base model, for the adapter on and off (the base row). Splits are grouped by
+named shift (in-domain, difficulty, cross-domain, orthogonal). Per-row correctness is saved so
+that :mod:`reprlab.prefs.compare` can bootstrap over seeds and rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reprlab.errors import ConfigError, StoreError
+from reprlab.io import read_json
+from reprlab.models import LoadedModel, as_loaded
+from reprlab.prefs.data import load_preferences
+from reprlab.prefs.guard import DEFAULT_THRESHOLD, generation_check, is_incoherent, perplexity_ratio
+from reprlab.prefs.refcache import compute_reference
+from reprlab.prefs.tokenize import tokenize_prefs
+
+logger = logging.getLogger(__name__)
+
+#: shift name -> category (the toy world's names; GENIES-style names map the same way)
+CATEGORIES = {"train": "train", "in-domain": "in-domain", "harder": "difficulty",
+              "cross-domain": "cross-domain", "orthogonal": "orthogonal"}
+TOY_SHIFTS = ("in-domain", "harder", "cross-domain", "orthogonal")
+
+
+def default_splits(data: str) -> dict[str, str]:
+    """The evaluation splits of a training set: the toy shifts for ``builtin:toy-prefs``."""
+    if data == "builtin:toy-prefs":
+        return {s: f"builtin:toy-prefs-{s}" for s in TOY_SHIFTS}
+    return {"train": data}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy per split with the adapter on and off, and the coherence verdict."""
+
+    run_dir: Path | None
+    method: str
+    seed: int | None
+    rows: tuple[dict, ...]
+    ppl_ratio: dict[str, float]
+    threshold: float
+    incoherent: bool
+    generation: dict[str, Any] = field(default_factory=dict)
+
+    def accuracy(self, split: str, adapter: str = "on", metric: str = "pref_acc") -> float:
+        return next(r[metric] for r in self.rows if r["split"] == split and r["adapter"] == adapter)
+
+    def table(self) -> str:
+        head = f"{'split':<14}{'shift':<14}{'adapter':<9}{'pref acc':>9}{'reward acc':>11}" \
+               f"{'ppl chosen':>12}{'ppl ratio':>11}"
+        lines = [head]
+        for r in self.rows:
+            ra = "" if r["reward_acc"] is None else f"{r['reward_acc']:.3f}"
+            lines.append(f"{r['split']:<14}{r['shift']:<14}{r['adapter']:<9}{r['pref_acc']:>9.3f}"
+                         f"{ra:>11}{r['ppl_chosen']:>12.3g}{r.get('ppl_ratio') or 1.0:>11.2f}")
+        verdict = (f"INCOHERENT: chosen perplexity rose more than {self.threshold:g}x on "
+                   f"{', '.join(k for k, v in self.ppl_ratio.items() if not v <= self.threshold)}"
+                   if self.incoherent else f"coherent (perplexity ratio <= {self.threshold:g}x)")
+        g = self.generation
+        if g:
+            verdict += (f"; generation: {g['on']['well_formed']:.0%} well formed with the "
+                        f"adapter, {g['off']['well_formed']:.0%} without")
+        return "\n".join(lines + [verdict])
+
+
+def _load_run(run: Path, model: LoadedModel | str | None, device: str) -> tuple[LoadedModel, Any,
+                                                                             dict, dict]:
+    from peft import PeftModel
+
+    from reprlab.report import RunDir
+
+    results = RunDir.load_results(run)
+    if results.get("workflow") != "prefs-train":
+        raise StoreError(f"{run} is not a `reprlab prefs train` run (workflow "
+                         f"{results.get('workflow')!r})")
+    manifest = read_json(run / "manifest.json")
+    recorded = manifest["inputs"]["model"]
+    lm = as_loaded(model if model is not None else recorded.get("spec"), device=device)
+    mine = lm.identity()
+    for k in ("config_hash", "weights_fingerprint"):
+        if mine.get(k) != recorded.get(k):
+            raise StoreError(f"the adapter in {run} was trained on {recorded.get('name')!r}, not on "
+                             f"{mine.get('name')!r} ({k} differs); evaluate it with its own base "
+                             "model")
+    peft = PeftModel.from_pretrained(lm.model, str(run / "adapter"))
+    return lm, peft, results, mine
+
+
+def _scores(lm: LoadedModel, tokens: Any, peft: Any, batch_size: int) -> dict[str, torch.Tensor]:
+    on = compute_reference(lm, tokens, batch_size=batch_size)
+    off = compute_reference(lm, tokens, batch_size=batch_size, adapter_off=peft.disable_adapter)
+    return {"c_on": on.chosen, "r_on": on.rejected, "c_off": off.chosen, "r_off": off.rejected,
+            "n_c": on.n_chosen.float(), "n_r": on.n_rejected.float()}
+
+
+def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
+             model: LoadedModel | str | None = None, limit: int | None = 200,
+             batch_size: int = 16, threshold: float = DEFAULT_THRESHOLD, generate: int = 8,
+             device: str = "cpu", out: str | Path | None = None,
+             progress: bool = True) -> EvalResult:
+    """Evaluate the adapter of a finished ``prefs train`` run on ``splits`` (name -> data).
+
+    Writes a run directory (default ``RUN/eval``) with ``results.json``, ``shifts.csv``,
+    ``shifts.png``, per-row correctness (``rows.safetensors``) and ``report.html``.
+    """
+    from reprlab.prefs.report import shift_figure
+    from reprlab.report import RunDir
+
+    if threshold <= 1:
+        raise ConfigError(f"--threshold must be above 1 (a perplexity ratio), got {threshold}")
+    run = Path(run)
+    lm, peft, results, identity = _load_run(run, model, device)
+    cfg = results["config"]
+    splits = splits or default_splits(cfg["data"])
+    beta = float(results["method"].get("beta", cfg.get("beta", 0.1)))
+    rows, per_row, ratios, gen = [], {}, {}, {"on": [], "off": []}
+    for name, spec in splits.items():
+        data = load_preferences(spec, limit=limit)
+        tokens = tokenize_prefs(lm.tokenizer, data, max_length=cfg["max_length"],
+                                max_prompt_length=cfg.get("max_prompt_length"),
+                                raw_text=cfg["raw_text"], model_name=lm.name)
+        s = _scores(lm, tokens, peft, batch_size)
+        ratios[name] = perplexity_ratio(s["c_on"], s["c_off"], s["n_c"])
+        for adapter in ("on", "off"):
+            mean_c, mean_r = s[f"c_{adapter}"] / s["n_c"], s[f"r_{adapter}"] / s["n_r"]
+            pref = (torch.sigmoid(mean_c - mean_r) > 0.5)
+            reward = None
+            if adapter == "on":
+                margin = beta * ((s["c_on"] - s["c_off"]) - (s["r_on"] - s["r_off"]))
+                reward = float((margin > 0).float().mean())
+                per_row[f"{name}|on|reward"] = (margin > 0).to(torch.int8)
+            per_row[f"{name}|{adapter}|pref"] = pref.to(torch.int8)
+            nll = -s[f"c_{adapter}"].sum() / s["n_c"].sum()
+            rows.append({"split": name, "shift": CATEGORIES.get(name, name), "adapter": adapter,
+                         "n": len(tokens), "pref_acc": float(pref.float().mean()),
+                         "reward_acc": reward, "ppl_chosen": float(torch.exp(nll)),
+                         "ppl_ratio": ratios[name] if adapter == "on" else 1.0,
+                         "truncated_or_dropped": tokens.report.rows - tokens.report.kept
+                         + tokens.report.completion_truncated + tokens.report.prompt_truncated})
+        if generate:
+            end_ids = {ids[-1] for ids in tokens.chosen_ids}
+            k = min(generate, len(tokens))
+            budget = max(len(ids) for ids in tokens.chosen_ids) + 4
+            prompts = list(tokens.prompts[-k:])  # the end of the split: least like the start
+            want = [data.chosen[data.ids.index(i)] for i in tokens.ids[-k:]]
+            gen["on"].append(generation_check(lm, prompts, want, end_ids,
+                                              raw_text=cfg["raw_text"], max_new_tokens=budget))
+            with peft.disable_adapter():
+                gen["off"].append(generation_check(lm, prompts, want, end_ids,
+                                                   raw_text=cfg["raw_text"],
+                                                   max_new_tokens=budget))
+    incoherent = is_incoherent(ratios, threshold)
+    for r in rows:
+        r["incoherent"] = incoherent and r["adapter"] == "on"
+    generation = {}
+    if generate:
+        for side in ("on", "off"):
+            checks = gen[side]
+            n = sum(c.n for c in checks)
+            generation[side] = {
+                "n": n, "well_formed": sum(c.well_formed * c.n for c in checks) / max(n, 1),
+                "matches_chosen": sum(c.matches_chosen * c.n for c in checks) / max(n, 1),
+                "examples": [e for c in checks for e in c.examples[:2]]}
+    result = EvalResult(run, results["method"]["name"], cfg.get("seed"), tuple(rows), ratios,
+                        threshold, incoherent, generation)
+    out_dir = Path(out) if out is not None else run / "eval"
+    rd = RunDir.create(out_dir, "prefs-eval", {"threshold": threshold, "limit": limit,
+                                               "splits": {k: str(v) for k, v in splits.items()}},
+                       inputs={"model": identity, "run": str(run)}, seed=cfg.get("seed"))
+    rd.write_csv("shifts.csv", rows)
+    rd.save_tensors("rows.safetensors", per_row)
+    rd.figure(shift_figure(rows), "shifts.png", title="Preference accuracy per shift",
+              caption="σ(mean log-prob chosen − rejected) > 0.5, adapter on vs off (base); "
+                      "hatched: incoherent run")
+    rd.table("Accuracy per split", rows)
+    rd.text("Coherence", result.table().splitlines()[-1])
+    rd.finish({"workflow": "prefs-eval", "run": str(run), "method": result.method,
+               "seed": result.seed, "rows": rows, "ppl_ratio": ratios, "threshold": threshold,
+               "incoherent": incoherent, "generation": generation},
+              title=f"reprlab prefs eval: {result.method}", summary=result.table().splitlines()[-1])
+    return result

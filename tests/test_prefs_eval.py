@@ -1,0 +1,129 @@
+"""Evaluation across shifts, the coherence guard, comparisons and the CLI end to end, on the
+mini toy SFT model (a real chat model trained on a world whose facts we know)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reprlab.cli import main
+from reprlab.io import read_json
+
+
+@pytest.fixture(scope="module")
+def runs(toy_mini, tmp_path_factory):
+    """A sane DPO run and a broken IPO run (huge learning rate) of the mini toy SFT model."""
+    root = tmp_path_factory.mktemp("prefs-runs")
+    common = ["--model", str(toy_mini.sft), "--data", "builtin:toy-prefs", "--limit", "16",
+              "--batch-size", "4", "--schedule", "constant", "--ref-cache", str(root / "cache"),
+              "--no-progress"]
+    assert main(["prefs", "train", *common, "--steps", "2", "--lr", "1e-3",
+                 "--out", str(root / "dpo")]) == 0
+    assert main(["prefs", "train", *common, "--method", "ipo", "--steps", "4", "--lr", "0.5",
+                 "--lora-targets", "all-linear", "--out", str(root / "broken")]) == 0
+    return root
+
+
+def test_train_run_directory(runs):
+    run = runs / "dpo"
+    for name in ("results.json", "manifest.json", "report.html", "training.png",
+                 "adapter/adapter_model.safetensors", "state.safetensors"):
+        assert (run / name).exists(), name
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+              "rewards/accuracies", "logps/chosen", "logps/rejected", "grad_norm",
+              "tokens_per_s"):
+        assert all(r[k] is not None for r in log), k
+    res = read_json(run / "results.json")
+    assert res["truncation"]["rows"] == 16 and res["truncation"]["kept"] == 16
+    assert res["reference"]["cached"] and res["method"]["loss"] == "sigmoid"
+
+
+def test_eval_flags_only_the_broken_run(runs, capsys):
+    assert main(["prefs", "eval", str(runs / "dpo"), "--limit", "24", "--generate", "2",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "coherent" in printed and "INCOHERENT" not in printed
+    ok = read_json(runs / "dpo" / "eval" / "results.json")
+    assert {r["split"] for r in ok["rows"]} == {"in-domain", "harder", "cross-domain",
+                                               "orthogonal"}
+    assert {r["adapter"] for r in ok["rows"]} == {"on", "off"}
+    assert not ok["incoherent"] and max(ok["ppl_ratio"].values()) < 1.5
+    assert main(["prefs", "eval", str(runs / "broken"), "--limit", "24", "--generate", "2",
+                 "--no-progress"]) == 0
+    assert "INCOHERENT" in capsys.readouterr().out
+    bad = read_json(runs / "broken" / "eval" / "results.json")
+    assert bad["incoherent"] and max(bad["ppl_ratio"].values()) > 3
+    assert all(r["incoherent"] for r in bad["rows"] if r["adapter"] == "on")
+    # the base rows (adapter off) are the same model in both runs
+    base = {r["split"]: r["pref_acc"] for r in ok["rows"] if r["adapter"] == "off"}
+    assert base == {r["split"]: r["pref_acc"] for r in bad["rows"] if r["adapter"] == "off"}
+
+
+def test_compare_trains_missing_seeds_and_never_crowns_an_incoherent_run(runs, capsys):
+    out = runs / "cmp"
+    assert main(["prefs", "compare", str(runs / "dpo"), str(runs / "broken"), "--seeds", "2",
+                 "--out", str(out), "--bootstrap", "50", "--limit", "24", "--generate", "0",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "INCOHERENT" in printed and "base (adapter off)" in printed
+    assert (runs / "dpo-seed1" / "manifest.json").exists()
+    res = read_json(out / "results.json")
+    methods = [r["method"] for r in res["rows"]]
+    assert methods == ["dpo", "ipo", "base (adapter off)"]
+    assert res["rows"][1]["incoherent_seeds"] == 2
+    assert "ipo" not in res["winners"].values()
+    for s in res["shifts"]:
+        c = res["rows"][0][s]
+        assert c["lo"] <= c["mean"] <= c["hi"]
+    for name in ("compare.csv", "compare.png", "report.html", "manifest.json"):
+        assert (out / name).exists()
+
+
+def test_eval_refuses_another_base_model(runs, tmp_path):
+    from conftest import save_lm
+    from prefs_helpers import chat_tiny
+
+    other = save_lm(chat_tiny(), tmp_path / "other")
+    code = main(["prefs", "eval", str(runs / "dpo"), "--model", str(other), "--no-progress"])
+    assert code == 2
+
+
+def test_reference_cache_holds_pooled_hidden_states(toy_mini, tmp_path):
+    """A method that reads sites gets pooled reference states from the cache, equal to live."""
+    from reprlab.models import load_model
+    from reprlab.prefs import train
+    from reprlab.prefs.methods import LossMethod, MethodOptions, MethodOutput, register_method
+
+    seen = {}
+
+    class HiddenDPO(LossMethod):
+        sites = ("layers.0", "layers.1")
+
+        def loss(self, policy, reference):
+            out = super().loss(policy, reference)
+            d = (policy.chosen_hidden["layers.1"] - reference.chosen_hidden["layers.1"])
+            seen.setdefault("ref", []).append(reference.chosen_hidden["layers.0"].clone())
+            seen.setdefault("grad", []).append(policy.chosen_hidden["layers.1"].requires_grad)
+            return MethodOutput(out.loss + 0.0 * d.pow(2).sum(), {"hidden_gap": d.norm()})
+
+    @register_method("test-hidden-dpo")
+    def _factory(opts: MethodOptions):
+        return HiddenDPO("test-hidden-dpo", "sigmoid", opts.beta, 0.0, "sum", 0.0)
+
+    kw = dict(steps=2, batch_size=4, limit=8, progress=False, schedule="constant",
+              method="test-hidden-dpo")
+    live = train(load_model(str(toy_mini.sft)), "builtin:toy-prefs", out=tmp_path / "live",
+                 ref_cache="off", **kw)
+    live_refs = seen.pop("ref")
+    cached = train(load_model(str(toy_mini.sft)), "builtin:toy-prefs", out=tmp_path / "c",
+                   ref_cache=str(tmp_path / "cache"), **kw)
+    assert all(seen["grad"]) and "hidden_gap" in cached.log[0]
+    for a, b in zip(live_refs, seen["ref"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert cached.losses == pytest.approx(live.losses, rel=1e-5)
+    manifest = read_json(next((tmp_path / "cache").iterdir()) / "manifest.json")
+    assert set(manifest["sites"]) == {"logps", "layers.0", "layers.1"}
