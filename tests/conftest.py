@@ -123,3 +123,21 @@ TEXTS = [
     "Short one here",
     "The city of Tokyo is in Japan.",
 ]
+
+
+class ToyMini:
+    """A mini toy build (same world and code path as ``toy``, tiny model, few steps)."""
+
+    def __init__(self, home: Path):
+        from reprlab.toy.build import build
+
+        self.home = home
+        self.paths = build("mini", home=home, progress=False)
+        self.base, self.sft = self.paths.base, self.paths.sft
+
+
+@pytest.fixture(scope="session")
+def toy_mini(tmp_path_factory):
+    """Built once per test session in a few seconds; ``toy_mini.home`` works as REPRLAB_HOME
+    (then ``--model toy-mini`` / ``toy-mini-sft`` resolve to it)."""
+    return ToyMini(tmp_path_factory.mktemp("reprlab-home"))

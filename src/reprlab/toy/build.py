@@ -107,8 +107,10 @@ def _preset(name: str) -> Preset:
 
 
 def toy_dir(preset: str = "default", home: str | Path | None = None) -> Path:
+    """Where ``preset`` is cached: ``<home>/toy/<preset>`` (``home`` defaults to
+    :func:`toy_home`)."""
     _preset(preset)
-    return Path(home).expanduser() if home else toy_home() / "toy" / preset
+    return (Path(home).expanduser() if home else toy_home()) / "toy" / preset
 
 
 def check_cache(root: Path) -> str | None:

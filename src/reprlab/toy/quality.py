@@ -140,7 +140,7 @@ def chat_quality(model, tok, rows: Sequence[tuple[str, str, str]]) -> dict:
     by: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for (q, _), good, ans in zip(held, ok, answers):
         kind = chat_kind(q)
-        formed = ans.endswith(". " + tok.eos_token) and ans.count(tok.eos_token) == 1
+        formed = ans.endswith(" ." + tok.eos_token) and ans.count(tok.eos_token) == 1
         by[kind].append((good, formed))
         by["all"].append((good, formed))
     return {kind: {"accuracy": sum(g for g, _ in v) / len(v),

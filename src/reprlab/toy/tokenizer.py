@@ -1,12 +1,14 @@
 """A word-level tokenizer for the toy world, saved as a standard Hugging Face tokenizer.
 
 Every word and punctuation mark of the world is one token (the vocabulary has a few hundred
-entries), so the LM head is small and training is cheap. Special tokens: ``<|bos|>`` (added in
+entries), so the LM head is small and training is cheap. As in GPT-2, a token carries its
+leading space (``" Paris"`` is the token ``ĠParis``; a text's first word has none), so a decoded
+continuation can be appended to its prompt as it is. Special tokens: ``<|bos|>`` (added in
 front of every encoded text), ``<|end|>`` (end of a document and of a chat turn; the eos
 token), ``<|pad|>``, ``<|unk|>`` and the chat roles ``<|system|>``, ``<|user|>``,
 ``<|assistant|>``. The chat template renders
 
-    <|bos|> <|user|> What is 2 + 3 ? <|end|> <|assistant|> 5 . <|end|>
+    <|bos|><|user|> What is 2 + 3 ?<|end|><|assistant|> 5 .<|end|>
 
 so that the prompt (with ``add_generation_prompt=True``) is a token prefix of prompt + answer.
 """
@@ -22,9 +24,9 @@ SPECIALS = (PAD, BOS, EOS, UNK) + ROLES
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{{ ' <|' + message['role'] + '|> ' + message['content'] + ' <|end|>' }}"
+    "{{ '<|' + message['role'] + '|> ' + message['content'] + '<|end|>' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ ' <|assistant|>' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
 
@@ -33,13 +35,14 @@ def build_tokenizer(texts: Iterable[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words = sorted({w for t in texts for w in t.split()})
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    pieces = sorted({p for t in texts for p, _ in pre.pre_tokenize_str(t)})
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
+    for piece in pieces:
+        vocab.setdefault(piece, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
     fast = PreTrainedTokenizerFast(

@@ -268,7 +268,7 @@ class World:
         words = [" ".join(map(str, range(0, 2 * self.config.max_number + 2)))]
         words.append(" ".join(POSITIVE + NEGATIVE + NOUNS))
         return (self.pretrain_texts() + self.heldout_texts() + words
-                + [q + " " + a for q, a, _ in tasks.all_chat_texts(self)])
+                + [f" {q} {a}" for q, a, _ in tasks.all_chat_texts(self)])
 
     def hash(self) -> str:
         """Content hash of the world's training text (the corpus hash in the manifest)."""

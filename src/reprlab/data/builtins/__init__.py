@@ -22,6 +22,43 @@ class Builtin:
     summary: str
 
 
+def _toy(fn: str, *args: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        from reprlab.toy import tasks
+
+        return getattr(tasks, fn)(*args)
+    return build
+
+
+def _toy_shift(shift: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from reprlab.toy.tasks import preference_shifts
+
+        return preference_shifts()[shift]
+    return build
+
+
+def toy_builtins() -> dict[str, Builtin]:
+    """The toy world's datasets (:mod:`reprlab.toy.tasks`), for the toy models."""
+    out = {
+        "toy-truth": Builtin(_toy("truth_dataset"), "labeled",
+                             "toy world: 'The city of X is in Y .' true/false, 320 rows"),
+        "toy-pairs": Builtin(_toy("sentiment_pairs"), "pairs",
+                             "toy world: 200 positive/negative sentiment contrast pairs"),
+        "toy-text": Builtin(_toy("eval_text"), "labeled",
+                            "toy world: 600 held-out sentences (one class, 'text')"),
+        "toy-prefs": Builtin(_toy_shift("train"), "preferences",
+                             "toy world: prefer the true sum (operand pairs never trained)"),
+    }
+    for shift, what in (("in-domain", "other unseen sums, a random wrong answer"),
+                        ("harder", "unseen sums, a wrong answer off by one or two"),
+                        ("cross-domain", "prefer the true city or country"),
+                        ("orthogonal", "prefer a happy over a sad sentence")):
+        out[f"toy-prefs-{shift}"] = Builtin(_toy_shift(shift), "preferences",
+                                           f"toy world preference shift: {what}")
+    return out
+
+
 BUILTINS: dict[str, Builtin] = {
     "cities": Builtin(cities.build, "labeled",
                       "'The city of X is in Y.' true/false, 1,500 rows (Geometry of Truth "
@@ -36,6 +73,7 @@ BUILTINS: dict[str, Builtin] = {
                                "60 positive/negative sentiment contrast pairs"),
     "prefs-tiny": Builtin(pairs.build_prefs, "preferences",
                           "30 prompt/chosen/rejected preference triples"),
+    **toy_builtins(),
 }
 
 
