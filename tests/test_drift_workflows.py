@@ -40,7 +40,27 @@ def test_layers_refuses_too_few_points(tmp_path, capsys):
                "--limit", "5", "--position", "last", "--points", "50",
                "--out", str(tmp_path / "r"), "--no-progress"])
     assert rc == 2
-    assert "clouds too small" in capsys.readouterr().err
+    assert "5 points are too small" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "txt"])
+def test_checkpoints_on_plain_unlabeled_text_use_all_points(tmp_path, capsys, fmt):
+    """README: --data eval.jsonl with only a text column (or a .txt file); a file smaller than
+    --points (default 1000) uses all its points and says so."""
+    ck = _save_ckpts(tmp_path, steps=(0, 10))
+    texts = [f"plain sentence number {i} about {w}" for i, w in
+             enumerate("rivers cats maths tea rain jazz code sand wind moss ink salt".split())]
+    f = tmp_path / f"eval.{fmt}"
+    f.write_text("\n".join(json.dumps({"text": t}) if fmt == "jsonl" else t for t in texts))
+    out = tmp_path / "run"
+    rc = main(["drift", "checkpoints", "--checkpoints", str(ck / "step-*"), "--data", str(f),
+               "--out", str(out), "--no-progress", "--measures", "sinkhorn,cka"])
+    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "holds 12 points, fewer than --points 1000: all 12 are used" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_points"] == 12 and res["notes"]
+    assert "fewer than --points 1000" in (out / "report.html").read_text()
 
 
 def _save_ckpts(tmp_path, steps=(0, 50, 100), hidden=32):

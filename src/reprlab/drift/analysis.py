@@ -26,7 +26,8 @@ def sample_points(store, position: str, n_points: int | None, seed: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed-seed sample of point indices of ``store[site, position]`` and their input rows.
 
-    Returns ``(index [n], groups [n])``; ``n_points`` None/0 keeps every point.
+    Returns ``(index [n], groups [n])``; ``n_points`` None/0, or more than the store holds,
+    keeps every point.
     """
     if position == "all":
         rows = store.token_index[:, 0].long()
@@ -34,10 +35,9 @@ def sample_points(store, position: str, n_points: int | None, seed: int
         rows = torch.arange(store.n_rows)
     total = len(rows)
     if n_points and n_points > total:
-        raise DataError(f"clouds too small: the store at {store.path} holds {total} points at "
-                        f"position {position!r}, but {n_points} were requested; lower --points "
-                        "or capture more rows")
-    if not n_points or n_points == total:
+        logger.info("the store at %s holds %d points at position %r, fewer than the %d "
+                    "requested: using all of them", store.path, total, position, n_points)
+    if not n_points or n_points >= total:
         idx = torch.arange(total)
     else:
         g = torch.Generator().manual_seed(seed)

@@ -11,6 +11,10 @@ def _print_layers(res: dict) -> None:
     for name, e in res["measures"].items():
         m = e["matrix"]
         print(f"{name}: {len(m)}x{len(m)} matrix" + ("" if e["converged"] else " (NOT converged)"))
+    if res.get("headline"):
+        print(res["headline"])
+    for n in res.get("notes", []):
+        print(f"note: {n}")
     for w in res.get("warnings", []):
         print(f"warning: {w}")
 
@@ -22,6 +26,8 @@ def _print_series(res: dict) -> None:
         from reprlab.drift.workflow import crossing_phrase
 
         print(crossing_phrase(res["acc_crosses_50pct"]))
+    for n in res.get("notes", []):
+        print(f"note: {n}")
     for w in res.get("warnings", []):
         print(f"warning: {w}")
 

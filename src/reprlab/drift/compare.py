@@ -269,12 +269,9 @@ def compare(clouds: torch.Tensor, pairs: Sequence[tuple[int, int]], measures: Se
                    disable=not progress)
         kw = dict(eps=eps, max_bytes=max_bytes, cache=cache, tick=bar.update, **opts)
 
-        def run(job, kw=kw):
-            tx, ty, ps = job
-            return pair_values(name, views[tx], views[ty], ps, tags=(tx, ty), **kw)
-
         try:
-            res = [run(job) for job in jobs]
+            res = [pair_values(name, views[tx], views[ty], ps, tags=(tx, ty), **kw)
+                   for tx, ty, ps in jobs]
         finally:
             bar.close()
         full = res[0]

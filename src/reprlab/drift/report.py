@@ -23,10 +23,12 @@ def layer_heatmaps(run, res: dict, title_prefix: str = "") -> None:
     labels = _labels(res["labels"])
     for name, entry in res["measures"].items():
         has_floor = "floor_matrix" in entry
-        fig, axes = plots.new_figure(11 if has_floor else 5.8, 4.6, ncols=2 if has_floor else 1)
+        fig, axes = plots.new_figure(12 if has_floor else 6.2, 5.0, ncols=2 if has_floor else 1,
+                                     layout="constrained")
         ax0 = axes[0] if has_floor else axes
         plots.heatmap(ax0, entry["matrix"], labels, labels,
-                      cmap="viridis_r" if name == "cka" else "viridis", cbar_label=UNITS[name])
+                      cmap="viridis_r" if name == "cka" else "viridis", cbar_label=UNITS[name],
+                      xlabel="site", ylabel="site")
         ax0.set_title(f"{title_prefix}{UNITS[name]}")
         if has_floor:
             half = np.asarray(entry["half_matrix"], float)
@@ -34,7 +36,8 @@ def layer_heatmaps(run, res: dict, title_prefix: str = "") -> None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = half / floor
             plots.heatmap(axes[1], ratio, labels, labels, cmap="magma",
-                          cbar_label="half-sample distance / split-half floor")
+                          cbar_label="half-sample distance / split-half floor",
+                          xlabel="site", ylabel="site")
             axes[1].set_title("distance over noise floor (1 = indistinguishable)")
         cap = (f"Layer × layer {UNITS[name]}."
                + (" Right: the same pairs on disjoint input halves divided by the split-half "
@@ -49,6 +52,51 @@ def _mark(ax, points: Sequence[dict], color: str = "0.3") -> None:
         ax.axvline(p["step"], color=color, ls="--", lw=0.9, alpha=0.7)
 
 
+def _trajectories(run, res: dict, sites: list[str], labels: list[str], name: str) -> None:
+    """One panel per site (small multiples): drift between consecutive checkpoints with that
+    site's own split-half noise floor, so that floors of different sites never merge."""
+    ncols = min(3, len(sites))
+    nrows = math.ceil(len(sites) / ncols)
+    fig, axes = plots.new_figure(4.0 * ncols, 2.8 * nrows + 0.4, ncols=ncols, nrows=nrows,
+                                 squeeze=False, sharex=True, layout="constrained")
+    drift = [v for s in sites for v in res["sites"][s]["consecutive"][name]["drift"]]
+    log = bool(drift) and min(drift) > 0 and max(drift) / min(drift) > 100
+    ylab = ("1 − " if name == "cka" else "") + UNITS[name]
+    for k, site in enumerate(sites):
+        ax = axes[k // ncols][k % ncols]
+        e = res["sites"][site]["consecutive"][name]
+        color = plots.PALETTE[k % len(plots.PALETTE)]
+        plots.line_with_band(ax, e["steps"], e["drift"], label="drift", color=color, marker=".")
+        if "floor" in e:
+            lo = [max(f - s, 1e-300) if log else f - s
+                  for f, s in zip(e["floor"], e["floor_sd"], strict=True)]
+            hi = [f + s for f, s in zip(e["floor"], e["floor_sd"], strict=True)]
+            ax.fill_between(e["steps"], lo, hi, color="0.55", alpha=0.3, lw=0,
+                            label="noise floor ± sd")
+            ax.plot(e["steps"], e["floor"], color="0.35", ls=":", lw=1.0)
+        tr = res["sites"][site]["transition"].get(name)
+        if tr:
+            ax.axvline(tr["step"], color="0.2", ls="--", lw=1.0, label="strongest change")
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(site)
+        if k // ncols == nrows - 1 or k + ncols >= len(sites):
+            ax.set_xlabel("step")
+        if k % ncols == 0:
+            ax.set_ylabel(ylab)
+        if k == 0:
+            ax.legend(fontsize=7, loc="best")
+    for k in range(len(sites), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    fig.suptitle(f"drift between consecutive checkpoints: {UNITS[name]}", fontweight="bold")
+    run.figure(fig, f"drift_{name}.png", title=f"Consecutive-checkpoint drift ({name})",
+               caption="One panel per site. Each point compares a checkpoint with the previous "
+                       "one. Grey band with dotted line: that site's split-half noise floor "
+                       "(mean ± sd) for unpaired distances; drift inside it is "
+                       "indistinguishable from sampling noise. Dashed: the strongest upward "
+                       "change point of the site's series.")
+
+
 def series_figures(run, res: dict, history: Sequence[dict] | None = None,
                    curve_points: dict | None = None) -> None:
     """Trajectories (with floor bands and change points), layer × checkpoint heatmaps,
@@ -57,32 +105,7 @@ def series_figures(run, res: dict, history: Sequence[dict] | None = None,
     labels = _labels(sites)
     measures = list(res["sites"][sites[0]]["consecutive"])
     for name in measures:
-        fig, ax = plots.new_figure(8, 4.2)
-        for k, site in enumerate(sites):
-            e = res["sites"][site]["consecutive"][name]
-            color = plots.PALETTE[k % len(plots.PALETTE)]
-            plots.line_with_band(ax, e["steps"], e["drift"], label=labels[k], color=color,
-                                 marker=".")
-            if "floor" in e:
-                lo = [f - s for f, s in zip(e["floor"], e["floor_sd"], strict=True)]
-                hi = [f + s for f, s in zip(e["floor"], e["floor_sd"], strict=True)]
-                ax.fill_between(e["steps"], lo, hi, color=color, alpha=0.22, lw=0)
-                ax.plot(e["steps"], e["floor"], color=color, ls=":", lw=0.9)
-            tr = res["sites"][site]["transition"].get(name)
-            if tr:
-                ax.axvline(tr["step"], color=color, ls="--", lw=1.0)
-        drift = [v for s in sites for v in res["sites"][s]["consecutive"][name]["drift"]]
-        if drift and min(drift) > 0 and max(drift) / min(drift) > 100:
-            ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel(("1 − " if name == "cka" else "") + UNITS[name])
-        ax.set_title(f"drift between consecutive checkpoints: {UNITS[name]}")
-        ax.legend(ncol=min(4, len(sites)))
-        run.figure(fig, f"drift_{name}.png", title=f"Consecutive-checkpoint drift ({name})",
-                   caption="Each point compares a checkpoint with the previous one. Dotted with "
-                           "shaded band: split-half noise floor (mean ± sd) for unpaired "
-                           "distances; drift below it is indistinguishable from sampling noise. Dashed: "
-                           "the strongest upward change point of each site's series.")
+        _trajectories(run, res, sites, labels, name)
         # layer × checkpoint heatmap
         mat = np.asarray([res["sites"][s]["consecutive"][name]["drift"] for s in sites], float)
         steps = res["sites"][sites[0]]["consecutive"][name]["steps"]
@@ -91,8 +114,8 @@ def series_figures(run, res: dict, history: Sequence[dict] | None = None,
         stride = max(1, math.ceil(len(steps) / 20))
         plots.heatmap(ax, show, [str(s) if i % stride == 0 else "" for i, s in enumerate(steps)],
                       labels, annotate=False,
-                      cbar_label=("log10 " if (mat > 0).all() else "") + UNITS[name])
-        ax.set_xlabel("step")
+                      cbar_label=("log10 " if (mat > 0).all() else "") + UNITS[name],
+                      xlabel="step (compared with the previous checkpoint)", ylabel="site")
         ax.set_title(f"layer × checkpoint drift ({name})")
         run.figure(fig, f"layer_checkpoint_{name}.png", title=f"Layer × checkpoint ({name})",
                    caption="Drift from the previous checkpoint, per site and step.")
@@ -102,7 +125,8 @@ def series_figures(run, res: dict, history: Sequence[dict] | None = None,
         ticks = [str(s) for s in m["steps"]]
         plots.heatmap(ax, m["values"], ticks, ticks, annotate=len(ticks) <= 10,
                       cmap="viridis_r" if m["measure"] == "cka" else "viridis",
-                      cbar_label=UNITS[m["measure"]])
+                      cbar_label=UNITS[m["measure"]], xlabel="checkpoint step",
+                      ylabel="checkpoint step")
         ax.set_title(f"{labels[k]}: checkpoint × checkpoint")
         run.figure(fig, f"checkpoints_{site}.png", title=f"Checkpoint × checkpoint, {site}",
                    caption=f"{UNITS[m['measure']]} between checkpoints (a subsample of steps).")
@@ -118,11 +142,13 @@ def series_figures(run, res: dict, history: Sequence[dict] | None = None,
             axes[1].plot(st, [m[k] for m in history], label=k)
         if loss and all(m[k] > 0 for k in loss for m in history):
             axes[1].set_yscale("log")
-        for ax, group in ((axes[0], acc), (axes[1], loss)):
+        for ax, group, ylab in ((axes[0], acc, "accuracy"), (axes[1], loss, "loss")):
             for k in group:
                 _mark(ax, (curve_points or {}).get(k, []))
             ax.set_xlabel("step")
-            ax.legend()
+            ax.set_ylabel(ylab + (" (log scale)" if ax.get_yscale() == "log" else ""))
+            if group:
+                ax.legend()
         axes[0].set_title("accuracy")
         axes[1].set_title("loss")
         run.figure(fig, "curves.png", title="Training curves",
@@ -138,3 +164,54 @@ def transitions_table(res: dict) -> list[dict]:
                              "before": tr["before"], "after": tr["after"],
                              "n_change_points": len(s["change_points"][name])})
     return rows
+
+
+def _ratio(row: dict) -> float | None:
+    h, f = row.get("half"), row.get("floor")
+    if h is None or f is None or not f > 0:
+        return None
+    return h / f
+
+
+def pairs_table(res: dict) -> list[dict]:
+    """One row per pair of sites, one column per measure (and distance ÷ noise floor for the
+    unpaired distances): every pair, formatted for the page."""
+    from reprlab.report.fmt import num
+
+    table: dict[tuple[str, str], dict] = {}
+    for r in res["rows"]:
+        row = table.setdefault((r["a"], r["b"]), {"site a": r["a"], "site b": r["b"]})
+        row[r["measure"]] = num(r["value"], 3)
+        ratio = _ratio(r)
+        if ratio is not None:
+            row[f"{r['measure']} ÷ floor"] = num(ratio, 3)
+        if not r.get("converged", True):
+            row[r["measure"]] += " (not converged)"
+    return list(table.values())
+
+
+def layers_headline(res: dict) -> str:
+    """The page's top line: which sites differ most and least, against the noise floor."""
+    from reprlab.report.fmt import num
+
+    rows = res["rows"]
+    measures = list(res["measures"])
+    unpaired = [m for m in measures if any(_ratio(r) is not None for r in rows
+                                           if r["measure"] == m)]
+    if unpaired:
+        m = unpaired[0]
+        rs = [r for r in rows if r["measure"] == m and _ratio(r) is not None]
+        hi = max(rs, key=_ratio)
+        lo = min(rs, key=_ratio)
+        near = sum(1 for r in rs if _ratio(r) < 1.5)
+        return (f"{UNITS[m][0].upper()}{UNITS[m][1:]}: {hi['a']} and {hi['b']} differ most "
+                f"({num(hi['value'], 3)}, {num(_ratio(hi), 2)}× the split-half noise floor); "
+                f"{lo['a']} and {lo['b']} least ({num(lo['value'], 3)}, "
+                f"{num(_ratio(lo), 2)}×). {near} of {len(rs)} pairs are within 1.5× their "
+                "floor.")
+    m = measures[0]
+    rs = [r for r in rows if r["measure"] == m]
+    best = max(rs, key=lambda r: r["value"])
+    worst = min(rs, key=lambda r: r["value"])
+    return (f"{UNITS[m]} ranges from {num(worst['value'], 3)} ({worst['a']}–{worst['b']}) to "
+            f"{num(best['value'], 3)} ({best['a']}–{best['b']}).")

@@ -86,7 +86,10 @@ class CheckpointsConfig(_Common):
     Checkpoints (model directories or activation stores) are ordered by step number."""
 
     checkpoints: list[str] = opt(factory=list, help="checkpoint dirs or stores (globs allowed)")
-    data: str = opt("", help="evaluation dataset (needed for model checkpoints)")
+    data: str = opt("", help="evaluation texts for model checkpoints: a .txt file (one text a "
+                             "line), jsonl/json/csv/parquet with a text column (no labels "
+                             "needed), builtin:NAME or hf:NAME")
+    text_col: str = opt("text", help="text column of --data")
     out: str = opt("runs/drift-checkpoints", help="run directory")
     sites: str = opt("layers.*", help="sites to compare")
     position: str = opt("last", help="'all' or a pooled position (last, mean, ...)")
@@ -174,23 +177,41 @@ def _run_layers(c: LayersConfig) -> dict:
     if len(sites) < 2:
         raise DataError(f"need at least two sites to compare, got {sites}; widen --sites")
     idx, groups = an.sample_points(store, c.position, c.points, c.seed)
+    notes = [n for n in [points_note(_n_points(store, c.position), c.points,
+                                     f"The data at position '{c.position}' ")] if n]
     clouds = an.store_clouds(store, sites, c.position, idx, device=c.device)
     res = an.layers_analysis(clouds, sites, groups.to(clouds.device), c.measures, pca=c.pca or None,
                              seed=c.seed, n_splits=c.splits, rel_eps=c.rel_eps,
                              progress=c.progress, **_opts(c))
+    headline = rep.layers_headline(res)
+    for n in notes:
+        logger.info(n)
+        run.text("Note", n)
     rep.layer_heatmaps(run, res)
     run.write_csv("pairs.csv", res["rows"])
-    run.table("Layer pairs", res["rows"][:60], note="value on full clouds; half: on disjoint "
-              "input halves; floor: split-half noise floor (same sample size as half)")
+    table = rep.pairs_table(res)
+    run.table(f"Layer pairs (all {len(table)})", table,
+              note="Each measure on the full clouds; '÷ floor': the distance between the two "
+                   "sites on disjoint input halves divided by the split-half noise floor of "
+                   "the two clouds (1 = indistinguishable from sampling noise). pairs.csv "
+                   "also has the half-sample values, floors and their spread.")
     note = _sinkhorn_note(res["measures"])
     if note:
         logger.warning(note)
+    data = store.manifest.get("data") or {}
+    model = store.manifest.get("model") or {}
     results = {"workflow": "drift-layers", "store": str(store.path), "sites": sites,
                "position": c.position, "n_points": int(clouds.shape[1]),
                "n_inputs": int(groups.unique().numel()), "basis": f"pca{c.pca}" if c.pca else "raw",
-               "measures": res["measures"], "warnings": [note] if note else []}
+               "headline": headline, "measures": res["measures"], "notes": notes,
+               "warnings": [note] if note else []}
+    run.inputs = {"model": model.get("name") or c.model,
+                  "data": data.get("name") or c.data,
+                  "sites": ", ".join(sites)}
     run.finish(results, title="reprlab drift: layer × layer",
-               summary=f"{len(sites)} sites, {clouds.shape[1]} points each ({c.position}).",
+               summary=f"{headline} {len(sites)} sites, {clouds.shape[1]} points each "
+                       f"(position '{c.position}', {results['n_inputs']} inputs, "
+                       f"{results['basis']} basis).",
                extra_manifest={"model": store.manifest.get("model"),
                                "data": store.manifest.get("data")})
     return results
@@ -215,6 +236,40 @@ def _is_store(p: Path) -> bool:
         return False
 
 
+def load_eval_texts(spec: str, *, text_col: str = "text", limit: int | None = None) -> list[str]:
+    """Texts of an evaluation set; labels, if any, are ignored (drift needs none).
+
+    ``.txt``: one text per non-empty line; ``builtin:NAME``: the built-in set's texts; other
+    files and ``hf:`` specs: the ``text_col`` column (see :func:`reprlab.drift.track.load_texts`).
+    """
+    if spec.startswith("builtin:"):
+        from reprlab.data import load_dataset
+
+        texts = list(load_dataset(spec, limit=limit).texts)
+    elif spec.lower().endswith(".txt"):
+        p = Path(spec).expanduser()
+        if not p.is_file():
+            raise DataError(f"evaluation file not found: {p}")
+        texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+        texts = texts[:limit] if limit else texts
+        if not texts:
+            raise DataError(f"{p}: no non-empty line to use as a text")
+    else:
+        from reprlab.drift.track import load_texts
+
+        texts = load_texts(spec, text_col=text_col, limit=limit)
+    return texts
+
+
+def points_note(available: int, requested: int, where: str = "") -> str:
+    """A note when fewer points exist than ``--points`` asks for (then all are used)."""
+    if not requested or requested <= available:
+        return ""
+    return (f"{where}holds {available} points, fewer than --points {requested}: all "
+            f"{available} are used")
+
+
 def checkpoint_stores(items: list[tuple[int, Path]], c) -> dict[int, object]:
     """Open (store checkpoints) or capture (model checkpoints) one store per step."""
     from reprlab.capture import capture
@@ -233,16 +288,19 @@ def checkpoint_stores(items: list[tuple[int, Path]], c) -> dict[int, object]:
             raise StoreError(f"{p} is neither an activation store nor a model directory "
                              "(no manifest.json or config.json)")
     check_same_architecture(configs)
+    texts = None
     for step, p in items:
         if step in stores:
             continue
         if not c.data:
             raise ConfigError("model checkpoints need --data (the evaluation set to capture)")
+        if texts is None:
+            texts = load_eval_texts(c.data, text_col=getattr(c, "text_col", "text"),
+                               limit=c.limit or None)
         lm = load_model(str(p), device=c.device)
-        stores[step] = capture(lm, c.data, sites=c.sites, positions=(c.position,),
+        stores[step] = capture(lm, texts, sites=c.sites, positions=(c.position,),
                                out=Path(c.out) / "stores" / f"step-{step:07d}",
-                               batch_size=c.batch_size, progress=False,
-                               **({"limit": c.limit} if c.limit else {}))
+                               batch_size=c.batch_size, progress=False)
     check_same_inputs({s: st.manifest.get("data", {}).get("hash") for s, st in stores.items()})
     ref = next(iter(stores.values()))
     for s, st in stores.items():
@@ -272,9 +330,14 @@ def series_from_stores(stores: dict[int, object], sites_spec: str, position: str
     return steps, clouds, groups
 
 
-def _series_report(run, c, steps, clouds, groups, history=None, title="", extra=None) -> dict:
+def _series_report(run, c, steps, clouds, groups, history=None, title="", extra=None,
+                   notes=()) -> dict:
     from reprlab.drift import analysis as an
     from reprlab.drift import report as rep
+
+    for note in notes:
+        logger.info(note)
+        run.text("Note", note)
 
     res = an.series_analysis(steps, clouds, groups, c.measures, pca=c.pca or None, seed=c.seed,
                              n_splits=c.splits, rel_eps=c.rel_eps, progress=c.progress,
@@ -297,6 +360,7 @@ def _series_report(run, c, steps, clouds, groups, history=None, title="", extra=
         logger.warning(warnings[-1])
     results = {"steps": steps, "sites": res["sites"], "curve_change_points": curve_pts,
                "transitions": trans, "history": history or [], "warnings": warnings,
+               "notes": list(notes),
                "n_points": int(next(iter(clouds.values())).shape[1]), **(extra or {})}
     return results
 
@@ -316,9 +380,12 @@ def _run_checkpoints(c: CheckpointsConfig) -> dict:
     stores = checkpoint_stores(items, c)
     steps, clouds, groups = series_from_stores(stores, c.sites, c.position, c.points, c.seed,
                                                c.device)
+    note = points_note(_n_points(stores[steps[0]], c.position), c.points,
+                       f"The evaluation set at position '{c.position}' ")
     results = _series_report(run, c, steps, clouds, groups,
                              extra={"workflow": "drift-checkpoints",
-                                    "checkpoints": {s: str(p) for s, p in items}})
+                                    "checkpoints": {s: str(p) for s, p in items}},
+                             notes=[note] if note else [])
     first = stores[steps[0]]
     run.finish(results, title="reprlab drift: checkpoints",
                summary=f"{len(steps)} checkpoints (steps {steps[0]}–{steps[-1]}), "

@@ -39,9 +39,20 @@ def line_with_band(ax: Any, x: Any, y: Any, lo: Any = None, hi: Any = None, labe
     return line
 
 
+def _text_colour(rgba: Any) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgba``."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
+
+
 def heatmap(ax: Any, matrix: Any, xlabels: Any, ylabels: Any, cmap: str = "viridis",
-            annotate: bool | None = None, fmt: str = "{:.2g}", cbar_label: str = "",
-            center: float | None = None) -> Any:
+            annotate: bool | None = None, fmt: str | None = None, cbar_label: str = "",
+            center: float | None = None, xlabel: str = "", ylabel: str = "") -> Any:
+    """``matrix [rows, cols]`` as an image with tick labels, a colour bar and (for small
+    matrices) each cell's value, written by :func:`reprlab.report.fmt.cell` (``fmt``: a
+    format string instead) in black or white by the cell's brightness."""
+    from reprlab.report.fmt import cell
+
     m = np.asarray(matrix, float)
     kw: dict[str, Any] = {}
     if center is not None:
@@ -51,16 +62,21 @@ def heatmap(ax: Any, matrix: Any, xlabels: Any, ylabels: Any, cmap: str = "virid
     ax.set_xticks(range(len(xlabels)), xlabels, rotation=45, ha="right")
     ax.set_yticks(range(len(ylabels)), ylabels)
     ax.grid(False)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     if annotate is None:
         annotate = m.size <= 150
     if annotate:
-        lo, hi = np.nanmin(m), np.nanmax(m)
-        mid = (lo + hi) / 2
+        finite = m[np.isfinite(m)]
+        scale = float(np.abs(finite).max()) if finite.size else None
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if np.isfinite(m[i, j]):
-                    ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] < mid else "black")
+                    text = fmt.format(m[i, j]) if fmt else cell(m[i, j], scale)
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                            color=_text_colour(im.cmap(im.norm(m[i, j]))))
     cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if cbar_label:
         cb.set_label(cbar_label)
