@@ -52,6 +52,7 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *,
     from reprlab.capture import capture
     from reprlab.data import load_dataset
     from reprlab.models import as_loaded
+    from reprlab.report.rundir import invalidate
     from reprlab.store import ActivationStore
 
     out = Path(out)
@@ -77,6 +78,8 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *,
             lm = as_loaded(model, device=device, dtype=model_dtype)
             if store is not None:  # eval/test activations must come from the store's model
                 main.check_model(lm.identity())
+        if report:  # an earlier finished run in ``out`` must not read as complete from here on
+            invalidate(out)
         st = capture(lm, ds, cap_sites, cap_pos, out / "stores" / name, batch_size=batch_size,
                      max_length=max_length, progress=progress)
         inputs[role] = {"name": str(spec) if isinstance(spec, str) else name,

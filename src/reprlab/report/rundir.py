@@ -8,10 +8,13 @@ Layout::
       report.html     one self-contained page (PNGs inlined)
       *.csv, *.png, *.safetensors (+ .json sidecars)
 
-``results.json``, ``manifest.json`` and ``report.html`` are written by :meth:`RunDir.finish`
-and only then, atomically; a crashed run leaves no ``manifest.json`` and is not mistaken for a
-finished one. Secrets (keys, tokens) are never written: config keys that look like secrets are
-dropped.
+``manifest.json`` with ``"complete": true`` marks a finished run. :meth:`RunDir.create`
+removes an earlier run's mark (durably) before the new run writes anything, so a rerun killed
+part-way leaves a directory that reads as unfinished (:func:`is_complete` is False, and
+:meth:`RunDir.load_results` refuses it), never new files beside an old mark.
+``results.json``, ``report.html`` and then ``manifest.json`` are written by
+:meth:`RunDir.finish`, atomically; the new manifest lists the files of this run only.
+Secrets (keys, tokens) are never written: config keys that look like secrets are dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import platform
 import re
 import time
@@ -68,6 +72,53 @@ def _clean_config(config: Any) -> Any:
     return config
 
 
+MANIFEST = "manifest.json"
+
+
+def is_complete(path: str | Path) -> bool:
+    """Whether ``path`` holds a finished reprlab run (its manifest says ``complete``)."""
+    try:
+        manifest = read_json(Path(path) / MANIFEST)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("complete") is True
+
+
+def invalidate(out: str | Path) -> bool:
+    """Remove the completion mark of a run in ``out`` (if any) and make the removal durable,
+    before anything of a new run is written there. Returns whether there was one."""
+    path = Path(out)
+    mark = path / MANIFEST
+    try:
+        old = read_json(mark)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        old = None  # unreadable: not a finished run either way
+    if isinstance(old, dict) and not old.get("reprlab_run") and old.get("kind"):
+        from reprlab.errors import StoreError
+
+        raise StoreError(f"{path} holds a {old['kind'].replace('_', ' ')}, not a run "
+                         "directory; choose another --out")
+    mark.unlink(missing_ok=True)
+    _fsync_dir(path)
+    logger.info("%s held a finished run; it is replaced when this run finishes", path)
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class RunDir:
     """Collects a run's files and writes the report when the run finishes."""
 
@@ -86,10 +137,11 @@ class RunDir:
                seed: int | None = None, resume: bool = True) -> RunDir:
         """Prepare ``out`` for a run (created if needed; writable or one clear error).
 
-        A previous finished run in ``out`` is replaced when this run finishes; its files stay
-        readable until then.
+        An earlier finished run in ``out`` stops reading as complete now (its mark is removed
+        before this run writes anything); its files stay until this run replaces them.
         """
         path = ensure_writable_dir(out)
+        invalidate(path)
         return cls(path, workflow, _clean_config(config or {}), inputs or {}, seed)
 
     # -- files -------------------------------------------------------------------------
@@ -169,12 +221,12 @@ class RunDir:
     def finish(self, results: Mapping[str, Any], title: str | None = None,
                summary: str = "", extra_manifest: Mapping[str, Any] | None = None) -> Path:
         """Write results.json, report.html, then manifest.json (last: marks the run complete)."""
-        (self.path / "manifest.json").unlink(missing_ok=True)
+        (self.path / MANIFEST).unlink(missing_ok=True)
         write_json(self.path / "results.json", results)
         manifest = self.manifest(extra_manifest)
         page = html_mod.page(title or f"reprlab {self.workflow}", summary, self._blocks, manifest)
         atomic_write_text(self.path / "report.html", page)
-        write_json(self.path / "manifest.json", manifest)
+        write_json(self.path / MANIFEST, manifest)
         logger.info("report written to %s", self.path / "report.html")
         return self.path / "report.html"
 
@@ -184,8 +236,9 @@ class RunDir:
         from reprlab.errors import StoreError
 
         p = Path(path)
-        if not (p / "manifest.json").exists():
-            raise StoreError(f"{p} is not a finished reprlab run (no manifest.json); run it again")
+        if not is_complete(p):
+            raise StoreError(f"{p} is not a finished reprlab run (no complete manifest.json); "
+                             "run it again")
         return read_json(p / "results.json")
 
 
@@ -197,4 +250,4 @@ def _fmt_csv(v: Any) -> Any:
     return v
 
 
-__all__ = ["RunDir", "environment_versions"]
+__all__ = ["RunDir", "environment_versions", "invalidate", "is_complete"]
