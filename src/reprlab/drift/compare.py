@@ -233,17 +233,37 @@ def _units(name: str, jobs: list[tuple]) -> int:
     return total
 
 
-def compare(clouds: torch.Tensor, pairs: Sequence[tuple[int, int]], measures: Sequence[str],
+def as_clouds(clouds: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[K, n, d]`` from such a tensor or from a list of ``K`` clouds ``[n, d]`` (one clear
+    error when they do not stack)."""
+    if isinstance(clouds, (list, tuple)):
+        if not clouds:
+            raise DataError("compare needs at least two clouds; got an empty list")
+        parts = [torch.as_tensor(c) for c in clouds]
+        shapes = {tuple(c.shape) for c in parts}
+        if any(c.ndim != 2 for c in parts) or len(shapes) != 1:
+            raise DataError("clouds must all be [n, d] with the same n (the same inputs) and d; "
+                            f"got shapes {', '.join(str(tuple(c.shape)) for c in parts)}")
+        return torch.stack(parts)
+    if not isinstance(clouds, torch.Tensor) or clouds.ndim != 3:
+        what = tuple(clouds.shape) if isinstance(clouds, torch.Tensor) else type(clouds).__name__
+        raise DataError(f"clouds must be a tensor [K, n, d] or a list of [n, d] tensors; got {what}")
+    return clouds
+
+
+def compare(clouds: torch.Tensor | Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]], measures: Sequence[str],
             groups: torch.Tensor | None = None, *, n_splits: int = 2, seed: int = 0,
             rel_eps: float = 0.1, eps: float | None = None, floors: bool = True,
             max_bytes: float = 1 << 30, progress: bool = False, desc: str = "",
             **opts) -> dict[str, Comparison]:
     """Every measure on every pair of ``clouds [K, n, d]``, with split-half floors.
 
+    ``clouds`` may also be a list of ``K`` tensors ``[n, d]`` (the same inputs in each).
     ``groups [n]``: the input (row) each point comes from (``None``: one point per input).
     ``progress``: one bar per measure counting pairs (and Sinkhorn self terms), ``desc`` its
     prefix.
     """
+    clouds = as_clouds(clouds)
     K, n, _ = clouds.shape
     pairs = [(int(i), int(j)) for i, j in pairs]
     if n < 8:
