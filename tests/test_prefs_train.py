@@ -19,15 +19,6 @@ ROWS = [
 FAST = dict(progress=False, max_length=64, lora_r=4, lora_alpha=8, lora_targets=("q_proj", "v_proj"))
 
 
-def _copy_adapter(src_model, dst_model) -> None:
-    src = {n: p for n, p in src_model.named_parameters() if "lora_" in n}
-    dst = {n: p for n, p in dst_model.named_parameters() if "lora_" in n}
-    assert src.keys() == dst.keys() and src
-    with torch.no_grad():
-        for n, p in dst.items():
-            p.copy_(src[n])
-
-
 def test_tokenisation_matches_trl(tmp_path):
     lm = chat_tiny()
     trainer = trl_dpo_trainer(lm, ROWS, tmp_path, batch_size=4)
@@ -42,8 +33,6 @@ def test_tokenisation_matches_trl(tmp_path):
 
 def test_two_steps_equal_trl_dpo_trainer(tmp_path):
     """Same tiny Llama, LoRA init, batch and optimiser: TRL's losses and grad norms are ours."""
-    from peft import LoraConfig  # noqa: F401  (TRL's adapter is built with peft too)
-
     trl_lm = chat_tiny(seed=0)
     trainer = trl_dpo_trainer(trl_lm, ROWS, tmp_path / "trl", batch_size=4, lr=1e-2, steps=2)
     with torch.no_grad():  # a non-zero B so that policy != reference at step 1
@@ -62,25 +51,10 @@ def test_two_steps_equal_trl_dpo_trainer(tmp_path):
     trainer.train()
     trl_gnorm = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
 
-    ours_lm = chat_tiny(seed=0)
-    import reprlab.prefs.trainer as tr
-
-    orig = tr.apply_adapter
-
-    def apply_then_copy(model, spec):
-        peft = orig(model, spec)
-        with torch.no_grad():
-            for n, p in peft.named_parameters():
-                if n in init:
-                    p.copy_(init[n])
-        return peft
-    tr.apply_adapter = apply_then_copy
-    try:
-        res = train(ours_lm, ROWS, out=tmp_path / "ours", steps=2, batch_size=4, lr=1e-2,
-                    schedule="constant", max_grad_norm=1e9, ref_cache="off", progress=False,
-                    max_length=128, lora_r=4, lora_alpha=8, lora_targets=("q_proj", "v_proj"))
-    finally:
-        tr.apply_adapter = orig
+    res = train(chat_tiny(seed=0), ROWS, out=tmp_path / "ours", steps=2, batch_size=4, lr=1e-2,
+                schedule="constant", max_grad_norm=1e9, ref_cache="off", progress=False,
+                max_length=128, lora_r=4, lora_alpha=8, lora_targets=("q_proj", "v_proj"),
+                adapter_state=init)
     assert len(seen) == 2 and abs(seen[0] - 0.6931) > 1e-3  # not the trivial log 2
     assert res.losses == pytest.approx(seen, rel=1e-5, abs=1e-6)
     assert [r["grad_norm"] for r in res.log] == pytest.approx(trl_gnorm, rel=1e-4)

@@ -105,7 +105,7 @@ class _Run:
     """The state of one training run (built by :func:`train`)."""
 
     def __init__(self, cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, method: Method,
-                 out: Path, identity: dict):
+                 out: Path, identity: dict, adapter_state: dict | None = None):
         self.cfg, self.lm, self.tokens, self.method, self.out = cfg, lm, tokens, method, out
         self.identity = identity
         torch.manual_seed(cfg.seed)
@@ -114,6 +114,8 @@ class _Run:
                            dict(cfg.adapter_options))
         self.peft = apply_adapter(lm.model, spec)
         self.params = trainable(self.peft)
+        if adapter_state:
+            _load_adapter_state(self.params, adapter_state)
         if not self.params:
             raise ConfigError("the adapter has no trainable parameters; check --adapter and "
                               "--lora-targets")
@@ -182,6 +184,20 @@ class _Run:
                          tensors=self.method.state_tensors(), trainable_only=True)
 
 
+def _load_adapter_state(params: list, state: dict) -> None:
+    """Copy initial adapter weights (names as in the PEFT model, or ending like them)."""
+    got = 0
+    with torch.no_grad():
+        for name, p in params:
+            match = [k for k in state if k == name or name.endswith(k) or k.endswith(name)]
+            if len(match) == 1:
+                p.copy_(state[match[0]].to(p.dtype))
+                got += 1
+    if got != len(params):
+        raise ConfigError(f"adapter_state sets {got} of {len(params)} adapter tensors; give "
+                          "every trainable tensor (names as in the PEFT model)")
+
+
 def _read_log(path: Path, upto: int) -> list[dict]:
     if not path.exists():
         return []
@@ -208,11 +224,13 @@ def check_resume(out: Path, cfg: TrainConfig) -> dict | None:
 
 def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str | Path = None,
           config: TrainConfig | None = None, on_step: Callable[[dict], None] | None = None,
-          **options: Any) -> TrainResult:
+          adapter_state: dict[str, torch.Tensor] | None = None, **options: Any) -> TrainResult:
     """Train a preference adapter; see :class:`TrainConfig` for ``options``.
 
     ``model`` is a :class:`LoadedModel` or a name/path; ``data`` a spec, rows or
     :class:`PreferenceTriples`. ``on_step(record)`` is called after every optimiser step.
+    ``adapter_state`` sets the adapter's initial weights (e.g. to start from another tool's
+    initialisation; a resumed run loads its checkpoint over it).
     Returns a frozen :class:`TrainResult`; the run directory holds the adapter, the log,
     ``results.json``, ``report.html`` and ``manifest.json``.
     """
@@ -248,7 +266,7 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
                            inputs={"model": {**identity, "spec": cfg.model},
                                    "data": prefs.describe()}, seed=cfg.seed)
     (out / "manifest.json").unlink(missing_ok=True)  # not complete until finish()
-    run = _Run(cfg, lm, tokens, method, out, identity)
+    run = _Run(cfg, lm, tokens, method, out, identity, adapter_state)
     if method.needs_reference and cfg.ref_cache != "off":
         root = None if cfg.ref_cache == "auto" else cfg.ref_cache
         run.reference = cached_reference(lm, identity, tokens, tuple(method.sites), root=root,
