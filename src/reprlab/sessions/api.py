@@ -300,9 +300,10 @@ class Session:
 
     def __init__(self, models: list, backend: str = "local", remote: bool = False,
                  on_log: Callable[[str], Any] | None = None, progress: bool = True,
-                 **options: Any):
+                 tokenizer: Any = None, **options: Any):
         from reprlab.models import LoadedModel
 
+        models = [as_session_model(m, tokenizer) for m in models]
         if backend not in BACKENDS:
             raise ConfigError(f"unknown session backend {backend!r}; use one of "
                               f"{', '.join(BACKENDS)}")
@@ -312,8 +313,9 @@ class Session:
             raise ConfigError("a session needs at least one model")
         for m in models:
             if not isinstance(m, LoadedModel):
-                raise ConfigError(f"session models must be reprlab LoadedModel objects "
-                                  f"(reprlab.load_model), got {type(m).__name__}")
+                raise ConfigError(f"a session runs on a reprlab LoadedModel (reprlab.load_model), "
+                                  f"a Hugging Face model or an nnsight LanguageModel; got "
+                                  f"{type(m).__name__}")
         sizes = {m.arch.hidden_size for m in models}
         if len(sizes) > 1:
             desc = ", ".join(f"{m.name}: {m.arch.hidden_size}" for m in models)
@@ -506,10 +508,58 @@ def encode(lm: Any, prompts: Any) -> dict:
     return dict(lm.encode(prompts, padding_side="left" if lm.is_causal else None))
 
 
-def session_model(model: Any, remote: bool = False, **load_options: Any) -> Any:
+def _own_tokenizer(module: Any) -> Any:
+    """The tokenizer saved beside a model that was loaded from a local directory (no hub)."""
+    from pathlib import Path
+
+    path = getattr(getattr(module, "config", None), "_name_or_path", "") or ""
+    if not path or not Path(path).is_dir():
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def as_session_model(model: Any, tokenizer: Any = None, max_length: int = 512) -> Any:
+    """A :class:`~reprlab.models.LoadedModel` for ``model``: a LoadedModel as it is; a Hugging
+    Face model already in memory (``nn.Module`` with a ``config``) with ``tokenizer``, else its
+    own (``model.tokenizer``, or the one saved in the directory it was loaded from); an nnsight
+    ``LanguageModel`` with its module and tokenizer. Anything else is returned unchanged (the
+    session then names what it accepts). The module is put in eval mode, as ``load_model``
+    does."""
+    from reprlab.models import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return model
+    envoy = None
+    if not isinstance(model, torch.nn.Module):
+        inner = getattr(model, "_module", None)  # nnsight's LanguageModel / NNsight envoy
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        envoy, tokenizer = model, tokenizer or getattr(model, "tokenizer", None)
+        model = inner
+    if getattr(model, "config", None) is None:
+        raise ConfigError(f"{type(model).__name__} is not a Hugging Face transformers model (it "
+                          "has no config); load it with reprlab.load_model or transformers")
+    tok = tokenizer or getattr(model, "tokenizer", None) or _own_tokenizer(model)
+    if tok is None:
+        raise ConfigError(f"no tokenizer for this {type(model).__name__}; pass one: "
+                          "reprlab.session(model, tokenizer=AutoTokenizer.from_pretrained(...))")
+    lm = LoadedModel.from_hf(model, tok, max_length=max_length)
+    if envoy is not None and type(envoy).__name__ in ("LanguageModel", "TransformersModel"):
+        lm.extra["nnsight_remote"] = envoy  # NDIF names the model by this wrapper
+    return lm
+
+
+def session_model(model: Any, remote: bool = False, tokenizer: Any = None,
+                  **load_options: Any) -> Any:
     """The model a session runs on. For NDIF (``remote=True``) a hub name becomes a local
     skeleton without weights (config and tokenizer only): the weights stay on the server,
-    which matters for a 70B model. Local paths and loaded models are used as they are."""
+    which matters for a 70B model. Local paths are loaded; loaded models, Hugging Face models
+    in memory and nnsight models are wrapped as they are (see :func:`as_session_model`)."""
     from pathlib import Path
 
     from reprlab.models import as_loaded
@@ -518,20 +568,24 @@ def session_model(model: Any, remote: bool = False, **load_options: Any) -> Any:
         from reprlab.sessions.nnsight_backend import remote_model
 
         return remote_model(model)
+    if model is not None and not isinstance(model, str):
+        return as_session_model(model, tokenizer)
     return as_loaded(model, **load_options)
 
 
 def session(*models: Any, backend: str = "local", remote: bool = False,
             on_log: Callable[[str], Any] | None = None, progress: bool = True,
-            **options: Any) -> Session:
+            tokenizer: Any = None, **options: Any) -> Session:
     """Start a session on one or more models (same hidden size).
 
-    ``backend``: "local" (reprlab hooks) or "nnsight" (nnsight traces; ``remote=True`` sends
-    the whole session to NDIF as one request). ``on_log`` receives each ``s.log(...)``
-    message (and remote job statuses) as the session runs; messages are also logged at INFO.
+    A model is a :class:`~reprlab.models.LoadedModel`, a Hugging Face model already in memory
+    (with ``tokenizer``, or its own) or an nnsight ``LanguageModel``. ``backend``: "local"
+    (reprlab hooks) or "nnsight" (nnsight traces; ``remote=True`` sends the whole session to
+    NDIF as one request). ``on_log`` receives each ``s.log(...)`` message (and remote job
+    statuses) as the session runs; messages are also logged at INFO.
     """
     flat: list = []
     for m in models:
         flat.extend(m if isinstance(m, (list, tuple)) else [m])
     return Session(flat, backend=backend, remote=remote, on_log=on_log, progress=progress,
-                   **options)
+                   tokenizer=tokenizer, **options)
