@@ -44,7 +44,9 @@ from reprlab.report import html as html_mod
 
 logger = logging.getLogger(__name__)
 
-_SECRET = re.compile(r"(key|token|secret|password)", re.I)
+# whole names only: "api_key", "hf_token", "password" are dropped; "tokens", "max_new_tokens" kept
+_SECRET = re.compile(r"^(?:.*[_-])?(?:api[_-]?key|key|token|secret|password|passwd|credentials?)$",
+                     re.I)
 
 
 def environment_versions() -> dict[str, str]:
