@@ -111,11 +111,15 @@ def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
 class Projector:
     """Shared machinery: records each module's completion-pooled output direction."""
 
-    def __init__(self, modules: Mapping[str, nn.Module], opts: ProjectionOptions) -> None:
+    def __init__(self, modules: Mapping[str, nn.Module], opts: ProjectionOptions,
+                 pool: str = "mean") -> None:
         if not modules:
             raise ConfigError("gradient projection needs at least one module")
+        if pool not in ("mean", "sum"):
+            raise ConfigError(f"unknown pooling {pool!r}; use mean or sum")
         self.modules = dict(modules)
         self.opts = opts
+        self.pool = pool
         self.dirs: dict[str, Tensor] = {}
         self._mask: Tensor | None = None
         self._chosen: Tensor | None = None
@@ -128,7 +132,11 @@ class Projector:
                 return None
             with torch.no_grad():
                 out = get_hidden(output).detach()
-                pooled = pool_completion(out, self._mask.to(out.device)).float()
+                mask = self._mask.to(out.device)
+                if self.pool == "sum":
+                    pooled = (out * mask.unsqueeze(-1).to(out.dtype)).sum(1).float()
+                else:
+                    pooled = pool_completion(out, mask).float()
                 ch = self._chosen.to(out.device)
                 self.dirs[name] = self._direction(pooled[ch], pooled[~ch])
             return None
@@ -137,6 +145,15 @@ class Projector:
     def _direction(self, cho: Tensor, rej: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def set_batch(self, mask: Tensor | None, chosen: Tensor | None) -> None:
+        """Masks for the forwards that follow (``None`` stops recording); see :meth:`observe`."""
+        if mask is not None:
+            chosen = chosen.bool()
+            if int(chosen.sum()) != int((~chosen).sum()):
+                raise ValueError("needs as many chosen rows as rejected rows")
+            mask = mask.bool()
+        self._mask, self._chosen = mask, chosen
+
     @contextlib.contextmanager
     def observe(self, mask: Tensor, chosen: Tensor) -> Iterator[None]:
         """Record directions during the forwards in the body.
@@ -144,14 +161,11 @@ class Projector:
         ``mask [N, T]``: completion tokens; ``chosen [N]`` bool: chosen rows (the rest are
         rejected, pair ``i`` = ``i``-th chosen row with ``i``-th rejected row).
         """
-        chosen = chosen.bool()
-        if int(chosen.sum()) != int((~chosen).sum()):
-            raise ValueError("observe() needs as many chosen rows as rejected rows")
-        self._mask, self._chosen = mask.bool(), chosen
+        self.set_batch(mask, chosen)
         try:
             yield
         finally:
-            self._mask = self._chosen = None
+            self.set_batch(None, None)
 
     def remove(self) -> None:
         """Remove every hook this projector registered."""
@@ -166,13 +180,16 @@ class ProjGrad(Projector):
     def _direction(self, cho: Tensor, rej: Tensor) -> Tensor:
         return (cho - rej).mean(0)  # [d]: one direction for the batch
 
-    def apply(self) -> dict[str, float]:
-        """Replace each output-side gradient by its projection; returns diagnostics: the
-        fraction of parameters projected and the mean kept share of the gradient norm."""
+    def apply(self, strict: bool = True) -> dict[str, float]:
+        """Replace each output-side gradient by its projection; returns diagnostics: how many
+        parameters were projected / left alone and the mean kept share of the gradient norm.
+        ``strict=False`` skips modules whose forward was not observed."""
         done, kept, skipped = 0, [], 0
         for name, mod in self.modules.items():
             u = self.dirs.get(name)
             if u is None:
+                if not strict:
+                    continue
                 raise RuntimeError(f"no preference direction for {name}; run the forward "
                                    "inside ProjGrad.observe(mask, chosen)")
             d = u.shape[0]
@@ -195,8 +212,9 @@ class ProjGrad(Projector):
 class ProjBP(Projector):
     """Project activation gradients in a backward pre-hook of each module."""
 
-    def __init__(self, modules: Mapping[str, nn.Module], opts: ProjectionOptions) -> None:
-        super().__init__(modules, opts)
+    def __init__(self, modules: Mapping[str, nn.Module], opts: ProjectionOptions,
+                 pool: str = "mean") -> None:
+        super().__init__(modules, opts, pool)
         self._rows: dict[str, Tensor] = {}
         self._handles += [m.register_full_backward_pre_hook(self._make_bwd(n))
                           for n, m in self.modules.items()]

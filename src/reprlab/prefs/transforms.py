@@ -152,24 +152,31 @@ class SupressedHS(nn.Module):
     ``δ = P (h_l − h_{l−1})`` with ``P = W⁺ W`` (projector onto the row space of ``W``);
     output ``h_l ⊙ [δ > eps]`` for sites ``2..L`` (the first site only serves as the base).
     The mask is not differentiated. For a full-rank unembedding with ``V ≥ d``, ``P = I`` and
-    the mask is simply "the state rose since the previous site". (The research computed the
-    mask on the last token and applied it to all; here it acts on pooled states.)
+    the mask is simply "the state rose since the previous site"; without ``unembed`` that
+    ``P = I`` is used. ``eps`` is in hidden-state units; the research used 0.1, which on a
+    small model's states can mask everything, so the default is 0. (The research computed the mask on the last token and applied it to all
+    tokens; here it acts on pooled states.)
     """
 
-    def __init__(self, widths: Mapping[str, int], unembed: Tensor, eps: float = 0.1) -> None:
+    def __init__(self, widths: Mapping[str, int], unembed: Tensor | None = None,
+                 eps: float = 0.0) -> None:
         super().__init__()
         if len(widths) < 2:
             raise ConfigError("the supressed transform compares consecutive sites; give at "
                               "least two sites (e.g. layers.0.5:-1 on a deep enough model)")
-        d = unembed.shape[-1]
+        d = unembed.shape[-1] if unembed is not None else next(iter(widths.values()))
         bad = {s: w for s, w in widths.items() if w != d}
         if bad:
             raise ConfigError(f"the supressed transform needs residual-stream sites of width {d}"
                               f"; {', '.join(f'{s} ({w})' for s, w in bad.items())} differ")
-        w = unembed.detach().float()
         self.order = list(widths)
         self.eps = eps
-        self.register_buffer("proj", torch.linalg.pinv(w) @ w, persistent=False)
+        if unembed is None:  # P = I: exact for a full-rank unembedding with V >= d
+            proj = torch.eye(d)
+        else:
+            w = unembed.detach().float()
+            proj = torch.linalg.pinv(w) @ w
+        self.register_buffer("proj", proj, persistent=False)
 
     def forward(self, states: Mapping[str, Tensor]) -> dict[str, Tensor]:
         missing = [s for s in self.order if s not in states]
@@ -213,9 +220,7 @@ def _ortho(dim, seed):
     return Orthogonal(dim)
 
 
-def _supressed(widths, unembed=None, eps=0.1):
-    if unembed is None:
-        raise ConfigError("the supressed transform needs the model's unembedding matrix")
+def _supressed(widths, unembed=None, eps=0.0):
     return SupressedHS(widths, unembed, eps=eps)
 
 

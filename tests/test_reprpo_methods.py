@@ -1,0 +1,139 @@
+"""Representation methods end to end through the preference trainer on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from prefs_helpers import chat_tiny
+
+from reprlab.errors import ConfigError
+from reprlab.prefs.methods import MethodOptions, available_methods, build_method
+from reprlab.prefs.repr_train import train
+
+ROWS = [
+    {"prompt": "where is the eiffel tower ?", "chosen": "paris .", "rejected": "rome ."},
+    {"prompt": "is ice cold ?", "chosen": "yes , it is cold .", "rejected": "no ."},
+    {"prompt": "what is two plus two ?", "chosen": "four .", "rejected": "five , i think ."},
+    {"prompt": "name a colour of the sky", "chosen": "blue .", "rejected": "the sky is green ."},
+]
+FAST = dict(progress=False, max_length=64, lora_r=4, lora_alpha=8, batch_size=2, steps=3,
+            lr=5e-3, lora_targets=("q_proj", "v_proj", "o_proj"))
+
+CASES = [
+    ("innerdpo", {"align": "pars_ratio", "transform": "ether", "transform_n_blocks": 4}),
+    ("innerdpo", {"align": "para_orth_signed", "transform": "hra", "detach_rejected": True}),
+    ("prefvec", {"transform": "ortho"}),
+    ("mse", {"transform": "etherplus"}),
+    ("rank", {}),
+    ("topk", {"k": 8, "transform": "supressed", "sites": "layers.1:-1"}),
+    ("projgrad", {}),
+    ("projbp", {"slope": 0.2}),
+]
+
+
+def test_all_methods_registered():
+    names = available_methods()
+    for m in ("innerdpo", "prefvec", "mse", "rank", "topk", "projgrad", "projbp", "dpo"):
+        assert m in names
+
+
+@pytest.mark.parametrize("method,opts", CASES, ids=[f"{m}-{o.get('transform', '')}"
+                                                     for m, o in CASES])
+def test_method_trains_every_parameter(tmp_path, method, opts):
+    lm = chat_tiny(layers=4)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    opts = dict(opts)
+    sites = opts.pop("sites", None)
+    transform = opts.pop("transform", None)
+    run = train(lm, ROWS, out=tmp_path / method, method=method, sites=sites,
+                transform=transform, ref_cache=str(tmp_path / "cache"), **opts, **FAST)
+    assert len(run.losses) == 3 and all(math.isfinite(v) for v in run.losses)
+    after = dict(lm.model.named_parameters())
+    lora = {n: p for n, p in after.items() if "lora_" in n}
+    init_lm = chat_tiny(layers=4)
+    torch.manual_seed(0)
+    from reprlab.prefs.adapters import AdapterSpec, apply_adapter
+
+    fresh = dict(apply_adapter(init_lm.model, AdapterSpec(r=4, alpha=8, targets=FAST[
+        "lora_targets"])).base_model.model.named_parameters())
+    assert lora
+    # hidden-state-only losses cannot reach blocks past their deepest site
+    deepest = max(int(x.split(".")[1]) for x in run.method.get("sites") or ["layers.99"])
+    hidden_only = method in ("mse", "topk")
+    for n, p in lora.items():  # every adapter parameter (that the loss can reach) moved
+        block = int(n.split("layers.")[1].split(".")[0])
+        if method == "rank" and block > deepest:
+            continue  # reached only through relu(-rho), whose gradient is 0 while rho >= 0
+        if hidden_only and block > deepest:
+            assert torch.equal(p.detach(), fresh[n]), f"{n} changed past the deepest site"
+        else:
+            assert not torch.equal(p.detach(), fresh[n]), f"{n} did not change"
+    for n, p in after.items():  # the base did not
+        if "lora_" not in n:
+            assert torch.equal(p.detach(), before[n.replace(".base_layer", "")]), n
+    if method in ("projgrad", "projbp"):
+        assert run.log[0]["proj/active"] == 0.0 and run.log[-1]["proj/active"] == 1.0
+    else:
+        assert run.method["sites"] and all(s.startswith("layers.") for s in run.method["sites"])
+        assert any(k.startswith("repr/") for k in run.log[-1])
+
+
+def test_transform_parameters_change():
+    opts = MethodOptions(extra={"sites": "layers.1", "transform": "ether", "align": "pars_ratio"})
+    m = build_method("innerdpo", opts)
+    lm = chat_tiny(layers=3)
+    m.bind(lm)
+    assert m.sites == ("layers.1",)
+    t0 = {k: v.clone() for k, v in m.transform.state_dict().items()}
+    from reprlab.prefs.methods import SeqOutputs, StepContext
+
+    g = torch.Generator().manual_seed(0)
+
+    def outs(grad):
+        h = {"layers.1": torch.randn(2, 32, generator=g).requires_grad_(grad)}
+        return SeqOutputs(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.ones(2), h,
+                          {"layers.1": torch.randn(2, 32, generator=g).requires_grad_(grad)})
+    pol, ref = outs(True), outs(False)
+    out = m.loss(pol, ref)
+    out.loss.backward()
+    m.after_backward(StepContext(0, 0, True, lm.model, [], pol, ref, out, {}))
+    assert any(not torch.equal(v, t0[k]) for k, v in m.transform.state_dict().items())
+    # resumable: the transform and its optimiser state round-trip
+    m2 = build_method("innerdpo", opts)
+    m2.load_state_tensors(m.state_tensors())
+    m2.bind(lm)
+    for k, v in m.transform.state_dict().items():
+        torch.testing.assert_close(m2.transform.state_dict()[k], v)
+
+
+def test_cached_and_live_reference_give_same_losses(tmp_path):
+    runs = []
+    for cache in ("off", str(tmp_path / "cache")):
+        lm = chat_tiny(layers=4)
+        runs.append(train(lm, ROWS, out=tmp_path / f"r-{len(runs)}", method="innerdpo",
+                          sites="layers.0.5:-1", align="pars_ratio", ref_cache=cache, **FAST))
+    assert runs[0].reference["live_reference_forwards"] > 0
+    assert runs[1].reference["live_reference_forwards"] == 0
+    for a, b in zip(runs[0].losses, runs[1].losses):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+def test_bad_input_one_line(tmp_path):
+    lm = chat_tiny(layers=4)
+    with pytest.raises(ConfigError, match="does not apply to the mse loss"):
+        train(lm, ROWS, out=tmp_path / "a", method="mse", align="pars_ratio", **FAST)
+    with pytest.raises(ConfigError, match="alpha must be >= 0"):
+        train(lm, ROWS, out=tmp_path / "b", method="innerdpo", alpha=-1.0, **FAST)
+    with pytest.raises(Exception, match="resolves to no site|selects no layer"):
+        train(lm, ROWS, out=tmp_path / "c", method="innerdpo", sites="layers.3:1", **FAST)
+    with pytest.raises(ConfigError, match="divides the width"):
+        train(lm, ROWS, out=tmp_path / "d", method="innerdpo", transform="ether",
+              transform_n_blocks=5, **FAST)
+    with pytest.raises(ConfigError, match="needs the model to resolve"):
+        _ = build_method("innerdpo", MethodOptions(extra={"sites": "layers.0.5:-1"})).sites
+    with pytest.raises(ConfigError, match="does not apply to projgrad"):
+        build_method("projgrad", MethodOptions(extra={"align": "pars_ratio"}))
+    assert build_method("prefvec", MethodOptions(extra={"sites": "layers.1:3"})).sites == (
+        "layers.1", "layers.2")
