@@ -28,6 +28,24 @@ def test_capture_and_store_info_end_to_end(tmp_path, tiny_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["rows"] == 40 and info["sites"] == ["layers.0", "layers.1", "layers.2"]
     assert info["labels"] == ["false", "true"] and info["dataset"] == "cities"
+    # activation norms, as docs/workflows.md tells users to read before steering
+    from reprlab.store import ActivationStore
+
+    store = ActivationStore.open(out)
+    for site in info["sites"]:
+        for pos in ("last", "mean"):
+            want = store[site, pos].float().norm(dim=-1)
+            got = info["norms"][site][pos]
+            assert got["rows"] == 40
+            assert got["median"] == pytest.approx(float(want.median()), rel=0.05)
+            assert got["p10"] <= got["median"] <= got["p90"]
+    assert main(["store", "info", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "median ‖activation‖" in table and "layers.2" in table.split("norms")[1]
+    assert main(["store", "info", str(out), "--json", "--norm-rows", "0"]) == 0
+    assert "norms" not in json.loads(capsys.readouterr().out)
+    assert main(["store", "info", str(out), "--json", "--norm-rows", "7"]) == 0
+    assert json.loads(capsys.readouterr().out)["norms"]["layers.0"]["mean"]["rows"] == 7
 
 
 def _err(capsys) -> str:

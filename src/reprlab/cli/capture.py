@@ -63,11 +63,38 @@ def run_capture(cfg: CaptureCommand) -> int:
 
 @dataclass
 class StoreInfoCommand:
-    """Describe an activation store: sites, positions, rows, dtype, model, dataset hash, size."""
+    """Describe an activation store: sites, positions, rows, dtype, model, dataset hash, size,
+    and the typical activation norm at each site and position (to choose steering
+    coefficients, which are in activation units)."""
 
     path: str = opt(help="store directory", positional=True)
     json: bool = opt(False, help="print JSON instead of a table")
     verify: bool = opt(False, help="also check every file against its sha256")
+    norm_rows: int = opt(256, help="rows (evenly spaced) read to measure activation norms "
+                                   "(0 = skip the norms)")
+
+    def __post_init__(self) -> None:
+        require(self.norm_rows >= 0, f"--norm-rows must be 0 or more, got {self.norm_rows}")
+
+
+def activation_norms(store, max_rows: int = 256) -> dict[str, dict[str, dict[str, float]]]:
+    """``{site: {position: {"median", "p10", "p90", "rows"}}}`` of the L2 norm of the stored
+    activations, on ``max_rows`` evenly spaced rows (all when fewer)."""
+    import torch
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for site in store.sites:
+        for pos in store.positions:
+            if (site, pos) not in store:
+                continue
+            x = store[site, pos]
+            n = x.shape[0]
+            idx = torch.linspace(0, n - 1, min(n, max_rows)).round().long().unique()
+            norms = x[idx].float().norm(dim=-1)
+            q = torch.quantile(norms, torch.tensor([0.1, 0.5, 0.9]))
+            out.setdefault(site, {})[pos] = {"median": float(q[1]), "p10": float(q[0]),
+                                             "p90": float(q[2]), "rows": int(idx.numel())}
+    return out
 
 
 def run_store_info(cfg: StoreInfoCommand) -> int:
@@ -77,8 +104,9 @@ def run_store_info(cfg: StoreInfoCommand) -> int:
     if cfg.verify:
         store.verify()
     info = store.info()
+    norms = activation_norms(store, cfg.norm_rows) if cfg.norm_rows else {}
     if cfg.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, **({"norms": norms} if norms else {})}, indent=2))
         return 0
     width = max(len(k) for k in info)
     for k, v in info.items():
@@ -87,6 +115,14 @@ def run_store_info(cfg: StoreInfoCommand) -> int:
         print(f"{k:<{width}}  {v}")
     if cfg.verify:
         print(f"{'verified':<{width}}  all checksums match")
+    if norms:
+        rows = next(iter(next(iter(norms.values())).values()))["rows"]
+        print(f"{'norms':<{width}}  median ‖activation‖ (10th–90th percentile) over {rows} rows")
+        site_w = max(len(s) for s in norms)
+        for site, by_pos in norms.items():
+            cells = "   ".join(f"{pos} {v['median']:.3g} ({v['p10']:.3g}–{v['p90']:.3g})"
+                               for pos, v in by_pos.items())
+            print(f"  {site:<{site_w}}  {cells}")
     return 0
 
 
