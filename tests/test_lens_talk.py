@@ -202,3 +202,26 @@ def test_config_errors(lm):
     wide = make_tiny("llama", hidden=48, layers=2)
     with pytest.raises(ConfigError, match="width 32 but the decoder LM's is 48"):
         TalkModule(wide.model, wide.model, 32, [5, 6], 0, [], 0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_cached_splice_equals_full_forward_splice(arch):
+    from reprlab.lenses.talk import splice_logits, target_logits
+    from reprlab.sites import resolve_sites
+
+    lm = make_tiny(arch, hidden=32, layers=2)
+    site = resolve_sites(lm, "layers.0")[0]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (4, 9), generator=g)
+    pos = torch.tensor([8, 3, 0, 5])
+    splice = torch.randn(4, 32, requires_grad=True)
+    orig, rec = splice_logits(lm, site, ids, pos, splice)
+    inputs = lm.forward_inputs({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    orig_full = target_logits(lm, site, inputs, pos)
+    rec_full = target_logits(lm, site, inputs, pos, splice)
+    assert torch.allclose(orig, orig_full, atol=1e-5)
+    assert torch.allclose(rec, rec_full, atol=1e-5)
+    assert not torch.allclose(rec, orig, atol=1e-3)
+    (g1,) = torch.autograd.grad(rec.logsumexp(-1).sum(), splice)
+    (g2,) = torch.autograd.grad(rec_full.logsumexp(-1).sum(), splice)
+    assert torch.allclose(g1, g2, atol=1e-5)

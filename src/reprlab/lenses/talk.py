@@ -108,6 +108,61 @@ def target_logits(lm: LoadedModel, site: Site, inputs: dict, pos: torch.Tensor,
     return logits[rows, pos].float()
 
 
+def _cache_arg(model: torch.nn.Module) -> str | None:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
+def splice_logits(lm: LoadedModel, site: Site, ids: torch.Tensor, pos: torch.Tensor,
+                  splice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits ``[B, V]`` at ``pos`` of right-padded ``ids [B, T]``: the model's
+    own, and with ``splice [B, d]`` written at the site there.
+
+    The contexts are left-aligned so each sampled position is the last column; one no-grad
+    forward gives the original logits and the KV cache of the prefix, and only the last token
+    runs again with the splice (the positions before it cannot see it). The gradient to the
+    splice therefore flows through one token, not the whole context.
+    """
+    dev = lm.device
+    b = pos.shape[0]
+    width = int(pos.max()) + 1
+    arg = _cache_arg(lm.model)
+    if width < 2 or arg is None:
+        inputs = lm.forward_inputs({"input_ids": ids[:, :width],
+                                    "attention_mask": ids.new_ones((b, width))})
+        orig = target_logits(lm, site, inputs, pos.to(dev))
+        return orig, target_logits(lm, site, inputs, pos.to(dev), splice)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ctx = torch.full((b, width), int(pad), dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    for r in range(b):
+        p = int(pos[r]) + 1
+        ctx[r, width - p:] = ids[r, :p]
+        mask[r, width - p:] = 1
+    ctx, mask = ctx.to(dev), mask.to(dev)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = lm.model(input_ids=ctx, attention_mask=mask, position_ids=position_ids,
+                       use_cache=True)
+        cache = out.get("cache", out.get("past_key_values"))
+        cache.crop(-1)  # drop the last position: it runs again with the splice
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        new = h.clone()
+        new[:, -1] = splice.to(h.dtype)
+        return new
+
+    with hooks.edit(lm, {site: fn}):
+        rec = lm.model(input_ids=ctx[:, -1:], attention_mask=mask,
+                       position_ids=position_ids[:, -1:], use_cache=True, **{arg: cache})
+    return out.logits[:, -1].float(), rec.logits[:, -1].float()
+
+
 @register
 class TalkativeLens(Lens):
     """A trained decoder/encoder pair for one site of one model.

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from reprlab.lenses.metrics import LN2, fve, kl_logits, normalised_rmse, token_usage
-from reprlab.lenses.talk import TalkativeLens, target_logits
+from reprlab.lenses.talk import TalkativeLens, splice_logits
 from reprlab.lenses.talk_data import LensData
 from reprlab.lenses.talk_model import gumbel_noise
 from reprlab.models import LoadedModel
@@ -59,9 +59,7 @@ def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: lis
                 better = err < best_err
                 best[better], best_err[better] = s_hat[better], err[better]
             ctx, pos = data.context(b)
-            inputs = lm.forward_inputs({"input_ids": ctx, "attention_mask": ctx.new_ones(ctx.shape)})
-            orig = target_logits(lm, site, inputs, pos.to(dev))
-            rec = target_logits(lm, site, inputs, pos.to(dev), a_hat)
+            orig, rec = splice_logits(lm, site, ctx, pos, a_hat)
         for k, v in (("a", a), ("hat", a_hat), ("shuf", a_shuf), ("orig", a_orig),
                      ("best", best), ("ids", ids), ("kl", kl_logits(orig, rec) / LN2)):
             parts[k].append(v.detach().cpu())

@@ -24,7 +24,7 @@ from reprlab.lenses.talk import (
     encoder_prompt_ids,
     prompt_ids,
     site_layer,
-    target_logits,
+    splice_logits,
 )
 from reprlab.lenses.talk_data import LensData, shard
 from reprlab.lenses.talk_losses import LOSSES, combine, resample_splice
@@ -145,10 +145,7 @@ def step_losses(lm: LoadedModel, module: TalkModule, data: LensData, idx: torch.
             gen2 = module.generate(a2, cfg.tokens, tau, noise2.to(dev), use_cache=cfg.kv_cache)
             splice = resample_splice(a_hat, a2, module.encode(gen2.onehots))
         ids, pos = data.context(idx)
-        inputs = lm.forward_inputs({"input_ids": ids, "attention_mask": ids.new_ones(ids.shape)})
-        pos = pos.to(dev)
-        orig = target_logits(lm, site, inputs, pos)
-        rec = target_logits(lm, site, inputs, pos, splice)
+        orig, rec = splice_logits(lm, site, ids, pos, splice)
         values["kl"] = LOSSES["kl"](orig, rec)
     if weights.get("lm", 0) > 0:
         values["lm"] = LOSSES["lm"](gen.logits, prior_logits(lm, prefix, gen.onehots))
