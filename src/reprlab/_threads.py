@@ -1,21 +1,114 @@
-"""Scoped torch thread counts: library calls must not change the caller's global setting."""
+"""Torch thread counts chosen per workload, scoped so that the caller's setting survives.
+
+Policy (:func:`choose`): many small batched operations (probe fits on a few hundred
+dimensions, Sinkhorn iterations, small models) run on **one** thread, where extra threads
+only add synchronisation and, on a busy machine, lose several-fold to oversubscription; an
+operation large enough to keep several cores busy (a big matrix product or
+eigendecomposition) gets the cores that the load average says are free.
+
+Users override it, in this order of precedence:
+
+- an explicit count passed to a library call (``threads=`` / ``--threads``);
+- :func:`set_threads` (``reprlab._threads.set_threads(4)``; ``None`` clears it);
+- the environment variable ``REPRLAB_THREADS`` (a count, or ``auto`` for the policy).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import Iterator
 
 import torch
 
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "REPRLAB_THREADS"
+
+#: floating-point operations per call from which a kind of work is worth several threads
+LARGE_WORK: dict[str, float] = {
+    "matmul": 2e8,  # one batched product; below this it runs in well under a millisecond
+    "eigh": 3e10,  # LAPACK's symmetric eigensolver scales poorly below d ~ 2,000
+}
+
+_override: int | None = None
+
+
+def set_threads(n: int | None) -> None:
+    """Process-wide thread count for every library call that chooses its own (``None``:
+    back to the policy / environment)."""
+    global _override
+    if n is not None and int(n) < 1:
+        raise ValueError(f"thread count must be at least 1, got {n}")
+    _override = None if n is None else int(n)
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configured() -> int | None:
+    """The user's override (:func:`set_threads`, then ``REPRLAB_THREADS``), if any."""
+    if _override is not None:
+        return _override
+    raw = os.environ.get(ENV_VAR, "").strip().lower()
+    if raw in ("", "auto", "0"):
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        logger.warning("ignoring %s=%r: expected a thread count or 'auto'", ENV_VAR, raw)
+        return None
+    return max(1, n)
+
+
+def free_cores() -> int:
+    """Cores the 1-minute load average leaves free, counting this process's own thread."""
+    n = cores()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        return n
+    return max(1, min(n, int(n - load + 1.5)))
+
+
+def choose(kind: str = "small", flops: float | None = None) -> int:
+    """Thread count for one piece of work: the user's override if set, else one thread
+    unless ``flops`` (per call) reaches ``LARGE_WORK[kind]``, then the free cores."""
+    forced = configured()
+    if forced is not None:
+        return forced
+    limit = LARGE_WORK.get(kind)
+    if limit is None or flops is None or flops < limit:
+        return 1
+    return free_cores()
+
 
 @contextlib.contextmanager
 def num_threads(n: int | None) -> Iterator[None]:
-    """Run the body with ``n`` intra-op threads (``None``/0: leave as is), then restore."""
+    """Run the body with ``n`` intra-op threads (``None``/0: the policy's choice for small
+    batched work, i.e. the user's override or one thread), then restore."""
+    want = int(n) if n else choose()
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
+    if want != before:
+        torch.set_num_threads(want)
     try:
         yield
     finally:
-        if n:
+        if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def for_work(kind: str, flops: float | None = None, threads: int | None = None
+             ) -> Iterator[int]:
+    """Scope the body with :func:`choose`'s count for this work (or ``threads`` when
+    given); yields the count."""
+    n = int(threads) if threads else choose(kind, flops)
+    with num_threads(n):
+        yield n

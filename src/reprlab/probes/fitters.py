@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from reprlab.errors import ConfigError
-from reprlab.probes.logistic import fit_logistic, linear_logits
+from reprlab.probes import metrics as M
+from reprlab.probes.logistic import fit_logistic, linear_logits, prepare, probs_from_logits
 from reprlab.probes.massmean import fit_massmean
 from reprlab.probes.mlp import fit_mlp, mlp_logits
 
@@ -49,26 +50,70 @@ BATCHED_FORWARD: dict[str, Callable[[torch.Tensor, dict[str, torch.Tensor]], tor
 }
 
 
+def select_setting(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per layer, the grid index with the best validation accuracy (ties: lower log-loss).
+    ``z [L, H, m, K']`` logits of one label vector's probes, ``y [m]`` -> ``[L]``."""
+    probs = probs_from_logits(z)
+    key = (M.accuracy(probs, y).to(torch.float64)
+           - 1e-6 * M.log_loss(probs, y).to(torch.float64))
+    return key.argmax(-1)
+
+
+def _pad_curves(c: dict[str, torch.Tensor], T: int) -> dict[str, torch.Tensor]:
+    """Extend ``[..., t]`` curves to ``T`` points by repeating the last (converged) value."""
+    return {k: torch.cat([v, v[..., -1:].expand(*v.shape[:-1], T - v.shape[-1])], -1)
+            for k, v in c.items()}
+
+
 def _logistic(X, Y, *, n_classes, scale, X_val, Y_val, monitor, seed, options) -> FamilyFit:
+    """Task and control probes at every strength of the grid, all in one batch (default,
+    ``control_grid="all"``), or the random-label controls only at the strength the task chose
+    on the validation rows, in a second batch (``control_grid="chosen"``). The sweep reads
+    the control at the task's strength either way. One batch is the default because each
+    product streams the layer's rows once whatever the number of problems (up to a few
+    dozen), so a second batch costs a second run of iterations."""
     l2 = options.get("l2")
     grid = [float(l2)] if l2 is not None else [float(v) for v in options.get("l2_grid", L2_GRID)]
     P, H = Y.shape[0], len(grid)
-    Yq = Y.repeat_interleave(H, 0)  # problem-major: q = p * H + h
-    l2q = torch.tensor(grid, dtype=X.dtype).repeat(P)
-    mon = None
-    if monitor is not None:
-        mon = (monitor[0], monitor[1].repeat_interleave(H, 0))
-    fit = fit_logistic(X, Yq, n_classes=n_classes, l2=l2q, max_iter=int(options.get("max_iter", 500)),
-                       tol=float(options.get("tol", 1e-4)), monitor=mon,
-                       intercept=bool(options.get("intercept", True)))
-    L = X.shape[0]
-    return FamilyFit(
-        "logistic", "linear",
-        {"weight": fit.weight.unflatten(1, (P, H)), "bias": fit.bias.unflatten(1, (P, H))},
-        [{"l2": v, "sklearn_C": 1.0 / (v * X.shape[1])} for v in grid],
-        {k: v.unflatten(1, (P, H)) for k, v in fit.curves.items()},
-        {"iterations": fit.iterations, "converged": float(fit.converged.to(torch.float64).mean()),
-         "layers": L})
+    L, n = X.shape[0], X.shape[1]
+    kw = {"n_classes": n_classes, "max_iter": int(options.get("max_iter", 500)),
+          "tol": float(options.get("tol", 1e-4)), "intercept": bool(options.get("intercept", True)),
+          "threads": options.get("threads")}
+    l2_grid = torch.tensor(grid, dtype=X.dtype)
+    hyper = [{"l2": v, "sklearn_C": 1.0 / (v * n)} for v in grid]
+    mode = options.get("control_grid", "all")
+    if mode not in ("all", "chosen"):
+        raise ConfigError(f"control_grid must be 'all' or 'chosen', got {mode!r}")
+    together = P == 1 or H == 1 or mode == "all"
+    X = prepare(X, options.get("precondition", "auto"), options.get("rank"),
+                threads=options.get("threads"))  # one factorisation for task and controls
+    if together:
+        mon = None if monitor is None else (monitor[0], monitor[1].repeat_interleave(H, 0))
+        fit = fit_logistic(X, Y.repeat_interleave(H, 0), l2=l2_grid.repeat(P), monitor=mon, **kw)
+        params = {"weight": fit.weight.unflatten(1, (P, H)), "bias": fit.bias.unflatten(1, (P, H))}
+        curves = {k: v.unflatten(1, (P, H)) for k, v in fit.curves.items()}
+        return FamilyFit("logistic", "linear", params, hyper, curves,
+                         {"iterations": fit.iterations, "layers": L,
+                          "converged": float(fit.converged.to(torch.float64).mean())})
+    mon = None if monitor is None else (monitor[0], monitor[1][:1].expand(H, -1))
+    task = fit_logistic(X, Y[:1].expand(H, -1), l2=l2_grid, monitor=mon, **kw)  # [L, H]
+    h = select_setting(linear_logits(X_val.to(task.weight.dtype), task.weight, task.bias),
+                       Y_val[0])  # [L]
+    mon = None if monitor is None else (monitor[0], monitor[1][1:])
+    ctl = fit_logistic(X, Y[1:], l2=l2_grid[h][:, None].expand(L, P - 1), monitor=mon, **kw)
+    weight = torch.cat([task.weight[:, None], ctl.weight[:, :, None].expand(-1, -1, H, -1, -1)], 1)
+    bias = torch.cat([task.bias[:, None], ctl.bias[:, :, None].expand(-1, -1, H, -1)], 1)
+    curves = {}
+    if task.curves:
+        T = max(next(iter(task.curves.values())).shape[-1], next(iter(ctl.curves.values())).shape[-1])
+        tc, cc = _pad_curves(task.curves, T), _pad_curves(ctl.curves, T)
+        curves = {k: torch.cat([tc[k][:, None], cc[k][:, :, None].expand(-1, -1, H, -1)], 1)
+                  for k in tc}
+    conv = torch.cat([task.converged.flatten(), ctl.converged.flatten()]).to(torch.float64)
+    return FamilyFit("logistic", "linear", {"weight": weight.contiguous(), "bias": bias.contiguous()},
+                     hyper, curves, {"iterations": task.iterations + ctl.iterations, "layers": L,
+                                     "converged": float(conv.mean()),
+                                     "control_at": "chosen strength"})
 
 
 def _massmean(iid: bool):

@@ -7,6 +7,11 @@ computation whose cost per iteration is a few batched matrix products.
 
 The line search exploits objectives whose expensive part is linear in ``theta`` (logits of
 linear models): trying another step size then costs no matrix product.
+
+Objectives with a ``[L, P]`` batch (layers x problems) that implement ``restrict`` have their
+converged problems dropped from the batch as the run goes: a layer whose problems have all
+converged leaves, and each layer's remaining problems are packed to the front, so the
+products shrink with the work left (see :class:`Packing`).
 """
 
 from __future__ import annotations
@@ -24,15 +29,52 @@ class LbfgsResult:
     iterations: int
     grad_norm: torch.Tensor  # [*B] max-abs gradient at the end
     history: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    steps: torch.Tensor | None = None  # [*B] iterations each problem ran
+
+
+@dataclass
+class Packing:
+    """Where the rows of a packed ``[L', P']`` batch live in the full ``[L, P]`` one:
+    ``layers [L']`` and ``problems [L', P']`` (padding slots repeat a finished problem)."""
+
+    layers: torch.Tensor
+    problems: torch.Tensor
+
+    def scatter(self, full: torch.Tensor, part: torch.Tensor) -> None:
+        """Write ``part [L', P', ...]`` into ``full [L, P, ...]`` in place."""
+        full[self.layers[:, None], self.problems] = part
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1)
 
 
+def _pack(done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Indices (into the current ``[L', P']`` batch) of a smaller batch holding every problem
+    that is not done, or None when packing would not shrink it."""
+    active = ~done
+    per_layer = active.sum(1)
+    keep_l = torch.nonzero(per_layer > 0).flatten()
+    width = int(per_layer.max()) if keep_l.numel() else 0
+    if keep_l.numel() == done.shape[0] and width > 0.7 * done.shape[1]:
+        return None  # not worth copying the state for
+    # stable order: active problems first, then finished ones as padding
+    order = torch.argsort((~active[keep_l]).to(torch.int8), dim=1, stable=True)
+    return keep_l, order[:, :width]
+
+
+def _take(t: torch.Tensor, li: torch.Tensor, pi: torch.Tensor, lead: int = 0) -> torch.Tensor:
+    """``t [*lead, L, P, ...] -> [*lead, L', P', ...]`` at layers ``li`` and problems ``pi``."""
+    t = t.index_select(lead, li)
+    idx = pi.reshape(*([1] * lead), *pi.shape, *([1] * (t.dim() - lead - 2)))
+    idx = idx.expand(*t.shape[:lead], *pi.shape, *t.shape[lead + 2:])
+    return t.gather(lead + 1, idx)
+
+
 def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
              tol: float = 1e-5, memory: int = 10, c1: float = 1e-4, max_backtrack: int = 30,
-             callback: Callable[[int, torch.Tensor, object], None] | None = None) -> LbfgsResult:
+             callback: Callable[..., None] | None = None,
+             compact: bool = True) -> LbfgsResult:
     """Minimise every problem in the batch.
 
     ``objective`` provides ``value_and_grad(theta, state=None) -> (f [*B], g [*B, M], state)``,
@@ -44,25 +86,56 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
     (scaled by ``s.y / y.My`` unless the objective sets ``precondition_scaled``: its
     preconditioner already carries the right scale); good preconditioners cut the iteration
     count several-fold.
-    A problem stops once ``max|g| < tol``; the loop stops when all have.
-    ``callback(iteration, theta, state)`` runs after every iteration (training curves).
+    A problem stops once ``max|g| < tol`` (and, where the objective provides
+    ``confirm(theta, g, candidates, tol) -> bool mask``, once it confirms: e.g. the gradient in
+    another basis); the loop stops when all have.
+    With ``compact`` and an objective that implements ``restrict(layers, problems)`` (batch
+    ``[L, P]``), finished problems leave the batch. ``callback(iteration, theta, state,
+    packing)`` runs after every iteration (training curves) on the current, possibly packed
+    batch; ``packing`` (:class:`Packing`) says where its rows belong.
     """
-    theta = theta0.clone()
-    precond = getattr(objective, "precondition", None)
-    scaled = bool(getattr(objective, "precondition_scaled", False))
+    theta_full = theta0.clone()
+    theta = theta_full
     f, g, state = objective.value_and_grad(theta)
     batch = theta.shape[:-1]
+    can_pack = compact and hasattr(objective, "restrict") and len(batch) == 2
+    layers = torch.arange(batch[0], device=theta.device) if can_pack else None
+    probs = (torch.arange(batch[1], device=theta.device).expand(batch).clone()
+             if can_pack else None)
     S = torch.zeros((memory, *theta.shape), dtype=theta.dtype, device=theta.device)
     Y = torch.zeros_like(S)
     rho = torch.zeros((memory, *batch), dtype=theta.dtype, device=theta.device)
     gamma = torch.ones(batch, dtype=theta.dtype, device=theta.device)
-    done = g.abs().amax(-1) < tol
+    done = _converged(objective, theta, g, tol, torch.zeros(batch, dtype=torch.bool,
+                                                            device=theta.device))
+    done_full = done.clone()
+    g_full = g.abs().amax(-1)
+    steps_full = torch.zeros(batch, dtype=torch.long, device=theta.device)
+    steps = steps_full.clone()
     it = 0
     head = 0
     for it in range(1, max_iter + 1):
         if bool(done.all()):
             it -= 1
             break
+        if can_pack:
+            packed = _pack(done)
+            if packed is not None:
+                li, pi = packed
+                pk = Packing(layers, probs)
+                pk.scatter(theta_full, theta)
+                pk.scatter(done_full, done)
+                pk.scatter(g_full, g.abs().amax(-1))
+                pk.scatter(steps_full, steps)
+                steps = _take(steps, li, pi)
+                objective = objective.restrict(li, pi)
+                theta, g, f = _take(theta, li, pi), _take(g, li, pi), _take(f, li, pi)
+                done, gamma = _take(done, li, pi), _take(gamma, li, pi)
+                S, Y, rho = _take(S, li, pi, 1), _take(Y, li, pi, 1), _take(rho, li, pi, 1)
+                state = objective.take_state(state, li, pi)
+                layers, probs = layers[li], _take(probs, li, pi)
+        precond = getattr(objective, "precondition", None)
+        scaled = bool(getattr(objective, "precondition_scaled", False))
         # two-loop recursion, newest pair first
         q = g.clone()
         alphas = []
@@ -103,13 +176,34 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
         Y[head] = torch.where(valid.unsqueeze(-1), yv, torch.zeros_like(yv))
         rho[head] = torch.where(valid, 1.0 / sy.where(valid, torch.ones_like(sy)),
                                 torch.zeros_like(sy))
-        yMy = _dot(yv, precond(yv) if precond is not None else yv)
         if not scaled:
+            yMy = _dot(yv, precond(yv) if precond is not None else yv)
             gamma = torch.where(valid, sy / yMy.clamp_min(1e-30), gamma)
         head = (head + 1) % memory
         f, g = f_new, g_new
-        done = done | (g.abs().amax(-1) < tol)
+        was = done
+        done = _converged(objective, theta, g, tol, done)
+        steps = torch.where(was, steps, it)
         if callback is not None:
-            callback(it, theta, state)
-    return LbfgsResult(theta=theta, converged=done, iterations=it,
-                       grad_norm=g.abs().amax(-1))
+            callback(it, theta, state, Packing(layers, probs) if can_pack else None)
+    if can_pack:
+        pk = Packing(layers, probs)
+        pk.scatter(theta_full, theta)
+        pk.scatter(done_full, done)
+        pk.scatter(g_full, g.abs().amax(-1))
+        pk.scatter(steps_full, steps)
+        return LbfgsResult(theta=theta_full, converged=done_full, iterations=it,
+                           grad_norm=g_full, steps=steps_full)
+    return LbfgsResult(theta=theta, converged=done, iterations=it, grad_norm=g.abs().amax(-1),
+                       steps=steps)
+
+
+def _converged(objective: object, theta: torch.Tensor, g: torch.Tensor, tol: float,
+               done: torch.Tensor) -> torch.Tensor:
+    """``done`` plus the problems whose gradient is below ``tol`` (and that the objective's
+    ``confirm`` accepts, when it has one)."""
+    cand = (g.abs().amax(-1) < tol) & ~done
+    confirm = getattr(objective, "confirm", None)
+    if confirm is not None and bool(cand.any()):
+        cand = cand & confirm(theta, g, cand, tol)
+    return done | cand

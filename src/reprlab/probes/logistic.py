@@ -22,17 +22,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from reprlab._threads import num_threads
+from reprlab import _threads
 from reprlab.probes import lbfgs
-
-
-def _eigh(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric eigendecomposition; on CPU with one thread, which costs little at these sizes
-    and avoids the many-fold slowdowns of multi-threaded LAPACK when cores are oversubscribed."""
-    if G.device.type != "cpu":
-        return torch.linalg.eigh(G)
-    with num_threads(1):
-        return torch.linalg.eigh(G)
+from reprlab.probes import precondition as P
+from reprlab.probes.lbfgs import _take
 
 
 def l2_from_C(C: float, n: int) -> float:
@@ -84,46 +77,40 @@ def _dlogits(z: torch.Tensor, Y: torch.Tensor, Yf: torch.Tensor | None = None) -
 
 
 class _Objective:
-    """Mean log-loss + L2 for every (layer, problem); theta ``[L, P, K'*(d+1)]``."""
+    """Mean log-loss + L2 for every (layer, problem); theta ``[L, P, K'*(d+1)]``.
+
+    ``pre``: an optional preconditioner (:mod:`reprlab.probes.precondition`), refreshed from
+    the logits at every gradient; ``basis [L, d, r]``: the orthonormal basis ``X`` was rotated
+    into, used to confirm convergence in the original coordinates."""
 
     def __init__(self, X: torch.Tensor, Y: torch.Tensor, l2: torch.Tensor, k: int,
-                 intercept: bool) -> None:
+                 intercept: bool, pre=None, basis: torch.Tensor | None = None) -> None:
         self.X, self.k, self.intercept = X, k, intercept
-        self.L = X.shape[0]
         self.d = X.shape[-1]
         self.n = X.shape[-2]
         self.Y = Y
         self.Yf = Y.to(X.dtype) if k == 1 else None
-        self.precondition = None
-        self.precondition_scaled = False
-        self._calls = 0  # gradients evaluated (the preconditioner refreshes every other one)
         self.l2 = l2  # [L, P]
+        self.pre = pre
+        self.basis = basis
+        self.precondition = pre.apply if pre is not None else None
+        self.precondition_scaled = pre is not None
 
-    def use_diagonal_preconditioner(self) -> None:
-        """Precondition with the inverse diagonal of the current Hessian,
-        ``1 / (sum_i s_i x_ij^2 / n + l2)`` with ``s_i = p_i (1 - p_i)``, refreshed at every
-        other gradient (the diagonal changes slowly, and each refresh is one of the three
-        matrix products of an iteration: this cut the fit by a fifth at the same iteration
-        count). It is a good inverse-Hessian model when the columns of ``X`` are
-        uncorrelated, which :func:`fit_logistic` arranges by rotating each layer into the
-        eigenbasis of its Gram matrix (the L2 penalty is rotation invariant)."""
-        self._X2 = self.X.pow(2)
-        self._pinv = None
-        self.precondition = self._precondition
-        self.precondition_scaled = True
-
-    def _refresh(self, z: torch.Tensor) -> None:
-        if self.k == 1:
-            p = torch.sigmoid(z)
+    def restrict(self, li: torch.Tensor, pi: torch.Tensor) -> _Objective:
+        """The same objective on layers ``li`` and, per layer, problems ``pi [L', P']``."""
+        same = li.numel() == self.X.shape[0]  # every layer stays (in order): keep X as is
+        if self.X.dim() == 3:
+            X = self.X if same else self.X.index_select(0, li)
         else:
-            p = torch.softmax(z, -1)
-        s = p * (1 - p) / self.n  # [L, P, n, K']
-        diag = torch.einsum("lnd,lpnk->lpkd", self._X2, s) + self.l2[..., None, None]
-        bias = s.sum(-2).clamp_min(1e-12) if self.intercept else torch.ones_like(s[..., 0, :])
-        self._pinv = torch.cat([1.0 / diag, (1.0 / bias).unsqueeze(-1)], -1).flatten(-2)
+            X = _take(self.X, li, pi)
+        pre = self.pre.take(li, pi) if self.pre is not None else None
+        basis = self.basis if self.basis is None or same else self.basis.index_select(0, li)
+        return _Objective(X, _take(self.Y, li, pi), _take(self.l2, li, pi), self.k,
+                          self.intercept, pre, basis)
 
-    def _precondition(self, q: torch.Tensor) -> torch.Tensor:
-        return q * self._pinv
+    @staticmethod
+    def take_state(z: torch.Tensor, li: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        return _take(z, li, pi)
 
     def split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = theta.view(*theta.shape[:-1], self.k, self.d + 1)
@@ -148,11 +135,21 @@ class _Objective:
             gw = torch.einsum("lpnd,lpnk->lpkd", self.X, dz)
         gw = gw + self.l2[..., None, None] * w
         gb = dz.sum(-2) if self.intercept else torch.zeros_like(dz[..., 0, :])
-        if self.precondition is not None and (self._pinv is None or self._calls % 2 == 0):
-            self._refresh(z)
-        self._calls += 1
+        if self.pre is not None:
+            self.pre.refresh(z, self.l2)
         g = torch.cat([gw, gb.unsqueeze(-1)], -1).flatten(-2)
         return self._value(z, theta), g, z
+
+    def confirm(self, theta: torch.Tensor, g: torch.Tensor, cand: torch.Tensor,
+                tol: float) -> torch.Tensor:
+        """Problems whose gradient is also below the tolerance in the original coordinates
+        (the rotation changes max-abs norms a little); called only when some problem passes
+        the test in the rotated ones."""
+        if self.basis is None:
+            return cand
+        gw, gb = self.split(g)
+        orig = torch.einsum("ldr,lpkr->lpkd", self.basis, gw)
+        return torch.maximum(orig.abs().amax((-1, -2)), gb.abs().amax(-1)) < tol
 
     def line_start(self, theta: torch.Tensor, z: torch.Tensor, delta: torch.Tensor):
         zd = self.logits(delta)
@@ -179,6 +176,7 @@ class LogisticFit:
     converged: torch.Tensor  # [L, P]
     iterations: int
     curves: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [L, P, T]
+    info: dict = field(default_factory=dict)  # preconditioner, steps [L, P] per problem
 
 
 def _broadcast_problems(Y: torch.Tensor, l2, L: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,59 +191,163 @@ def _broadcast_problems(Y: torch.Tensor, l2, L: int) -> tuple[torch.Tensor, torc
     return Y, l2t
 
 
-def fit_logistic(X: torch.Tensor, Y: torch.Tensor, *, n_classes: int, l2=1e-3,
+#: ``precondition="auto"`` rotates into the full eigenbasis up to this many columns
+#: (``min(n, d)``), above it uses the low-rank model (:func:`precondition.top_eigen`)
+EIGEN_MAX = 2048
+
+
+@dataclass
+class Prepared:
+    """Features made ready for :func:`fit_logistic` once and reused by several fits:
+    ``X`` in the solver's coordinates, the basis ``V [L, d, r]`` it was rotated by (or None)
+    and what the preconditioner needs (see :func:`prepare`)."""
+
+    kind: str
+    X: torch.Tensor
+    V: torch.Tensor | None = None
+    parts: tuple = ()
+
+    def preconditioner(self, intercept: bool):
+        if self.kind == "eigen":
+            return P.EigenDiagonal(self.parts[0], intercept)
+        if self.kind == "lowrank":
+            return P.LowRank(*self.parts, intercept)
+        return None
+
+
+def prepare(X: torch.Tensor, precondition: bool | str = "auto", rank: int | None = None,
+            dtype: torch.dtype | None = None, threads: int | None = None) -> Prepared:
+    """Rotate / factorise ``X [L, n, d]`` for ``precondition`` (see :func:`fit_logistic`)."""
+    X = X.to(dtype or X.dtype)
+    kind = _kind(precondition, X)
+    if kind == "none":
+        return Prepared(kind, X)
+    L, n, d = X.shape
+    with _threads.for_work("matmul", 2.0 * n * d * min(n, d), threads):
+        if kind == "eigen":
+            Xr, lam, V = P.eigen_rotation(X)
+            return Prepared(kind, Xr, V, (lam,))
+        if kind == "lowrank":
+            return Prepared(kind, X, None, P.top_eigen(X, rank or P.default_rank(d)))
+    raise ValueError(f"unknown preconditioner {kind!r}: choose auto, eigen, lowrank or none")
+
+
+def _kind(precondition, X: torch.Tensor) -> str:
+    if precondition is False or precondition is None or X.dim() == 4:
+        return "none"
+    if precondition is True or precondition == "auto":
+        return "eigen" if min(X.shape[-2:]) <= EIGEN_MAX else "lowrank"
+    return str(precondition)
+
+
+def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int, l2=1e-3,
                  intercept: bool = True, max_iter: int = 500, tol: float = 1e-5,
                  memory: int = 10, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 dtype: torch.dtype | None = None, precondition: bool = True) -> LogisticFit:
+                 dtype: torch.dtype | None = None, precondition: bool | str = "auto",
+                 rank: int | None = None, threads: int | None = None,
+                 compact: bool = True,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LogisticFit:
     """Fit every (layer, problem) logistic regression together.
 
     ``X [L, n, d]`` (or ``[L, P, n, d]``), ``Y [n]`` / ``[P, n]`` / ``[L, P, n]`` class indices,
     ``l2`` scalar / ``[P]`` / ``[L, P]``. ``monitor=(X_eval, Y_eval)`` records loss and accuracy
     on held-out rows at every iteration (``curves``: train_loss, train_acc, eval_loss,
-    eval_acc, each ``[L, P, T]``). ``dtype`` (default: X's) is the compute precision.
-    ``precondition`` rotates each layer into the eigenbasis of its Gram matrix (one ``d x d``
-    eigendecomposition per layer) and seeds L-BFGS with the inverse diagonal of the Hessian
-    there, which cuts iterations several-fold on correlated activations.
+    eval_acc, each ``[L, P, T]``; a problem's values stay flat once it has converged).
+    ``dtype`` (default: X's) is the compute precision.
+
+    A problem has converged when the largest absolute entry of its gradient (weights and
+    intercept, in the coordinates of ``X``) is below ``tol`` - scikit-learn's lbfgs rule on
+    the same objective (:func:`l2_from_C`). With shared features (``X [L, n, d]``)
+    ``precondition`` chooses the inverse-Hessian model that seeds L-BFGS
+    (:mod:`reprlab.probes.precondition`): ``"eigen"`` rotates each layer into the eigenbasis
+    of its Gram matrix (solving in the row space when ``n < d``), ``"lowrank"`` keeps the
+    top ``rank`` eigenpairs, ``"auto"`` (or True) picks eigen up to ``EIGEN_MAX`` columns,
+    ``"none"``/False plain L-BFGS. ``compact`` drops converged problems from the batch.
+    ``threads``: torch threads (default: :func:`reprlab._threads.choose` for the size of one
+    product). ``X`` may be a :class:`Prepared` (:func:`prepare`) shared by several fits on
+    the same rows; ``precondition``, ``rank`` and ``dtype`` are then its. ``init=(weight
+    [L, P, K', d], bias [L, P, K'])`` starts from a previous solution (warm start).
     """
-    dtype = dtype or X.dtype
-    X = X.to(dtype)
-    L = X.shape[0]
+    prep = X if isinstance(X, Prepared) else prepare(X, precondition, rank, dtype, threads)
+    Xr = prep.X
+    dtype = Xr.dtype
+    L, n, r = Xr.shape[0], Xr.shape[-2], Xr.shape[-1]
     k = n_logits(n_classes)
-    Y, l2t = _broadcast_problems(Y.long().to(X.device), l2, L)
-    obj = _Objective(X, Y, l2t.to(dtype=dtype, device=X.device), k, intercept)
-    P = Y.shape[1]
-    V = None
-    if X.dim() == 3 and precondition:
-        # rotate each layer into the eigenbasis of its Gram matrix (L2 is rotation invariant)
-        _, V = _eigh(X.transpose(-1, -2) @ X / X.shape[-2])  # [L, d, d]
-        X = X @ V
-        obj = _Objective(X, Y, l2t.to(dtype=dtype, device=X.device), k, intercept)
-        obj.use_diagonal_preconditioner()
-    theta0 = torch.zeros(L, P, k * (X.shape[-1] + 1), dtype=dtype, device=X.device)
-    curves: dict[str, list[torch.Tensor]] = {"train_loss": [], "train_acc": []}
+    Y, l2t = _broadcast_problems(Y.long().to(Xr.device), l2, L)
+    P_ = Y.shape[1]
+    flops = 2.0 * L * n * r * (P_ if Xr.dim() == 4 else max(P_ * k, 8))
+    with _threads.for_work("matmul", flops, threads):
+        return _fit(prep, Y, l2t.to(dtype=dtype, device=Xr.device), k, intercept, max_iter,
+                    tol, memory, monitor, compact, init)
+
+
+def _fit(prep: Prepared, Y, l2t, k, intercept, max_iter, tol, memory, monitor,
+         compact, init) -> LogisticFit:
+    Xr, V = prep.X, prep.V
+    dtype = Xr.dtype
+    L, P_ = Y.shape[0], Y.shape[1]
+    obj = _Objective(Xr, Y, l2t, k, intercept, prep.preconditioner(intercept), V)
+    r = Xr.shape[-1]
+    theta0 = torch.zeros(L, P_, k * (r + 1), dtype=dtype, device=Xr.device)
+    if init is not None:  # warm start from weights in the original coordinates
+        w0, b0 = (t.to(dtype=dtype, device=Xr.device) for t in init)
+        if V is not None:
+            w0 = torch.einsum("lpkd,ldr->lpkr", w0, V)
+        theta0 = torch.cat([w0.expand(L, P_, k, r), b0.expand(L, P_, k).unsqueeze(-1)],
+                           -1).flatten(-2).contiguous()
+    names = ["train_loss", "train_acc"]
+    Xm = Ym = None
     if monitor is not None:
         Xm = monitor[0].to(dtype)
         Xm = Xm @ V if V is not None else Xm
-        Ym, _ = _broadcast_problems(monitor[1].long().to(X.device), 0.0, L)
-        curves.update(eval_loss=[], eval_acc=[])
+        Ym, _ = _broadcast_problems(monitor[1].long().to(Xr.device), 0.0, L)
+        Ym = Ym.expand(L, P_, Ym.shape[-1])
+        names += ["eval_loss", "eval_acc"]
+    curves: dict[str, list[torch.Tensor]] = {name: [] for name in names}
 
-    def record(_it: int, theta: torch.Tensor, z: torch.Tensor | None = None) -> None:
+    def measure(theta, z, Yt, Xe, Ye):
         w, b = obj.split(theta)
         if z is None:
-            z = linear_logits(X, w, b)
-        curves["train_loss"].append(data_loss(z, Y))
-        curves["train_acc"].append((predict(z) == Y).to(dtype).mean(-1))
-        if monitor is not None:
-            zm = linear_logits(Xm, w, b)
-            curves["eval_loss"].append(data_loss(zm, Ym))
-            curves["eval_acc"].append((predict(zm) == Ym).to(dtype).mean(-1))
+            z = linear_logits(Xr, w, b)
+        out = [data_loss(z, Yt), (predict(z) == Yt).to(dtype).mean(-1)]
+        if Xe is not None:
+            zm = linear_logits(Xe, w, b)
+            out += [data_loss(zm, Ye), (predict(zm) == Ye).to(dtype).mean(-1)]
+        return out
 
-    record(0, theta0)
+    seen: dict[str, torch.Tensor] = {}
+
+    def eval_rows(li: torch.Tensor) -> torch.Tensor | None:
+        """The monitored rows of layers ``li`` (selected again only when the packing changes)."""
+        if Xm is None:
+            return None
+        if "li" not in seen or not torch.equal(seen["li"], li):
+            seen["li"], seen["X"] = li, Xm.index_select(0, li)
+        return seen["X"]
+
+    def record(_it: int, theta: torch.Tensor, z: torch.Tensor | None = None,
+               where: lbfgs.Packing | None = None) -> None:
+        if where is None:
+            vals = measure(theta, z, Y, Xm, Ym)
+            for name, v in zip(names, vals, strict=True):
+                curves[name].append(v)
+            return
+        li, pi = where.layers, where.problems
+        vals = measure(theta, z, _take(Y, li, pi), eval_rows(li),
+                       _take(Ym, li, pi) if Ym is not None else None)
+        for name, v in zip(names, vals, strict=True):
+            full = curves[name][-1].clone()
+            where.scatter(full, v)
+            curves[name].append(full)
+
+    if monitor is not None:
+        record(0, theta0)
     res = lbfgs.minimize(obj, theta0, max_iter=max_iter, tol=tol, memory=memory,
-                         callback=record)
+                         callback=record if monitor is not None else None, compact=compact)
     w, b = obj.split(res.theta)
     if V is not None:
         w = torch.einsum("lpke,lde->lpkd", w, V)
+    info = {"preconditioner": prep.kind, "steps": res.steps}
     return LogisticFit(weight=w.contiguous(), bias=b.contiguous(), converged=res.converged,
                        iterations=res.iterations,
-                       curves={k2: torch.stack(v, -1) for k2, v in curves.items()})
+                       curves={k2: torch.stack(v, -1) for k2, v in curves.items() if v}, info=info)

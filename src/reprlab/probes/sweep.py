@@ -23,7 +23,7 @@ from reprlab.errors import ConfigError, DataError, SiteError
 from reprlab.probes import directions as dirs
 from reprlab.probes import metrics as M
 from reprlab.probes.controls import permuted_labels
-from reprlab.probes.fitters import ITERATIVE, FamilyFit, check_families, fit_family
+from reprlab.probes.fitters import ITERATIVE, FamilyFit, check_families, fit_family, select_setting
 from reprlab.probes.frozen import Probe
 from reprlab.probes.logistic import probs_from_logits
 from reprlab.probes.splits import kfold_rows, split_rows
@@ -151,15 +151,9 @@ def _stack(store: Any, sites: list[str], pos: str, dtype, device) -> torch.Tenso
 
 def _select_h(fit: FamilyFit, Xv: torch.Tensor, yv: torch.Tensor) -> torch.Tensor:
     """Per layer, the grid index with the best task validation accuracy (ties: log-loss)."""
-    H = len(fit.grid)
-    L = Xv.shape[0]
-    if H == 1:
-        return torch.zeros(L, dtype=torch.long)
-    probs = probs_from_logits(fit.logits(Xv)[:, 0])  # [L, H, m, K]
-    acc = M.accuracy(probs, yv)
-    loss = M.log_loss(probs, yv)
-    key = acc.to(torch.float64) - 1e-6 * loss.to(torch.float64)
-    return key.argmax(-1)
+    if len(fit.grid) == 1:
+        return torch.zeros(Xv.shape[0], dtype=torch.long)
+    return select_setting(fit.logits(Xv)[:, 0], yv)
 
 
 def _pick(fit: FamilyFit, h: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,144 @@
+"""Bases and preconditioners for batched L2 logistic regression on shared features.
+
+Every problem of a layer shares that layer's rows ``X [n, d]``, so one factorisation of its
+Gram matrix ``G = X^T X / n`` serves all of them. The Hessian of a problem is
+``X^T S X / n + l2 I`` with ``S = diag(p (1 - p))``; modelling ``S`` by its mean ``s``
+(recomputed from the current logits at every gradient, at no matrix product) gives the
+inverse-Hessian model ``(s G + l2 I)^-1``, which is exact when ``S`` is constant.
+
+Two ways to apply it:
+
+- :func:`eigen_rotation` + :class:`EigenDiagonal`: rotate ``X`` once into the eigenbasis of
+  ``G`` (one symmetric eigendecomposition of ``min(n, d)`` rows per layer; when ``n < d`` the
+  problem is solved exactly in the ``n``-dimensional row space, since an L2-penalised
+  solution lies there). The model is then diagonal: ``1 / (s lambda_j + l2)``.
+- :func:`top_eigen` + :class:`LowRank`: for wide layers where a full eigendecomposition
+  costs more than the fit, the top ``k`` eigenpairs from randomised subspace iteration and
+  one scalar for the rest of the spectrum (the mean of the remaining eigenvalues), in the
+  spirit of randomised Nystrom preconditioning (Frangella, Tropp & Udell 2023).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reprlab import _threads
+from reprlab.probes.lbfgs import _take
+
+
+def _eigh(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if G.device.type != "cpu":
+        return torch.linalg.eigh(G)
+    with _threads.for_work("eigh", flops=4.0 * G.shape[-1] ** 3 * max(1, G.shape[0])):
+        return torch.linalg.eigh(G)
+
+
+def eigen_rotation(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``X [L, n, d]`` -> ``(X V [L, n, r], lambda [L, r], V [L, d, r])`` with ``V``
+    orthonormal eigenvectors of ``X^T X / n`` and ``r = min(n, d)``.
+
+    With fewer rows than columns the eigenvectors come from the ``n x n`` kernel ``X X^T / n``
+    (``V = X^T U / sqrt(n mu)``), so the cost is that of the smaller side; directions of zero
+    variance get a zero column (their weight stays zero under L2)."""
+    L, n, d = X.shape
+    if n < d:
+        mu, U = _eigh(X @ X.transpose(-1, -2) / n)  # [L, n], [L, n, n]
+        keep = mu > mu.amax(-1, keepdim=True).clamp_min(1e-30) * (n * torch.finfo(X.dtype).eps)
+        mu = torch.where(keep, mu, torch.zeros_like(mu))
+        root = (n * mu).sqrt()
+        inv = torch.where(keep, 1.0 / root.clamp_min(1e-30), torch.zeros_like(root))
+        V = (X.transpose(-1, -2) @ U) * inv[:, None, :]
+        return U * root[:, None, :], mu, V
+    lam, V = _eigh(X.transpose(-1, -2) @ X / n)
+    return X @ V, lam.clamp_min(0.0), V
+
+
+def top_eigen(X: torch.Tensor, k: int, *, iters: int = 2, oversample: int = 16,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` eigenpairs of ``G = X^T X / n`` for every layer by randomised subspace
+    iteration: ``(U [L, d, k], lambda [L, k], tail [L])`` where ``tail`` is the mean of the
+    other ``d - k`` eigenvalues (from the trace). Costs ``2 (iters + 1)`` products of ``X``
+    with ``k + oversample`` columns per layer."""
+    L, n, d = X.shape
+    m = min(d, k + oversample)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    Q = torch.randn(d, m, generator=gen, dtype=X.dtype).to(X.device).expand(L, d, m)
+    Q = torch.linalg.qr(Q).Q
+    for _ in range(iters):
+        Q = torch.linalg.qr(X.transpose(-1, -2) @ (X @ Q) / n).Q
+    GQ = X.transpose(-1, -2) @ (X @ Q) / n
+    lam, W = _eigh(Q.transpose(-1, -2) @ GQ)  # ascending
+    lam, W = lam.flip(-1)[..., :k].clamp_min(0.0), W.flip(-1)[..., :k]
+    U = Q @ W
+    trace = X.pow(2).sum((-1, -2)) / n
+    tail = ((trace - lam.sum(-1)) / max(1, d - k)).clamp_min(0.0)
+    return U, lam, tail
+
+
+def _curvature(z: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean ``p (1 - p)`` over rows per logit: ``z [L, P, n, K'] -> [L, P, K']``."""
+    p = torch.sigmoid(z) if z.shape[-1] == 1 else torch.softmax(z, -1)
+    return (p * (1 - p)).sum(-2) / n
+
+
+class EigenDiagonal:
+    """``1 / (s lambda_j + l2)`` for weights in the eigenbasis, ``1 / s`` for intercepts."""
+
+    def __init__(self, lam: torch.Tensor, intercept: bool) -> None:
+        self.lam, self.intercept = lam, intercept  # [L, r]
+        self.pinv: torch.Tensor | None = None
+
+    def refresh(self, z: torch.Tensor, l2: torch.Tensor) -> None:
+        s = _curvature(z, z.shape[-2]).clamp_min(1e-12)  # [L, P, K']
+        diag = s[..., None] * self.lam[:, None, None, :] + l2[..., None, None]
+        bias = s if self.intercept else torch.ones_like(s)
+        self.pinv = torch.cat([1.0 / diag, (1.0 / bias).unsqueeze(-1)], -1).flatten(-2)
+
+    def apply(self, q: torch.Tensor) -> torch.Tensor:
+        return q * self.pinv
+
+    def take(self, li: torch.Tensor, pi: torch.Tensor) -> EigenDiagonal:
+        same = li.numel() == self.lam.shape[0]
+        out = EigenDiagonal(self.lam if same else self.lam.index_select(0, li), self.intercept)
+        out.pinv = _take(self.pinv, li, pi) if self.pinv is not None else None
+        return out
+
+
+class LowRank:
+    """``U diag(1 / (s lambda + l2)) U^T + (I - U U^T) / (s tail + l2)`` for the weights of
+    each logit, ``1 / s`` for intercepts."""
+
+    def __init__(self, U: torch.Tensor, lam: torch.Tensor, tail: torch.Tensor,
+                 intercept: bool) -> None:
+        self.U, self.lam, self.tail, self.intercept = U, lam, tail, intercept
+        self.a = self.t = self.b = None
+
+    def refresh(self, z: torch.Tensor, l2: torch.Tensor) -> None:
+        s = _curvature(z, z.shape[-2]).clamp_min(1e-12)  # [L, P, K']
+        self.a = 1.0 / (s[..., None] * self.lam[:, None, None, :] + l2[..., None, None])
+        self.t = 1.0 / (s * self.tail[:, None, None] + l2[..., None])
+        self.b = 1.0 / s if self.intercept else torch.ones_like(s)
+
+    def apply(self, q: torch.Tensor) -> torch.Tensor:
+        d = self.U.shape[1]
+        qq = q.view(*q.shape[:-1], -1, d + 1)
+        w, b = qq[..., :d], qq[..., d]
+        c = torch.einsum("ldk,lpjd->lpjk", self.U, w)
+        out = self.t[..., None] * w + torch.einsum("ldk,lpjk->lpjd", self.U,
+                                                   (self.a - self.t[..., None]) * c)
+        return torch.cat([out, (self.b * b).unsqueeze(-1)], -1).flatten(-2)
+
+    def take(self, li: torch.Tensor, pi: torch.Tensor) -> LowRank:
+        out = LowRank(self.U.index_select(0, li), self.lam.index_select(0, li),
+                      self.tail.index_select(0, li), self.intercept)
+        if self.a is not None:
+            out.a, out.t, out.b = _take(self.a, li, pi), _take(self.t, li, pi), _take(
+                self.b, li, pi)
+        return out
+
+
+def default_rank(d: int) -> int:
+    """Rank of the low-rank preconditioner for ``d`` features."""
+    return int(min(d, max(64, 8 * round(math.sqrt(d)))))
