@@ -69,8 +69,11 @@ class ProbeCommand:
                             "one session per batch, optimizer step here")
     validate: bool = opt(False, help="steer along the best linear probe's direction and add the "
                          "readout shift and side effects to the report")
-    validate_coeffs: str = opt("-8:8:9", help="steering coefficients for --validate: "
+    validate_coeffs: str = opt("-8:8:9", help="steering coefficients for --validate, in "
+                               "standard deviations of the activations along the direction: "
                                "start:stop:count or a list")
+    validate_rows: int = opt(200, help="--validate steers a seeded, label-balanced sample of "
+                             "this many texts at every coefficient (0 = all rows)")
     no_progress: bool = opt(False, help="hide progress bars")
 
     def __post_init__(self) -> None:
@@ -129,7 +132,7 @@ def run_probe(cfg: ProbeCommand) -> int:
                    limit=cfg.limit or None,
                    data_kwargs={"text_col": cfg.text_col, "label_col": cfg.label_col},
                    progress=not cfg.no_progress, validate=cfg.validate,
-                   validate_coeffs=cfg.validate_coeffs)
+                   validate_coeffs=cfg.validate_coeffs, validate_rows=cfg.validate_rows or None)
     print(console_table(result))
     if result.validation is not None:
         print(summary_line(result.validation))
@@ -176,6 +179,7 @@ class ProbeApplyCommand:
     text: str = opt("", help="one text to score")
     file: str = opt("", help="a text file with one text per line")
     model: str = opt("", help="model to run (default: the run's model)")
+    allow_other_model: bool = opt(False, help="apply the probe to a model other than the run's")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
 
     def __post_init__(self) -> None:
@@ -205,13 +209,21 @@ def apply_probe(cfg: ProbeApplyCommand) -> list[dict]:
     probe = Probe.load(stem)
     texts = [cfg.text] if cfg.text else []
     if cfg.file:
-        texts += [t for t in Path(cfg.file).read_text().splitlines() if t.strip()]
+        from reprlab.io import read_lines
+
+        texts += read_lines(cfg.file, "--file")
     manifest = read_json(run / "manifest.json")
     recorded = manifest.get("inputs", {}).get("model", {})
     model_name = cfg.model or recorded.get("spec") or recorded.get("name")
     if not model_name:
         raise ConfigError(f"{run} does not record its model; pass --model")
     lm = load_model(model_name, device=cfg.device)
+    from reprlab.models import identity_mismatch
+
+    why = identity_mismatch(recorded, lm.identity())
+    if why and not cfg.allow_other_model:
+        raise ConfigError(f"the probe in {run} does not fit this model: {why}; pass "
+                          "--allow-other-model to apply it anyway")
     with tempfile.TemporaryDirectory() as tmp:
         store = capture(lm, texts, site, [position], Path(tmp) / "store", progress=False)
         probs = probe(store[site, position].clone())

@@ -223,6 +223,8 @@ def write_run(result: SweepResult, out: str | Path, *, inputs: dict[str, Any] | 
     results = result.to_dict()
     if extra is not None:
         results.update(extra(run))
+    lead = results.pop("headline", None)  # e.g. the causal result of --validate, first
+    summary = f"{lead} {summary}" if lead else summary
     results["summary"] = summary
     path = run.finish(results, title=title or "reprlab probe", summary=summary)
     logger.info("probe report: %s", path)

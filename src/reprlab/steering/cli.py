@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reprlab.cliutil import opt, plain, subcommand
-from reprlab.errors import ConfigError, DataError
+from reprlab.errors import ConfigError
 
 # names for --help, kept equal to steering.directions.METHODS (a test checks): building the
 # parser must not import torch
@@ -42,6 +43,23 @@ def _as_int(value: Any, flag: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{flag} needs an integer, got {value!r}") from None
+
+
+def _coeffs(spec: str) -> list[float]:
+    """Parsed coefficients, at most the stated limit (checked before a range is built)."""
+    from reprlab.limits import cap, range_count
+
+    n = range_count(spec)
+    if n is not None:
+        cap("coeffs", n, "--coeffs")
+    return [float(c) for c in cap_list(parse_coeffs(spec))]
+
+
+def cap_list(values: list[float]) -> list[float]:
+    from reprlab.limits import cap
+
+    cap("coeffs", len(values), "--coeffs")
+    return values
 
 
 def _check_common(op: str = "add", unit: str = "unit", scope: str = "all") -> None:
@@ -145,10 +163,33 @@ class GenerateCmd:
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
 
     def __post_init__(self) -> None:
-        parse_coeffs(self.coeffs)
+        from reprlab.limits import cap
+
+        _coeffs(self.coeffs)
         _check_common(self.op, self.unit, self.scope)
         if not self.prompt and not self.prompts_file:
             raise ConfigError("give --prompt or --prompts-file")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        cap("max_new_tokens", self.max_new_tokens, "--max-new-tokens")
+        if self.sample and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"--temperature must be a positive number with --sample, got "
+                              f"{self.temperature}; drop --sample for greedy decoding")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ConfigError(f"--top-p must lie in (0, 1], got {self.top_p}")
+
+
+def _check_prompt_lengths(lm: Any, prompts: list[str], max_new_tokens: int) -> None:
+    """Prompt plus new tokens must fit the model's positions."""
+    limit = lm.position_limit
+    if limit is None:
+        return
+    for i, text in enumerate(prompts):
+        n = len(lm.tokenizer(text)["input_ids"])
+        if n + max_new_tokens > limit:
+            raise ConfigError(f"prompt {i + 1} is {n} tokens; with --max-new-tokens "
+                              f"{max_new_tokens} that is more than the {limit} positions "
+                              f"{lm.name} takes: shorten the prompt or lower --max-new-tokens")
 
 
 def _load_vector(path: str) -> Any:
@@ -162,17 +203,17 @@ def _load_vector(path: str) -> Any:
 
 
 def run_generate(cfg: GenerateCmd) -> int:
-    from reprlab.io import atomic_write_text
+    from reprlab.io import atomic_write_text, read_lines
+    from reprlab.limits import cap
     from reprlab.steering.generate import generate
 
     prompts = [cfg.prompt] if cfg.prompt else []
     if cfg.prompts_file:
-        p = Path(cfg.prompts_file)
-        if not p.is_file():
-            raise DataError(f"prompts file {p} does not exist")
-        prompts += [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        prompts += read_lines(cfg.prompts_file, "prompts file")
+    cap("prompts", len(prompts), "--prompts-file")
     vec = _load_vector(cfg.vector)
     lm = _load_lm(cfg.model, cfg.dtype, cfg.device)
+    _check_prompt_lengths(lm, prompts, cfg.max_new_tokens)
     rows = generate(lm, vec, prompts, cfg.coeffs, sites=cfg.site or None, op=cfg.op,
                     unit=cfg.unit, scope=cfg.scope, preserve_norm=cfg.preserve_norm,
                     max_new_tokens=cfg.max_new_tokens, sample=cfg.sample,
@@ -209,7 +250,9 @@ class ValidateCmd:
                                          "effects (default: built-in sentences)")
     no_side_effects: bool = opt(False, help="skip loss/KL side-effect measurements")
     op: str = opt("add", help="add, ablate or set")
-    unit: str = opt("unit", help="unit or raw")
+    unit: str = opt("sd", help="coefficient unit: sd (standard deviations of the activations' "
+                               "projection on the direction at the site, measured on the texts), "
+                               "unit (x unit direction) or raw (x mean-diff norm)")
     scope: str = opt("all", help="all or from:N")
     preserve_norm: bool = opt(False, help="rescale edited tokens to their original norm")
     limit: int | None = opt(200, help="use at most N rows of --data / --pairs")
@@ -222,8 +265,8 @@ class ValidateCmd:
     no_progress: bool = opt(False, help="hide progress bars")
 
     def __post_init__(self) -> None:
-        parse_coeffs(self.coeffs)
-        _check_common(self.op, self.unit, self.scope)
+        _coeffs(self.coeffs)
+        _check_common(self.op, "unit" if self.unit == "sd" else self.unit, self.scope)
         if (self.vector is None) == (self.from_probe is None):
             raise ConfigError("give exactly one of --vector or --from-probe")
         self.limit = _as_int(self.limit, "--limit")
@@ -255,6 +298,17 @@ def _probe_data_spec(run_dir: str) -> str | None:
 
 
 
+def _probe_model(run_dir: str) -> dict:
+    """The model identity a probe run recorded (empty when it recorded none)."""
+    p = Path(run_dir) / "manifest.json"
+    try:
+        man = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    model = (man.get("inputs") or {}).get("model") if isinstance(man, dict) else None
+    return dict(model) if isinstance(model, dict) else {}
+
+
 def _next_site(readouts: dict, site: str) -> str:
     """The probed site after ``site``: read there, since a readout at the steered site itself
     moves linearly with the coefficient by construction."""
@@ -280,7 +334,8 @@ def run_validate(cfg: ValidateCmd) -> int:
             site = best_site(results, readouts)
         r = pick(readouts, site)
         vec = SteeringVector({site: r.unit}, {site: r.scale or 1.0}, method="probe",
-                             position=r.position, source=str(cfg.from_probe))
+                             position=r.position, source=str(cfg.from_probe),
+                             model=_probe_model(cfg.from_probe))
     else:
         vec = _load_vector(cfg.vector)
         site = cfg.site or (vec.sites[0] if len(vec) == 1 else None)
@@ -292,6 +347,7 @@ def run_validate(cfg: ValidateCmd) -> int:
     (site_obj,) = resolve_sites(lm, site)
     readout = None
     texts = None
+    data_info = None
     if readouts is not None:
         readout = pick(readouts, cfg.readout_site or _next_site(readouts, site_obj.name))
         spec = cfg.data or (_probe_data_spec(cfg.from_probe) if cfg.from_probe else None)
@@ -299,16 +355,17 @@ def run_validate(cfg: ValidateCmd) -> int:
             raise ConfigError("readout shift needs texts: pass --data (the probe's dataset)")
         ds = load_dataset(spec, kind="labeled", limit=cfg.limit)
         texts = ds.texts
+        data_info = {"name": spec, "hash": ds.hash(), "rows": len(texts)}
+        cfg.data = spec
     pairs = load_dataset(cfg.pairs, kind="pairs", limit=cfg.limit) if cfg.pairs else None
     neutral = None
     if cfg.neutral:
-        p = Path(cfg.neutral)
-        if not p.is_file():
-            raise DataError(f"neutral text file {p} does not exist")
-        neutral = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        from reprlab.io import read_lines
+
+        neutral = read_lines(cfg.neutral, "neutral text file")
     results = run_validation(
         lm, vec, site_obj.name, cfg.coeffs, cfg.out, config=vars(cfg).copy(),
-        inputs={"data": cfg.data, "pairs": cfg.pairs,
+        inputs={"data": data_info, "pairs": cfg.pairs,
                 "pairs_hash": pairs.hash() if pairs is not None else None},
         texts=texts, readout=readout, pairs=pairs, neutral=neutral,
         side_effects=not cfg.no_side_effects, op=cfg.op, unit=cfg.unit, scope=cfg.scope,
@@ -337,7 +394,10 @@ class ExportCmd:
     model_hint: str | None = opt(None, help="controlvector.model_hint (default: model_type)")
 
     def __post_init__(self) -> None:
+        from reprlab.io import require_finite
+
         _check_common(unit=self.unit)
+        require_finite(self.coeff, "--coeff")
 
 
 def run_export(cfg: ExportCmd) -> int:

@@ -52,6 +52,36 @@ def _summarise(per_coeff: Mapping[float, torch.Tensor], seed: int) -> dict[str, 
             "spearman": M.spearman(coeffs, means)}
 
 
+#: coefficient units: "unit" (× unit direction), "raw" (× the vector's raw scale), "sd" (× the
+#: standard deviation of the activations' projection on the direction at the site)
+COEFF_UNITS = ("unit", "raw", "sd")
+
+#: metric group -> heading on the report page
+GROUP_TITLES = {"readout": "probe readout", "answers": "answer probabilities",
+                "side_effects": "side effects on neutral text"}
+
+
+def projection_sd(lm: LoadedModel, vector: SteeringVector, site: str, texts: Sequence[str],
+                  batch_size: int = 16, position: str | None = None) -> float:
+    """Standard deviation over ``texts`` of the unsteered activations at ``site`` projected on
+    the vector's unit direction (pooled at ``position``, default the vector's): the natural
+    unit for steering coefficients, since one unit then moves the site as far as the data
+    spread along that direction."""
+    from reprlab.steering.fit import collect
+
+    pos = position or getattr(vector, "position", None) or "mean"
+    if pos in ("all", "mean:span"):
+        pos = "mean"
+    h = collect(lm, list(texts), [site], pos, batch_size, progress=False)[site].double()
+    u = vector.direction(site).double()
+    proj = h @ (u / u.norm())
+    sd = float(proj.std()) if len(proj) > 1 else 0.0
+    if not sd > 0:
+        raise DataError(f"the activations at {site} do not vary along the direction over "
+                        f"{len(texts)} texts; pass more texts or use --unit unit")
+    return sd
+
+
 def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
              texts: Sequence[str] | None = None, readout: Readout | None = None,
              pairs: Any = None, neutral: Sequence[str] | None = None,
@@ -67,9 +97,16 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
     - ``side_effects``: loss change and next-token KL on ``neutral`` texts (encoders: drift of
       the last block).
 
+    ``unit``: ``"unit"`` (coefficient × unit direction), ``"raw"`` (× the vector's raw scale) or
+    ``"sd"`` (× :func:`projection_sd` on ``texts`` or the neutral texts, so that a coefficient
+    of 1 moves the site by one standard deviation of the data along the direction and −8…8
+    spans the readout's curve instead of saturating it).
+
     With ``report`` (a :class:`~reprlab.report.RunDir`), adds plots and a table to it.
     """
     values = parse_coeffs(coeffs)
+    if unit not in COEFF_UNITS:
+        raise ConfigError(f"unknown unit {unit!r}; use one of {', '.join(COEFF_UNITS)}")
     if 0.0 not in values:
         logger.info("coefficient 0 (no steering) not in the sweep; shifts are against the "
                     "unsteered model anyway")
@@ -77,7 +114,19 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
     site = resolved.name
     vector.check_model(lm, strict=not allow_other_model)
     vector.direction(site)
-    kw = dict(op=op, unit=unit, scope=scope, preserve_norm=preserve_norm)
+    unit_sd = None
+    if unit == "sd":
+        unit_sd = projection_sd(lm, vector, site, list(texts or neutral or M.NEUTRAL_TEXTS),
+                                batch_size)
+    factor = unit_sd if unit_sd is not None else 1.0
+    applied = [float(c * factor) for c in values]
+
+    def by_coeff(per: Mapping[float, Any]) -> dict[float, Any]:
+        """Results keyed by the applied coefficients -> keyed by the requested ones."""
+        return {c: per[a] for c, a in zip(values, applied, strict=True)}
+
+    kw = dict(op=op, unit="unit" if unit == "sd" else unit, scope=scope,
+              preserve_norm=preserve_norm)
     metrics: dict[str, dict[str, Any]] = {}
     if readout is not None:
         if not texts:
@@ -89,8 +138,8 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
                               f"{site}; read at the same or a later layer")
         base = M.readout_shift(lm, vector, site, readout, texts, [0.0], batch_size, False,
                                op="add")[0.0]
-        scores = M.readout_shift(lm, vector, site, readout, texts, values, batch_size, progress,
-                                 **kw)
+        scores = by_coeff(M.readout_shift(lm, vector, site, readout, texts, applied, batch_size,
+                                          progress, **kw))
         metrics["readout_score"] = _summarise(scores, seed)
         metrics["readout_shift"] = _summarise({c: s - base for c, s in scores.items()}, seed)
         metrics["readout_prob"] = _summarise({c: torch.sigmoid(s) for c, s in scores.items()},
@@ -100,19 +149,21 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
         if not lm.is_causal:
             logger.info("answer metrics skipped: %s is not a causal LM", lm.name)
         else:
-            diff = M.answer_shift(lm, vector, site, pos, neg, values, batch_size, progress, **kw)
+            diff = by_coeff(M.answer_shift(lm, vector, site, pos, neg, applied, batch_size,
+                                           progress, **kw))
             metrics["answer_logit_diff"] = _summarise(diff, seed)
             metrics["answer_prob"] = _summarise({c: torch.sigmoid(d) for c, d in diff.items()},
                                                 seed)
     if side_effects:
-        fx = M.side_effects(lm, vector, site, list(neutral or M.NEUTRAL_TEXTS), values,
+        fx = M.side_effects(lm, vector, site, list(neutral or M.NEUTRAL_TEXTS), applied,
                             batch_size, progress, **kw)
         for name, per in fx.items():
-            metrics[name] = _summarise(per, seed)
+            metrics[name] = _summarise(by_coeff(per), seed)
     if not metrics:
         raise ConfigError("nothing to measure: give a readout with texts, contrast pairs, or "
                           "keep side effects on")
     results = {"site": site, "coeffs": values, "op": op, "unit": unit, "scope": scope,
+               "unit_sd": unit_sd, "applied_coeffs": applied, "n_texts": len(texts or []),
                "preserve_norm": preserve_norm, "scale": vector.scales[site],
                "readout_site": readout.site if readout is not None else None,
                "metrics": metrics, "ci": "95% percentile bootstrap over examples (2000 draws)"}
@@ -131,54 +182,140 @@ def rows_of(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def unit_label(results: Mapping[str, Any]) -> str:
+    """What one coefficient unit means, for axis labels and notes."""
+    from reprlab.report.fmt import num
+
+    unit = results.get("unit", "unit")
+    if unit == "sd" and results.get("unit_sd") is not None:
+        return (f"sd of the projection at {results['site']} (1 sd = "
+                f"{num(results['unit_sd'], 3)} along the unit direction)")
+    return {"unit": "× unit direction", "raw": "× raw vector norm"}.get(unit, unit)
+
+
+def causal_headline(results: Mapping[str, Any]) -> str:
+    """The page's top line: what steering did to the readout (or the answers), with its
+    interval and rank correlation, and the side effect at the largest coefficient."""
+    from reprlab.report.fmt import num
+
+    m = results["metrics"]
+    c = results["coeffs"]
+    unit = "sd" if results.get("unit") == "sd" else ""
+    main = next((k for k in ("readout_score", "answer_logit_diff") if k in m), None)
+    parts = []
+    if main is not None:
+        e = m[main]
+        what = (f"the probe readout at {results['readout_site']}" if main == "readout_score"
+                else "log p(positive) − log p(negative) of the answers")
+        rho = e["spearman"]
+        verdict = ("moves monotonically with the coefficient" if abs(rho) > 0.9 else
+                   "moves with the coefficient" if abs(rho) > 0.5 else
+                   "does not follow the coefficient")
+        parts.append(
+            f"Steering {results['site']} along the direction: {what} {verdict} (Spearman "
+            f"{rho:+.2f}), from {num(e['mean'][0], 3)} [{num(e['lo'][0], 3)}, "
+            f"{num(e['hi'][0], 3)}] at {c[0]:+g}{unit} to {num(e['mean'][-1], 3)} "
+            f"[{num(e['lo'][-1], 3)}, {num(e['hi'][-1], 3)}] at {c[-1]:+g}{unit}")
+        if "readout_prob" in m:
+            p = m["readout_prob"]["mean"]
+            parts[-1] += f"; P(positive) {num(p[0], 2)} → {num(p[-1], 2)}"
+    side = next((k for k in ("delta_loss", "final_drift") if k in m), None)
+    if side is not None:
+        e = m[side]
+        worst = max(range(len(c)), key=lambda i: abs(c[i]))
+        label = {"delta_loss": "loss on neutral text changes by",
+                 "final_drift": "final-block drift on neutral text is"}[side]
+        parts.append(f"side effect: {label} {num(e['mean'][worst], 3)} at {c[worst]:+g}{unit}")
+    n = results.get("n_texts")
+    tail = f" ({n} texts; 95% bootstrap intervals)." if n else "."
+    return "; ".join(parts) + tail if parts else summary_line(results)
+
+
 def add_to_report(run: RunDir, results: Mapping[str, Any], prefix: str = "") -> None:
-    """Dose–response plots (one PNG per metric group), a CSV and a summary table."""
+    """Dose–response plots (one PNG per metric group), a CSV and a summary table.
+
+    ``prefix`` names the files (``steer_dose_response_readout.png``) when the steering
+    section joins another workflow's page; headings are always plain words.
+    """
+    from reprlab.report.fmt import num
     from reprlab.report.plots import line_with_band, new_figure
 
     groups: dict[str, list[str]] = {}
     for name in results["metrics"]:
         groups.setdefault(METRIC_INFO.get(name, ("other", name))[0], []).append(name)
+    where = (f"steering {results['site']}, read at {results['readout_site']}"
+             if results.get("readout_site") else f"steering {results['site']}")
     for group, names in groups.items():
-        fig, axes = new_figure(4.2 * len(names), 3.4, ncols=len(names), squeeze=False)
+        fig, axes = new_figure(4.2 * len(names), 3.6, ncols=len(names), squeeze=False,
+                               layout="constrained")
         for ax, name in zip(axes[0], names, strict=True):
             m = results["metrics"][name]
             line_with_band(ax, m["coeffs"], m["mean"], m["lo"], m["hi"], label=name)
             ax.axvline(0, color="#888", lw=0.8, ls=":")
-            ax.set_xlabel(f"coefficient ({results['op']}, {results['unit']}) at {results['site']}")
+            ax.set_xlabel(f"coefficient ({results['op']}; "
+                          f"{'sd' if results['unit'] == 'sd' else results['unit']}) "
+                          f"at {results['site']}")
             ax.set_ylabel(METRIC_INFO.get(name, ("", name))[1])
-            ax.set_title(name)
+            ax.set_title(name.replace("_", " "))
+        title = GROUP_TITLES.get(group, group.replace("_", " "))
         run.figure(fig, f"{prefix}dose_response_{group}.png",
-                   caption=f"{group.replace('_', ' ')} vs. steering coefficient; bands: "
-                           f"{results['ci']}", title=f"{prefix}{group.replace('_', ' ')}")
+                   caption=f"{title[0].upper()}{title[1:]} vs. steering coefficient ({where}); "
+                           f"coefficient unit: {unit_label(results)}; bands: {results['ci']}.",
+                   title=f"Steering: {title}")
     rows = rows_of(results)
     run.write_csv(f"{prefix}dose_response.csv", rows)
-    summary = [{"metric": n, "at min coeff": m["mean"][0], "at max coeff": m["mean"][-1],
-                "spearman(coeff, mean)": m["spearman"], "n": m["n"]}
-               for n, m in results["metrics"].items()]
-    run.table(f"{prefix}steering at {results['site']}", summary,
-              note=f"coefficients {results['coeffs']}; {results['ci']}")
+    c = results["coeffs"]
+    def row(n: str, m: Mapping[str, Any]) -> dict[str, Any]:
+        scale = max(abs(v) for v in m["mean"])  # float noise at 0 prints as 0
+        return {"metric": n.replace("_", " "), f"at {c[0]:+g}": num(m["mean"][0], 3, scale),
+                "at 0": num(m["mean"][c.index(0.0)], 3, scale) if 0.0 in c else "–",
+                f"at {c[-1]:+g}": num(m["mean"][-1], 3, scale),
+                "spearman(coeff, mean)": f"{m['spearman']:+.2f}", "n": m["n"]}
+
+    summary = [row(n, m) for n, m in results["metrics"].items()]
+    n = results.get("n_texts")
+    sample = f" on {n} texts" if n else ""
+    total = results.get("n_texts_total")
+    if n and total and total > n:
+        sample = f" on a seeded sample of {n} of the {total} texts"
+    run.table(f"Steering at {results['site']}: dose–response", summary,
+              note=f"{where}{sample}; coefficients {', '.join(f'{v:g}' for v in c)} in units "
+                   f"of {unit_label(results)}; {results['ci']}.")
 
 
 def run_validation(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, out: str | Path,
                    *, config: Mapping[str, Any] | None = None,
                    inputs: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """:func:`validate` and write a run directory at ``out``; returns the results."""
+    """:func:`validate` and write a run directory at ``out``; returns the results.
+
+    ``inputs`` (e.g. ``{"data": {"name": spec, "hash": ..., "rows": n}}``) are recorded in the
+    manifest and shown under the page title; missing entries are left out, never ``None``.
+    """
     from reprlab.report import RunDir
 
+    given = {k: v for k, v in (inputs or {}).items() if v is not None}
+    source = f"{vector.method} direction" + (f" from {vector.source}" if vector.source else "")
     run = RunDir.create(out, workflow="steer-validate", config=dict(config or {}),
-                        inputs={"model": lm.identity(), "vector_method": vector.method,
-                                "vector_source": vector.source, **(inputs or {})},
+                        inputs={"model": lm.identity(), "vector": source, **given},
                         seed=kwargs.get("seed", 0))
     results = validate(lm, vector, site, coeffs, report=run, **kwargs)
+    run.inputs["steered site"] = results["site"]
+    if results.get("readout_site"):
+        run.inputs["readout site"] = results["readout_site"]
     run.finish(results, title=f"reprlab steering validation: {lm.name} at {results['site']}",
-               summary=summary_line(results))
+               summary=causal_headline(results),
+               extra_manifest={"data": given.get("data"), "pairs": given.get("pairs"),
+                               "steered_site": results["site"],
+                               "readout_site": results.get("readout_site")})
     return results
 
 
 def summary_line(results: Mapping[str, Any]) -> str:
+    from reprlab.report.fmt import num
+
     parts = []
     for name, m in results["metrics"].items():
-        parts.append(f"{name}: {m['mean'][0]:.3g} → {m['mean'][-1]:.3g} "
+        parts.append(f"{name}: {num(m['mean'][0], 3)} → {num(m['mean'][-1], 3)} "
                      f"(coeff {m['coeffs'][0]:g} → {m['coeffs'][-1]:g})")
     return "; ".join(parts)
 
@@ -234,22 +371,50 @@ def best_site(results: Mapping[str, Any], readouts: Mapping[str, Readout]) -> st
                       f"(one of {', '.join(list(readouts)[:8])})")
 
 
+def sample_texts(data: Any, n: int | None, seed: int = 0) -> tuple[list[str], int]:
+    """A seeded sample of ``n`` texts of ``data`` (texts or a labeled dataset; balanced over
+    labels when it has them), in their original order; ``n`` None/0 keeps all. Returns
+    ``(texts, total)``."""
+    texts = list(getattr(data, "texts", data) or [])
+    total = len(texts)
+    if not n or n >= total:
+        return texts, total
+    g = torch.Generator().manual_seed(seed)
+    labels = getattr(data, "labels", None)
+    if labels is not None and len(labels) == total:
+        lab = torch.as_tensor(list(labels))
+        classes = lab.unique()
+        picked = []
+        for k, c in enumerate(classes):
+            idx = (lab == c).nonzero().squeeze(1)
+            want = n // len(classes) + (1 if k < n % len(classes) else 0)
+            picked.append(idx[torch.randperm(len(idx), generator=g)[:want]])
+        chosen = torch.cat(picked)
+    else:
+        chosen = torch.randperm(total, generator=g)[:n]
+    return [texts[i] for i in chosen.sort().values.tolist()], total
+
+
 def validate_probe_run(probe_run: Any, lm: LoadedModel, data: Any, coeffs: Any = "-8:8:9", *,
                        site: str | None = None, readout_site: str | None = None,
-                       report: RunDir | None = None, **kwargs: Any) -> dict[str, Any]:
+                       report: RunDir | None = None, max_texts: int | None = 200,
+                       **kwargs: Any) -> dict[str, Any]:
     """Readout-shift validation of a probe direction (the probe workflow's ``--validate``).
 
     ``probe_run`` is a probe run directory, a sweep result exposing ``.probes`` (site ->
     probe) or such a mapping. The direction of the probe at ``site`` (default: the sweep's best
     layer) is added at that site with each coefficient; the probe at ``readout_site`` (default
-    the same site) scores ``data`` (a ``LabeledDataset`` or texts). With ``report`` the plots
-    and table are added to that run's report (file names prefixed ``steer_``).
+    the same site) scores ``data`` (a ``LabeledDataset`` or texts): a seeded sample of
+    ``max_texts`` of them (balanced over labels; None/0: all), since every text is run once per
+    coefficient. ``unit="sd"`` (what ``reprlab probe --validate`` uses) puts coefficients in
+    standard deviations of the projection at the site. With ``report`` the plots and table are
+    added to that run's report (file names prefixed ``steer_``).
     """
     readouts, results = _readouts_of(probe_run)
     site = site or best_site(results, readouts)
     r_steer = pick(readouts, site)
     r_read = pick(readouts, readout_site or site)
-    texts = list(getattr(data, "texts", data) or [])
+    texts, total = sample_texts(data, max_texts, kwargs.get("seed", 0))
     if not texts:
         raise DataError("validation needs the texts the probes were trained on; pass data")
     vector = SteeringVector({site: r_steer.unit}, {site: r_steer.scale or 1.0},
@@ -258,6 +423,7 @@ def validate_probe_run(probe_run: Any, lm: LoadedModel, data: Any, coeffs: Any =
     kwargs.setdefault("side_effects", True)
     out = validate(lm, vector, site, coeffs, texts=texts, readout=r_read, report=None,
                    **kwargs)
+    out["n_texts_total"] = total
     if report is not None:
         add_to_report(report, out, prefix="steer_")
     return out

@@ -14,12 +14,20 @@ from reprlab.errors import ConfigError
 from reprlab.probes.run import probe as probe_only
 from reprlab.probes.sweep import SweepResult, pick_linear
 
+# texts steered at every coefficient by default (each is run once per coefficient)
+DEFAULT_VALIDATE_ROWS = 200
+
 
 def probe(model: Any = "minilm", data: Any = "builtin:cities", *, validate: bool = False,
-          validate_coeffs: Any = "-8:8:9", **kwargs: Any) -> SweepResult:
+          validate_coeffs: Any = "-8:8:9", validate_rows: int | None = DEFAULT_VALIDATE_ROWS,
+          validate_unit: str = "sd", **kwargs: Any) -> SweepResult:
     """:func:`reprlab.probes.probe` (same arguments), and with ``validate=True`` steer along the
     best linear probe's direction at its site with ``validate_coeffs``, adding the readout
     shift (with side effects) to the report and to ``results.json["steering_validation"]``.
+
+    Validation runs on a seeded, label-balanced sample of ``validate_rows`` texts (None/0: all;
+    the report states the size); coefficients are in units of ``validate_unit`` ("sd": the
+    standard deviation of the activations' projection on the direction at the site).
     """
     if not validate:
         return probe_only(model, data, **kwargs)
@@ -34,7 +42,7 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *, validate: bool
 
     def steer_best(result: SweepResult, run: Any, lm: Any, loaded: dict[str, Any]
                    ) -> dict[str, Any]:
-        from reprlab.steering.validate import validate_probe_run
+        from reprlab.steering.validate import causal_headline, validate_probe_run
 
         # steer at the best linear site, read with the probe of the next probed site:
         # a readout at the steered site itself moves linearly by construction
@@ -44,8 +52,10 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *, validate: bool
         result.validation = validate_probe_run(
             result, lm, loaded["data"], validate_coeffs, site=best,
             readout_site=order[min(i + 1, len(order) - 1)], report=run,
-            batch_size=batch_size, seed=seed, progress=progress)
-        return {"steering_validation": result.validation}
+            batch_size=batch_size, seed=seed, progress=progress, max_texts=validate_rows,
+            unit=validate_unit)
+        return {"steering_validation": result.validation,
+                "headline": causal_headline(result.validation)}
 
     return probe_only(model, data, report_extra=steer_best, **kwargs)
 
@@ -59,10 +69,10 @@ def parse_coeffs(spec: Any) -> list[float]:
 
 def summary_line(validation: dict[str, Any]) -> str:
     """One line for the console: the readout shift along the best probe."""
-    from reprlab.steering.validate import summary_line as line
+    from reprlab.steering.validate import causal_headline
 
     return (f"steering along the best linear probe at {validation['site']}, read at "
-            f"{validation['readout_site']}: {line(validation)}")
+            f"{validation['readout_site']}: {causal_headline(validation)}")
 
 
 __all__ = ["parse_coeffs", "probe", "summary_line"]
