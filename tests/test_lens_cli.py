@@ -120,3 +120,17 @@ def test_bad_inputs_one_line_exit_2(tiny, tmp_path, capsys):
         out = argv[argv.index("--out") + 1] if "--out" in argv else None
         if out:
             assert not (tmp_path / out / "manifest.json").exists()
+
+
+def test_python_api_runs(tiny, tmp_path):
+    from reprlab.lenses import TunedLens, load_lens, talk_explain, talk_lens_run, tuned_lens_run
+
+    res = tuned_lens_run(tiny["model"], TEXTS, tmp_path / "tuned", steps=2, tokens_per_step=50,
+                         progress=False)
+    assert len(res["layers"]) == 3 and isinstance(load_lens(tmp_path / "tuned" / "lens"),
+                                                  TunedLens)
+    res = talk_lens_run(tiny["model"], TEXTS, tmp_path / "talk", site="layers.0", tokens=2,
+                        steps=2, eval_rows=2, best_of=1, progress=False)
+    assert len(res["history"]) == 2 and res["probe"]["text"].startswith("The Eiffel Tower")
+    rows = talk_explain(tmp_path / "talk", ["The old gate is in"], tuned=tmp_path / "tuned")
+    assert len(rows[0]["words"]) == 2 and "tuned_lens" in rows[0]

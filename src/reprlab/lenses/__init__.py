@@ -1,13 +1,48 @@
 """Lenses that read hidden states: the logit lens, the tuned lens and the talkative
 (consistency) lens that puts an activation into a few words and back.
 
+Every lens is a frozen artifact (``save`` / :func:`load_lens`, safetensors + JSON, ``.to``):
+
 >>> from reprlab.lenses import LogitLens, TunedLens, load_lens
 >>> lens = LogitLens.fit(lm)                      # lm: a LoadedModel of a causal LM
 >>> per_layer_logits, final = lens.all_logits(lm, lm.encode(["The Eiffel Tower is in"]))
+>>> tuned = TunedLens.fit(lm, texts, TunedTrainConfig(steps=100))
+
+Workflows that write run directories (what the CLI calls) live in :mod:`reprlab.lenses.run`:
+``tuned_lens_run``, ``tuned_lens_eval``, ``talk_lens_run``, ``talk_explain``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from reprlab.lenses.base import LENS_KINDS, Lens, load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.tuned import TunedLens
 
-__all__ = ["LENS_KINDS", "Lens", "LogitLens", "TunedLens", "load_lens"]
+_LAZY = {
+    "TalkativeLens": "reprlab.lenses.talk",
+    "TalkConfig": "reprlab.lenses.talk_train",
+    "train_talk": "reprlab.lenses.talk_train",
+    "TunedTrainConfig": "reprlab.lenses.tuned_train",
+    "train_tuned": "reprlab.lenses.tuned_train",
+    "evaluate_lenses": "reprlab.lenses.tuned_train",
+    "evaluate_talk": "reprlab.lenses.talk_eval",
+    "dump": "reprlab.lenses.talk_data",
+    "tuned_lens_run": "reprlab.lenses.run",
+    "tuned_lens_eval": "reprlab.lenses.run",
+    "talk_lens_run": "reprlab.lenses.run",
+    "talk_explain": "reprlab.lenses.run",
+}
+
+__all__ = ["LENS_KINDS", "Lens", "LogitLens", "TunedLens", "load_lens", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reprlab.lenses' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -23,6 +23,9 @@ FORMAT = "reprlab.lens/1"
 
 #: lens kind -> class (filled by ``@register``)
 LENS_KINDS: dict[str, type[Lens]] = {}
+#: lens kind -> module that registers it (imported by :func:`load_lens` on demand)
+KIND_MODULES = {"logit": "reprlab.lenses.logit", "tuned": "reprlab.lenses.tuned",
+                "talk": "reprlab.lenses.talk"}
 
 
 def register(cls: type[Lens]) -> type[Lens]:
@@ -100,7 +103,12 @@ def load_lens(path: str | os.PathLike, device: str | torch.device = "cpu",
         header = json.loads(js.read_text())
     except ValueError as exc:
         raise StoreError(f"{js} is not readable JSON ({exc}); train the lens again") from None
-    if header.get("format") != FORMAT or header.get("kind") not in LENS_KINDS:
+    kind = header.get("kind")
+    if kind in KIND_MODULES and kind not in LENS_KINDS:
+        import importlib
+
+        importlib.import_module(KIND_MODULES[kind])
+    if header.get("format") != FORMAT or kind not in LENS_KINDS:
         raise StoreError(f"{js} is not a reprlab lens (format {header.get('format')!r}, kind "
                          f"{header.get('kind')!r})")
     tensors = load_file(str(st), device=str(device))

@@ -33,6 +33,16 @@ def init_from_env(device: torch.device) -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
+def rank_device(device: str | None) -> str | None:
+    """``cuda`` -> ``cuda:<LOCAL_RANK>`` under torchrun (one GPU per process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device in ("cuda", "auto") \
+            and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()
@@ -60,10 +70,10 @@ def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
         offset += n
 
 
-def all_sum(value: float, world: World) -> float:
+def all_sum(value: float, world: World, device: torch.device | None = None) -> float:
     if world.size <= 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t)
 

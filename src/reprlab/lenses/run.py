@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +74,13 @@ def _split(texts: list[str], eval_frac: float, seed: int) -> tuple[list[str], li
 # -- tuned lens ----------------------------------------------------------------------------
 def tuned_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/tuned", *,
                    cfg: TunedTrainConfig | None = None, eval_frac: float = 0.1,
-                   limit: int | None = None, device: str = "cpu", progress: bool = True
-                   ) -> dict[str, Any]:
-    """Train a tuned lens, evaluate it against the logit lens, write a run directory."""
-    cfg = cfg or TunedTrainConfig()
+                   limit: int | None = None, device: str = "cpu", progress: bool = True,
+                   **overrides: Any) -> dict[str, Any]:
+    """Train a tuned lens, evaluate it against the logit lens, write a run directory.
+
+    ``overrides`` set :class:`TunedTrainConfig` fields (``steps=50, optimizer="adam"``).
+    """
+    cfg = replace(cfg or TunedTrainConfig(), **overrides)
     lm = as_loaded(model, device=device)
     texts, desc = load_texts(data, limit)
     train, held = _split(texts, eval_frac, cfg.seed)
@@ -165,14 +168,15 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
                   cfg: TalkConfig | None = None, store: str | Path | None = None,
                   position: str = "random", max_length: int = 64, limit: int | None = None,
                   best_of: int = 4, device: str = "cpu", progress: bool = True,
-                  tuned: str | Path | None = None) -> dict[str, Any] | None:
+                  tuned: str | Path | None = None, **overrides: Any) -> dict[str, Any] | None:
     """Dump activations (or reuse a dump), train, evaluate, write a run directory.
 
     Under ``torchrun`` every rank trains on its shard; rank 0 writes the run. Returns the
-    results on rank 0 and ``None`` elsewhere.
+    results on rank 0 and ``None`` elsewhere. ``overrides`` set :class:`TalkConfig` fields
+    (``site="layers.2", tokens=4, steps=300``).
     """
-    cfg = cfg or TalkConfig()
-    lm = as_loaded(model, device=device)
+    cfg = replace(cfg or TalkConfig(), **overrides)
+    lm = as_loaded(model, device=dd.rank_device(device))
     world = dd.init_from_env(lm.device)
     try:
         texts, desc = load_texts(data, limit)

@@ -225,7 +225,7 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
             opt.step()
             step += 1
             a = data.a[idx]
-            row = {"step": step, "loss": dd.all_sum(float(total.detach()), world) / world.size,
+            row = {"step": step, "loss": dd.all_sum(float(total.detach()), world, lm.device) / world.size,
                    "tau": tau, "fve_batch": float(fve(a_hat.detach().cpu(), a, data.mean))}
             row.update({f"loss_{n}": float(v.detach()) for n, v in values.items()})
             row.update({f"w_{n}": w for n, w in weights.items()})

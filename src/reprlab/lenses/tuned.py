@@ -42,6 +42,16 @@ class TunedLens(LogitLens):
     kind = "tuned"
 
     @classmethod
+    def fit(cls, lm: LoadedModel, texts: list[str] | None = None, cfg=None,
+            **kwargs) -> TunedLens:
+        """Train translators on ``texts`` (see :func:`tuned_train.train_tuned`)."""
+        from reprlab.lenses.tuned_train import train_tuned
+
+        if texts is None:
+            raise TypeError("TunedLens.fit(lm, texts, cfg) needs texts to train on")
+        return train_tuned(lm, texts, cfg, **kwargs)[0]
+
+    @classmethod
     def identity(cls, lm: LoadedModel) -> TunedLens:
         """The untrained lens (zero translators): equal to the logit lens."""
         names = layer_names(lm)
