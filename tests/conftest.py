@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +145,47 @@ def toy_mini(tmp_path_factory):
     """Built once per test session in a few seconds; ``toy_mini.home`` works as REPRLAB_HOME
     (then ``--model toy-mini`` / ``toy-mini-sft`` resolve to it)."""
     return ToyMini(tmp_path_factory.mktemp("reprlab-home"))
+
+
+def toy_env(home: Path) -> dict:
+    env = dict(os.environ, REPRLAB_HOME=str(home), HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
+               TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+@pytest.fixture(scope="session")
+def toy_full(tmp_path_factory):
+    """The full ``toy`` / ``toy-sft`` build (slow tests only; minutes): built in a fresh home,
+    SIGKILLed mid-training and built again, which must resume. Returns its ToyPaths with
+    ``.home`` (use as REPRLAB_HOME so ``--model toy`` resolves to it)."""
+    home = tmp_path_factory.mktemp("toy-full")
+    cmd = [sys.executable, "-m", "reprlab", "toy", "build", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=toy_env(home), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = home / "toy" / ".default.partial" / "state.safetensors"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and time.time() - state.stat().st_mtime < 30 \
+                and _state_step(state) >= 100:
+            break
+        time.sleep(2)
+    assert proc.poll() is None, "the build ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (home / "toy" / "default").exists()
+    done = subprocess.run(cmd, env=toy_env(home), capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming the toy build at base step" in done.stderr
+    from reprlab.toy.build import ToyPaths
+
+    return ToyPaths(home / "toy" / "default")
+
+
+def _state_step(path: Path) -> int:
+    from reprlab.trainstate import read_train_state
+
+    try:
+        got = read_train_state(path)
+    except Exception:  # being replaced at this moment
+        return 0
+    return 0 if got is None else int(got[1]["info"]["step"])

@@ -76,6 +76,11 @@ class ToyPaths:
     root: Path
 
     @property
+    def home(self) -> Path:
+        """The cache root this build lives in (``<home>/toy/<preset>``)."""
+        return self.root.parent.parent
+
+    @property
     def base(self) -> Path:
         return self.root / "base"
 
@@ -284,7 +289,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
             if resumed is not None and resumed["phase"] == phase:
                 info = load_train_state(state_path, model, opt, sched)
                 start = info["step"]
-                stats = info.get("stats", {})
+                stats.update(info.get("stats", {}))
                 logger.warning("resuming the toy build at %s step %d of %d", phase, start, steps)
                 resumed = None
                 bar.update(start)

@@ -7,7 +7,9 @@
 * **the patching example**: "The Eiffel Tower is in the city of" patched into "Buckingham
   Palace is in the city of" at ``layers.-2``, last position;
 * for the SFT model, **chat accuracy and well-formedness** of greedy answers to held-out
-  questions (an answer is well-formed when it is one short phrase ending in `` . <|end|>``).
+  questions (an answer is well-formed when it is one short phrase ending in `` .<|end|>``;
+  a sentence asked for in a mood is right when it is about the noun and every adjective has
+  that mood).
 """
 
 from __future__ import annotations
@@ -131,6 +133,19 @@ def chat_kind(question: str) -> str:
     return next((kind for prefix, kind in _KINDS if question.startswith(prefix)), "other")
 
 
+def sentiment_answer_ok(question: str, answer: str) -> bool:
+    """"Write a happy sentence about the food ." -> "the food was <positive> ..." with every
+    adjective (the word after "was") of the asked mood."""
+    from reprlab.toy.world import NEGATIVE, POSITIVE
+
+    noun = question.split()[-2]
+    words = answer.split()
+    adjectives = [b for a, b in zip(words, words[1:]) if a == "was"]
+    mood = POSITIVE if " happy " in question else NEGATIVE
+    return words[:3] == ["the", noun, "was"] and bool(adjectives) and all(
+        a in mood for a in adjectives)
+
+
 def chat_quality(model, tok, rows: Sequence[tuple[str, str, str]]) -> dict:
     """Accuracy and well-formedness of greedy answers to held-out questions, per kind."""
     held = [(q, a) for q, a, split in rows if split == "heldout"]
@@ -140,6 +155,8 @@ def chat_quality(model, tok, rows: Sequence[tuple[str, str, str]]) -> dict:
     by: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for (q, _), good, ans in zip(held, ok, answers):
         kind = chat_kind(q)
+        if kind == "sentiment":  # any sentence about the noun in the asked mood is right
+            good = sentiment_answer_ok(q, ans.replace(tok.eos_token, ""))
         formed = ans.endswith(" ." + tok.eos_token) and ans.count(tok.eos_token) == 1
         by[kind].append((good, formed))
         by["all"].append((good, formed))

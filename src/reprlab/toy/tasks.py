@@ -54,11 +54,10 @@ def chat_examples(world: World) -> list[tuple[str, str, str]]:
             out.append((f"Is it true that the city of {statement} ?",
                         _yes(it.meta["statement_true"]),
                         "train" if it.split == "train" else "heldout"))
-        elif it.task == "compare" and it.prompt.split()[1] == "is" and "larger" in it.prompt:
-            hi, lo = int(it.prompt.split()[0]), int(it.answer)
-            split = "train" if it.split == "train" else "heldout"
-            out.append((f"Is {hi} larger than {lo} ?", "yes .", split))
-            out.append((f"Is {lo} larger than {hi} ?", "no .", split))
+        elif it.task == "compare":
+            out.append((f"Is {it.meta['a']} larger than {it.meta['b']} ?",
+                        _yes(it.answer == "true"),
+                        "train" if it.split == "train" else "heldout"))
     rng = world._rng("sft-sentiment")
     for noun in NOUNS:
         split = "heldout" if noun in HELDOUT_NOUNS else "train"

