@@ -97,26 +97,14 @@ def run_patch(cfg: PatchConfig) -> int:
             "give --source and --target (or use `reprlab patch sweep`)")
     lm = _load(cfg.model, cfg)
     src_lm = _load(cfg.source_model, cfg) if cfg.source_model else None
-    run = RunDir.create(cfg.out, workflow="patch", config=cfg,
-                        inputs={"model": lm.identity(),
-                                "source_model": src_lm.identity() if src_lm else None})
+    from reprlab.sessions import patch_report as pr
+
+    run = RunDir.create(cfg.out, workflow="patch", config=cfg, inputs=pr.inputs(lm, src_lm))
     res = patch(lm, cfg.source, cfg.target, cfg.from_site, cfg.to_site, _pos(cfg.pos),
                 source_model=src_lm, k=cfg.k, backend=cfg.backend, remote=cfg.remote,
                 on_log=_say)
-    rows = []
-    for i in range(cfg.k):
-        row: dict = {"rank": i + 1}
-        for name in ("source", "target", "patched"):
-            top = res.get(f"{name}_top")
-            if top:
-                row[f"{name} token"] = top[i]["token"]
-                row[f"{name} p"] = round(top[i]["prob"], 4)
-        rows.append(row)
-    run.table("Top predictions: source, clean target, patched target", rows)
-    run.write_csv("topk.csv", rows)
-    run.finish(res, title="reprlab patch",
-               summary=f"{res['from']} of the source written into {res['to']} of the target "
-                       f"at position {res['pos']}")
+    rows = pr.write_patch(run, res, cfg.k)
+    print(pr.patch_headline(res))
     header = list(rows[0])
     print("\t".join(header))
     for r in rows:
@@ -138,29 +126,16 @@ def run_sweep(cfg: SweepConfig) -> int:
             raise ConfigError("--positions takes integers, e.g. -3,-2,-1") from None
     lm = _load(cfg.model, cfg)
     src_lm = _load(cfg.source_model, cfg) if cfg.source_model else None
+    from reprlab.sessions import patch_report as pr
+
     run = RunDir.create(cfg.out, workflow="patch-sweep", config=cfg,
-                        inputs={"model": lm.identity(),
-                                "source_model": src_lm.identity() if src_lm else None})
+                        inputs=pr.inputs(lm, src_lm))
     res = sweep(lm, cfg.source, cfg.target, cfg.sites, positions, cfg.metric, tokens,
                 source_model=src_lm, batch_size=cfg.batch_size, backend=cfg.backend,
                 remote=cfg.remote, on_log=_say)
-    run.figure(heatmap_figure(res), "heatmap.png",
-               caption=f"{cfg.metric} of the patched target minus the clean target "
-                       f"({res.target_clean:.4g}); source: {res.source_clean}")
-    rows = [{"site": s, "position": p, "token": t, "value": float(res.values[i, j]),
-             "effect": float(res.effect[i, j])}
-            for i, s in enumerate(res.sites)
-            for j, (p, t) in enumerate(zip(res.positions, res.tokens))]
-    run.write_csv("cells.csv", rows)
-    best = max(rows, key=lambda r: abs(r["effect"]))
-    run.table("Largest effect", [best])
-    results = res.to_json()
-    run.finish(results, title="reprlab patch sweep",
-               summary=f"{len(rows)} cells in {res.n_forwards} forwards "
-                       f"(one per cell would take {results['naive_forwards']})")
-    print(f"clean target {cfg.metric}: {res.target_clean:.6g}; source: {res.source_clean}")
-    print(f"largest effect {best['effect']:.6g} at {best['site']} position {best['position']} "
-          f"({best['token']})")
+    _, best, _ = pr.write_sweep(run, res, heatmap_figure(res), cfg.source, cfg.target)
+    for line in pr.console_sweep(res, best):
+        print(line)
     print(f"report: {run.path / 'report.html'}")
     return 0
 
