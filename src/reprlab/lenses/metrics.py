@@ -17,8 +17,14 @@ LN2 = math.log(2.0)
 def kl_logits(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """KL(P ‖ Q) in nats per row: ``[..., V], [..., V] -> [...]`` (P, Q = softmax of logits)."""
     logp = F.log_softmax(p_logits.float(), dim=-1)
+    return kl_from_logp(logp, logp.exp(), q_logits)
+
+
+def kl_from_logp(logp: torch.Tensor, p: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(P ‖ Q) with P given as log-probabilities and probabilities (computed once when one
+    P is compared with many Q): ``[..., V] x3 -> [...]``."""
     logq = F.log_softmax(q_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    return (p * (logp - logq)).sum(-1)
 
 
 def entropy_logits(logits: torch.Tensor) -> torch.Tensor:

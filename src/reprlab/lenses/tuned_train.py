@@ -15,7 +15,13 @@ from tqdm.auto import tqdm
 
 from reprlab.errors import ConfigError, DataError
 from reprlab.lenses.logit import LogitLens
-from reprlab.lenses.metrics import LN2, cross_entropy_logits, entropy_logits, kl_logits
+from reprlab.lenses.metrics import (
+    LN2,
+    cross_entropy_logits,
+    entropy_logits,
+    kl_from_logp,
+    kl_logits,
+)
 from reprlab.lenses.tuned import Translators, TunedLens
 from reprlab.lenses.unembed import forward_states, layer_names, unembed
 from reprlab.models import LoadedModel
@@ -73,12 +79,13 @@ def encode_batches(lm: LoadedModel, texts: list[str], batch_size: int,
 def tuned_loss(lm: LoadedModel, translators: Translators, states: list[torch.Tensor],
                final_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ over layers (but the last) of Σ over real tokens of KL(final ‖ lens), in nats."""
-    m = mask.to(final_logits.dtype)
-    total = final_logits.new_zeros(())
-    target = final_logits.detach()
+    logp = torch.log_softmax(final_logits.detach().float(), dim=-1)
+    p = logp.exp()
+    m = mask.to(logp.dtype)
+    total = logp.new_zeros(())
     for layer, h in enumerate(states[:-1]):
         lens_logits = unembed(lm, translators(h.detach(), layer))
-        total = total + (kl_logits(target, lens_logits) * m).sum()
+        total = total + (kl_from_logp(logp, p, lens_logits) * m).sum()
     return total
 
 
