@@ -242,6 +242,13 @@ def test_lazy_packages_keep_their_public_names():
     import reprlab.probes
 
     assert "sweep" in dir(reprlab.probes)
+    # the top level: reprlab.capture is the function's module made callable
+    import reprlab
+    import reprlab.capture as capture_module
+
+    assert callable(reprlab.capture) and reprlab.capture is capture_module
+    assert callable(capture_module.capture) and callable(capture_module._run_chunk)
+    assert reprlab.probe.__module__ == "reprlab.workflows.probe_validate"
     try:
         reprlab.probes.nothing_here  # noqa: B018
     except AttributeError as exc:

@@ -11,8 +11,7 @@ torch.Size([1500, 384])
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from reprlab._lazy import install
 
 __version__ = "0.1.0"
 
@@ -36,14 +35,6 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'reprlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+# ``capture`` is a function and a submodule: reprlab.capture(...) calls the function, also
+# after the submodule was imported
+install(__name__, _EXPORTS, callable_submodules=True)
