@@ -245,7 +245,7 @@ def load_eval_texts(spec: str, *, text_col: str = "text", limit: int | None = No
     if spec.startswith("builtin:"):
         from reprlab.data import load_dataset
 
-        texts = list(load_dataset(spec, limit=limit).texts)
+        texts = list(load_dataset(spec, limit=limit, require_classes=0).texts)
     elif spec.lower().endswith(".txt"):
         p = Path(spec).expanduser()
         if not p.is_file():

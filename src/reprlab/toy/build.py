@@ -252,6 +252,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
     from reprlab.trainstate import load_train_state, save_train_state
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     p = _preset(preset)
     world = World(WorldConfig(seed=seed))
     out.mkdir(parents=True, exist_ok=True)
