@@ -73,8 +73,8 @@ def test_cli_end_to_end_tiny(tiny_dir, tmp_path, capsys):
         assert (t["site"], t["position"], t["family"]) == (r["site"], r["position"], r["family"])
         for k in ("test_acc", "test_acc_lo", "control_acc", "selectivity", "test_auroc"):
             assert float(t[k]) == pytest.approx(r[k], rel=1e-5, abs=1e-6)
-        assert f"<td>{html.escape(format(r['test_acc'], '.4g'))}</td>" in page
-        assert f"<td>{format(r['test_acc_hi'], '.4g')}</td>" in page
+        assert f"<td>{html.escape(format(r['test_acc'], '.3f'))}</td>" in page
+        assert f"<td>{r['test_acc_lo']:.3f}–{r['test_acc_hi']:.3f}</td>" in page
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["inputs"]["data"]["hash"]
     assert manifest["inputs"]["model"]["spec"] == str(tiny_dir)

@@ -38,8 +38,9 @@ def console_table(result: SweepResult) -> str:
                          f"{rows[0]['majority_acc']:.3f})")
             head = f"  {'site':<14}{'test acc [95% CI]':<25}{'control':>9}{'select.':>9}{'cos(probe,diff)':>17}"
             evals = result.config.get("evals") or []
+            widths = {e: max(10, len(f"eval {e}") + 2) for e in evals}
             for e in evals:
-                head += f"{('eval ' + e)[:14]:>16}"
+                head += f"{'eval ' + e:>{widths[e]}}"
             lines.append(head)
             for r in rows:
                 mark = " *" if (r["site"], r["position"], r["family"]) == (
@@ -50,10 +51,11 @@ def console_table(result: SweepResult) -> str:
                 line = (f"  {r['site']:<14}{ci:<25}{_f(r['control_acc']):>9}"
                         f"{_f(r['selectivity'], '{:+.3f}'):>9}{_f(r['cos_probe_meandiff']):>17}")
                 for e in evals:
-                    line += f"{_f(r.get(f'eval_{e}_acc')):>16}"
+                    line += f"{_f(r.get(f'eval_{e}_acc')):>{widths[e]}}"
                 lines.append(line + mark)
-    lines.append(f"\nbest: {best['site']} / {best['position']} / {best['family']} "
-                 f"(test accuracy {best['test_acc']:.3f})")
+    lines.append(f"\n* best: {best['site']} / {best['position']} / {best['family']} "
+                 f"(test accuracy {best['test_acc']:.3f}; the linear probe with the highest "
+                 "test accuracy, whose direction --validate steers along)")
     return "\n".join(lines)
 
 
@@ -126,7 +128,10 @@ def plot_curves(result: SweepResult) -> Any | None:
             ax.set_xlabel("iteration" if key[2] == "logistic" else "epoch")
             ax.set_ylabel("log-loss" if metric == "loss" else "accuracy")
             ax.set_title(f"{key[2]} at {key[0]} / {key[1]}")
-        row[1].legend(fontsize=7)
+    # one legend under the panels: inside, it covers the control curves
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4,
+               fontsize=7.5, frameon=False)
     return fig
 
 
@@ -186,10 +191,15 @@ def write_run(result: SweepResult, out: str | Path, *, inputs: dict[str, Any] | 
     run = RunDir.create(out, workflow="probe", config={**result.config, **(config or {})},
                         inputs=inputs or {}, seed=result.config.get("seed"))
     best = result.best
-    table_rows = [{"site": r["site"], "position": r["position"], "family": r["family"],
-                   "test_acc": r["test_acc"], "ci_lo": r["test_acc_lo"], "ci_hi": r["test_acc_hi"],
-                   "auroc": r["test_auroc"], "control_acc": r["control_acc"],
-                   "selectivity": r["selectivity"], "cos_probe_meandiff": r["cos_probe_meandiff"]}
+    table_rows = [{"site": r["site"] + (" *" if (r["site"], r["position"], r["family"]) == (
+                       best["site"], best["position"], best["family"]) else ""),
+                   "position": r["position"], "family": r["family"],
+                   "test acc": _f(r["test_acc"]),
+                   "95% CI": (f"{r['test_acc_lo']:.3f}–{r['test_acc_hi']:.3f}"
+                              if r["test_acc_lo"] is not None else "–"),
+                   "AUROC": _f(r["test_auroc"]), "control acc": _f(r["control_acc"]),
+                   "selectivity": _f(r["selectivity"], "{:+.3f}"),
+                   "cos(probe, mean diff)": _f(r["cos_probe_meandiff"])}
                   for r in result.rows]
     ci = ""
     if best["row"]["test_acc_lo"] is not None:
@@ -204,9 +214,11 @@ def write_run(result: SweepResult, out: str | Path, *, inputs: dict[str, Any] | 
                caption=f"Test accuracy with 95% bootstrap intervals; dashed: {ctl} (same "
                        "family and budget); dotted: chance; star: best site.")
     run.table("Per-layer results", table_rows,
-              note="selectivity = test accuracy - control accuracy (Hewitt & Liang 2019); "
-                   "cosine between the probe's raw-space direction and the difference of class "
-                   "means.")
+              note="* best: the linear probe with the highest test accuracy (the one "
+                   "--validate steers along). selectivity = test accuracy − control accuracy "
+                   "(Hewitt & Liang 2019); cos(probe, mean diff): cosine between the probe's "
+                   "raw-space direction and the difference of class means. All numbers to "
+                   "three decimals; layers.csv has them in full.")
     fig = plot_curves(result)
     if fig is not None:
         run.figure(fig, "curves.png", title="Training curves",
