@@ -132,8 +132,57 @@ def test_bad_input_one_line(tmp_path):
         train(lm, ROWS, out=tmp_path / "d", method="innerdpo", transform="ether",
               transform_n_blocks=5, **FAST)
     with pytest.raises(ConfigError, match="needs the model to resolve"):
-        _ = build_method("innerdpo", MethodOptions(extra={"sites": "layers.0.5:-1"})).sites
+        build_method("innerdpo", MethodOptions(extra={"sites": "layers.0.5:-1"}))
+    from reprlab.prefs.repr import ReprMethod
+
+    bound = ReprMethod("innerdpo", MethodOptions(extra={"sites": "layers.0.5:-1"}), lm=lm)
+    assert bound.sites == ("layers.2",)
     with pytest.raises(ConfigError, match="does not apply to projgrad"):
         build_method("projgrad", MethodOptions(extra={"align": "pars_ratio"}))
     assert build_method("prefvec", MethodOptions(extra={"sites": "layers.1:3"})).sites == (
         "layers.1", "layers.2")
+
+
+@pytest.mark.slow
+def test_innerdpo_on_the_toy_sft_model_raises_in_domain_accuracy(toy_mini, tmp_path):
+    """A representation method lifts held-out (in-domain) preference accuracy above the base
+    row, as DPO does (tests/test_prefs_eval.py), with the same budget."""
+    from reprlab.models import load_model
+    from reprlab.prefs import evaluate
+
+    train(load_model(str(toy_mini.sft)), "builtin:toy-prefs", out=tmp_path / "inner",
+          method="innerdpo", sites="layers.0.5:-1", align="pars_ratio", steps=300,
+          batch_size=16, lr=3e-3, beta=0.1, lora_r=8, lora_targets=("all-linear",),
+          schedule="constant", ref_cache=str(tmp_path / "cache"), progress=False)
+    ev = evaluate(tmp_path / "inner", {"train": "builtin:toy-prefs",
+                                       "in-domain": "builtin:toy-prefs-in-domain"},
+                  generate=0, progress=False)
+    assert ev.accuracy("in-domain", "on") > ev.accuracy("in-domain", "off") + 0.05
+    assert not ev.incoherent
+
+
+def test_cli_train_with_method_options(tmp_path, capsys):
+    import json
+
+    from conftest import save_lm
+
+    from reprlab.cli import main
+
+    model = save_lm(chat_tiny(layers=3), tmp_path / "model")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    common = ["prefs", "train", "--model", str(model), "--data", str(data), "--steps", "2",
+              "--batch-size", "2", "--lora-r", "4", "--lora-targets", "q_proj,v_proj",
+              "--max-length", "64", "--ref-cache", str(tmp_path / "cache"), "--no-progress"]
+    rc = main(common + ["--method", "innerdpo", "--method-options",
+                        "sites=layers.1:3,align=pars-ratio,transform=ether,alpha=0.5",
+                        "--out", str(tmp_path / "run")])
+    assert rc == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "innerdpo" in json.dumps(res) and "layers.2" in json.dumps(res)
+    capsys.readouterr()
+    rc = main(common + ["--method", "innerdpo", "--method-options", "sites=layers.0.5:-1",
+                        "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs the model to resolve" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -83,7 +83,7 @@ class ReprMethod(Method):
 
     needs_reference = True
 
-    def __init__(self, loss: str, opts: MethodOptions) -> None:
+    def __init__(self, loss: str, opts: MethodOptions, lm: Any = None) -> None:
         self.name = loss
         if opts.aggregation not in AGGREGATIONS:
             raise ConfigError(f"unknown --aggregation {opts.aggregation!r}; use sum or mean")
@@ -111,6 +111,10 @@ class ReprMethod(Method):
         self._topt: torch.optim.Optimizer | None = None
         self._pending: dict[str, torch.Tensor] = {}
         self._unembed: torch.Tensor | None = None
+        if lm is not None:
+            self.bind(lm)
+        else:
+            _ = self.sites  # refuse a spec that needs the model now, before any work
 
     # ----------------------------------------------------------------------------- sites
     def bind(self, lm: Any) -> None:
