@@ -14,6 +14,7 @@ import pytest
 import reprlab.cli as cli
 from reprlab.cliutil import opt, subcommand
 from reprlab.sweeps import progress
+from reprlab.sweeps.study import info
 
 optuna = pytest.importorskip("optuna")
 
@@ -96,9 +97,9 @@ seed: 3
     assert sum(t.value for t in second) / 8 > sum(t.value for t in first) / 8
     # each value is what that trial's run directory recorded
     for t in trials:
-        res = json.loads((Path(t.user_attrs["run_dir"]) / "results.json").read_text())
+        res = json.loads((Path(info(t)["run_dir"]) / "results.json").read_text())
         assert res["nested"]["value"] == pytest.approx(t.value)
-        man = json.loads((Path(t.user_attrs["run_dir"]) / "manifest.json").read_text())
+        man = json.loads((Path(info(t)["run_dir"]) / "manifest.json").read_text())
         assert f"--x={t.params['x']!r}" in man["command_line"]
 
 
@@ -116,15 +117,15 @@ early_terminate: {type: median, warmup: 1, min_trials: 2}
                      "--no-report"]) == 0
     by_x = {t.params["x"]: t for t in _trials(out)}
     for x in (0.7, 0.6, 0.8):
-        assert by_x[x].state.name == "COMPLETE" and by_x[x].user_attrs["steps"] == 8
+        assert by_x[x].state.name == "COMPLETE" and info(by_x[x])["steps"] == 8
     for x in (-1.5, -2.0):
         t = by_x[x]
         assert t.state.name == "PRUNED"
-        steps = t.user_attrs["steps"]
+        steps = info(t)["steps"]
         assert 2 <= steps <= 3  # warmup 1: the first check is at step 1
-        lines = (Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        lines = (Path(info(t)["run_dir"]) / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == steps
-        assert not (Path(t.user_attrs["run_dir"]) / "manifest.json").exists()
+        assert not (Path(info(t)["run_dir"]) / "manifest.json").exists()
 
 
 def test_hyperband_and_metric_from_metrics_log(tmp_path, toy_cli):
@@ -270,3 +271,39 @@ parameters:
     trials = _trials(out)
     assert sorted(t.params["x"] for t in trials if t.state.name == "COMPLETE") == [0.1, 0.7]
     assert math.isclose(max(t.value for t in trials), -0.4, abs_tol=1e-12)  # x=0.7, y=0
+
+
+@pytest.mark.slow
+def test_wandb_offline_and_mlflow_sqlite_trackers(tmp_path, toy_cli, monkeypatch):
+    pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    secret = "wk-test-0f1e2d3c4b5a"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    spec = _write(tmp_path, """
+command: toyobj --steps 3
+method: grid
+metric: {name: score, goal: maximize}
+parameters:
+  x: {values: [0.2, 0.7]}
+""")
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", str(spec), "--out", str(out), "--workers", "1", "--no-progress",
+                     "--no-report", "--track", "wandb,mlflow"]) == 0
+    # MLflow: one run per trial in the sweep's sqlite store, with params, steps and the value
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert sorted(r.data.params["x"] for r in runs) == ["0.2", "0.7"]
+    client = mlflow.tracking.MlflowClient()
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        hist = client.get_metric_history(r.info.run_id, "score")
+        assert [m.step for m in hist if m.step > 0] == [1, 2]  # per step, then the final value
+    # W&B offline: one run directory per trial, inside that trial's run directory
+    for t in _trials(out):
+        assert list((Path(info(t)["run_dir"]) / "wandb").glob("offline-run-*"))
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert secret.encode() not in p.read_bytes(), p

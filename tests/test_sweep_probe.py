@@ -18,6 +18,7 @@ import pytest
 from conftest import save_tiny
 
 from reprlab.cli import main
+from reprlab.sweeps.study import info
 
 pytest.importorskip("optuna")
 
@@ -71,7 +72,7 @@ def test_grid_equals_the_grid_by_hand_and_shares_one_capture(tmp_path, inputs, m
     trials = [t for t in _study(out).get_trials() if t.state.name == "COMPLETE"]
     combos = sorted((t.params["l2"], t.params["probes"]) for t in trials)
     assert combos == sorted((a, b) for a in (0.0001, 30.0) for b in ("logistic", "mass-mean"))
-    assert [t.user_attrs["capture"] for t in sorted(trials, key=lambda t: t.number)] == \
+    assert [info(t)["capture"] for t in sorted(trials, key=lambda t: t.number)] == \
         ["built"] + ["reused"] * 3
     assert len([p for p in (out / "stores").iterdir() if p.is_dir()]) == 1
 
@@ -84,7 +85,7 @@ def test_grid_equals_the_grid_by_hand_and_shares_one_capture(tmp_path, inputs, m
                 f"--l2={t.params['l2']!r}", f"--probes={t.params['probes']}", "--out", str(run)]
         assert main(argv) == 0
         by_hand[t.number] = json.loads((run / "results.json").read_text())["best"]["test_acc"]
-        recorded = json.loads((Path(t.user_attrs["run_dir"]) / "results.json").read_text())
+        recorded = json.loads((Path(info(t)["run_dir"]) / "results.json").read_text())
         assert t.value == recorded["best"]["test_acc"] == pytest.approx(by_hand[t.number])
     values = {round(v, 6) for v in by_hand.values()}
     assert len(values) > 1  # the option matters on this data
@@ -134,14 +135,14 @@ def test_two_local_workers_share_one_store_build(tmp_path, inputs):
                  "--no-report"]) == 0
     trials = [t for t in _study(out).get_trials() if t.state.name == "COMPLETE"]
     assert len(trials) == 4
-    assert sorted(t.user_attrs["capture"] for t in trials) == ["built"] + ["reused"] * 3
-    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+    assert sorted(info(t)["capture"] for t in trials) == ["built"] + ["reused"] * 3
+    assert len({info(t)["pid"] for t in trials}) == 2  # both workers ran trials
     stores = [p for p in (out / "stores").iterdir() if p.is_dir()]
     assert len(stores) == 1
     built = (stores[0] / "train-data" / "manifest.json").stat().st_mtime
     for t in trials:
-        if t.user_attrs["capture"] == "reused":
-            assert t.datetime_start.timestamp() >= built - 1 or t.user_attrs["seconds"] > 0
+        if info(t)["capture"] == "reused":
+            assert t.datetime_start.timestamp() >= built - 1 or info(t)["seconds"] > 0
 
 
 @pytest.mark.slow
@@ -152,8 +153,8 @@ def test_submitit_local_runs_a_two_trial_sweep(tmp_path, inputs):
                  "--workers", "2", "--no-progress"]) == 0
     trials = [t for t in _study(out).get_trials() if t.state.name == "COMPLETE"]
     assert sorted(t.params["l2"] for t in trials) == [0.001, 10.0]
-    assert len({t.user_attrs["pid"] for t in trials}) == 2  # one job process per trial
-    assert all(t.user_attrs["pid"] != os.getpid() for t in trials)
+    assert len({info(t)["pid"] for t in trials}) == 2  # one job process per trial
+    assert all(info(t)["pid"] != os.getpid() for t in trials)
 
 
 @pytest.mark.slow
@@ -171,5 +172,5 @@ def test_ray_tune_runs_a_two_trial_sweep(tmp_path, inputs, monkeypatch):
                  "--no-progress"]) == 0
     trials = [t for t in _study(out).get_trials() if t.state.name == "COMPLETE"]
     assert sorted(t.params["l2"] for t in trials) == [0.001, 10.0]
-    assert all(t.user_attrs["pid"] != os.getpid() for t in trials)
+    assert all(info(t)["pid"] != os.getpid() for t in trials)
     shutil.rmtree(short, ignore_errors=True)

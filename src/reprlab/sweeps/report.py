@@ -11,6 +11,7 @@ from typing import Any
 
 from reprlab.errors import ConfigError
 from reprlab.sweeps.spec import SweepSpec
+from reprlab.sweeps.study import info
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,10 @@ def trial_rows(study: Any, spec: SweepSpec) -> list[dict[str, Any]]:
             continue
         row = {"trial": t.number, "state": t.state.name.lower(), spec.metric: t.value}
         row.update({p.name: t.params.get(p.name) for p in spec.searched})
-        row["steps"] = t.user_attrs.get("steps")
-        row["seconds"] = t.user_attrs.get("seconds")
-        row["capture"] = t.user_attrs.get("capture", "")
-        row["run_dir"] = t.user_attrs.get("run_dir", "")
+        row["steps"] = info(t).get("steps")
+        row["seconds"] = info(t).get("seconds")
+        row["capture"] = info(t).get("capture", "")
+        row["run_dir"] = info(t).get("run_dir", "")
         rows.append(row)
     return rows
 
@@ -55,7 +56,7 @@ def best_trial(study: Any) -> Any | None:
 
 
 def command_line(t: Any) -> str:
-    return "reprlab " + " ".join(shlex.quote(a) for a in t.user_attrs.get("argv", []))
+    return "reprlab " + " ".join(shlex.quote(a) for a in info(t).get("argv", []))
 
 
 def status(sweep_dir: str | Path) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def status(sweep_dir: str | Path) -> dict[str, Any]:
     if best is not None:
         out["best"] = {"trial": best.number, "value": best.value, "params": dict(best.params),
                        "command": command_line(best),
-                       "run_dir": best.user_attrs.get("run_dir", "")}
+                       "run_dir": info(best).get("run_dir", "")}
     return out
 
 

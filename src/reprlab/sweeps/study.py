@@ -166,7 +166,8 @@ def requeue_stale(study: Any, sweep_dir: Path) -> int:
     host = socket.gethostname()
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != host or _alive(int(t.user_attrs.get("pid", -1))):
+        w = info(t)
+        if w.get("host") != host or _alive(int(w.get("pid", -1))):
             continue
         if not _salvage(study, t, sweep_dir):
             requeue_trial(study, t, sweep_dir)
@@ -247,9 +248,16 @@ def claim(study: Any, spec: SweepSpec, sweep_dir: Path) -> Any | None:
             return None
         trial = study.ask()
         suggest(trial, spec)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         return trial
+
+
+def info(t: Any) -> dict[str, Any]:
+    """A trial's bookkeeping in one dict: worker (host, pid) and run (argv, run_dir, seconds,
+    cpu_seconds, steps, capture, message), kept as two user attributes so that a trial costs
+    few database writes."""
+    attrs = dict(t.user_attrs)
+    return {**attrs, **attrs.get("worker", {}), **attrs.get("run", {})}
 
 
 def suggest(trial: Any, spec: SweepSpec) -> dict[str, Any]:
@@ -264,5 +272,5 @@ def _suggest_one(trial: Any, p: Param) -> Any:
     return trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
 
 
-__all__ = ["claim", "enqueue_grid", "init_sweep_dir", "open_study", "read_meta",
+__all__ = ["claim", "enqueue_grid", "info", "init_sweep_dir", "open_study", "read_meta",
            "requeue_stale", "requeue_trial"]

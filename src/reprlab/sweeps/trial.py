@@ -180,6 +180,8 @@ def run_trial(trial: Any, spec: SweepSpec, argv: list[str], run_dir: Path,
             except Exception:  # noqa: BLE001 - a crashing trial fails, the sweep goes on
                 traceback.print_exc()
                 rc = 1
+        if rc == 130:  # Ctrl-C inside the trial: stop the sweep, the trial runs again later
+            raise KeyboardInterrupt
         if rc is not None:
             if rc == 0:
                 value = objective(run_dir, spec.metric)

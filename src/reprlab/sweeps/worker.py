@@ -54,14 +54,16 @@ def run_one(ctx: Context, trial: Any) -> Any:
 
     run_dir = ctx.sweep_dir / "trials" / f"{trial.number:04d}"
     argv = trial_argv(ctx.spec, ctx.parser, dict(trial.params), str(run_dir))
-    trial.set_user_attr("argv", argv)
-    trial.set_user_attr("run_dir", str(run_dir))
-    out = run_trial(trial, ctx.spec, argv, run_dir, ctx.sweep_dir, ctx.trackers,
-                    ctx.share_key(argv))
-    for k, v in out.info.items():
-        trial.set_user_attr(k, v)
-    if out.message:
-        trial.set_user_attr("message", out.message)
+    try:
+        out = run_trial(trial, ctx.spec, argv, run_dir, ctx.sweep_dir, ctx.trackers,
+                        ctx.share_key(argv))
+    except KeyboardInterrupt:
+        from reprlab.sweeps.study import requeue_trial
+
+        requeue_trial(ctx.study, trial, ctx.sweep_dir)
+        raise
+    trial.set_user_attr("run", {"argv": argv, "run_dir": str(run_dir), **out.info,
+                                **({"message": out.message} if out.message else {})})
     if out.state == "complete":
         ctx.study.tell(trial, out.value)
     elif out.state == "pruned":
