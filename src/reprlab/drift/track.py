@@ -175,6 +175,10 @@ def load_texts(spec: str, *, text_col: str = "text", template: str | None = None
     """
     from reprlab.data import readers
 
+    if spec.startswith("builtin:") and template is None:
+        from reprlab.data import load_dataset
+
+        return list(load_dataset(spec, limit=limit, require_classes=0).texts)
     if spec.startswith("hf:"):
         records, columns = readers.read_hf(spec, limit=limit, **hf_kwargs)
     else:
