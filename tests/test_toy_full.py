@@ -38,6 +38,10 @@ def test_quality_bars(toy_full):
     assert len(m["checkpoint_steps"]) >= 5
 
 
+#: the README sections whose toy examples this file runs (lenses and prefs test their own)
+_OURS = ("reprlab toy", "reprlab steer", "reprlab patch", "reprlab drift", "reprlab probe")
+
+
 def _readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     cmds = []
@@ -45,7 +49,7 @@ def _readme_commands() -> list[str]:
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split("  #")[0].strip()
-            if line.startswith("reprlab ") and re.search(r"--model toy|reprlab toy path", line):
+            if line.startswith(_OURS) and re.search(r"--model toy|reprlab toy path", line):
                 cmds.append(line)
     return cmds
 

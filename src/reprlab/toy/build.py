@@ -256,7 +256,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
     p = _preset(preset)
     world = World(WorldConfig(seed=seed))
     out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     with num_threads(p.threads):
         tok = build_tokenizer(world.all_texts())
         model = _make_model(p, tok, seed)
@@ -335,7 +335,8 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
         "provenance": __import__("reprlab.toy.world", fromlist=["PROVENANCE"]).PROVENANCE,
         "checkpoint_steps": ckpt_steps, "train": stats,
         "build_seconds": round(time.perf_counter() - t_start, 1),
-        "train_seconds": round(train_s, 1), "quality": qual,
+        "train_seconds": round(train_s, 1),
+        "cpu_seconds": round(time.process_time() - c_start, 1), "quality": qual,
     }
     state_path.unlink(missing_ok=True)
     files = {}

@@ -14,8 +14,8 @@ def summary_lines(m: dict, root: Path | str) -> list[str]:
         f"toy model '{m['preset']}': Llama, {m['n_parameters'] / 1e6:.2f}M parameters, "
         f"{cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocabulary "
         f"{m['vocab_size']}",
-        f"built in {m['build_seconds']:.0f} s (seed {m['seed']}, corpus {m['world_hash']}) "
-        f"in {root}",
+        f"built in {m['build_seconds']:.0f} s ({m.get('cpu_seconds', 0):.0f} s of CPU; seed "
+        f"{m['seed']}, corpus {m['world_hash']}) in {root}",
         "base model (greedy continuation equals the known answer):",
         f"  {'training facts':<28}{base['train_fact_accuracy']:.3f}  "
         f"(n={base['facts']['train']['n']})",
