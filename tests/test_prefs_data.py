@@ -169,3 +169,8 @@ def test_bad_input_is_one_clear_line(case, models, tmp_path, capsys):
         assert not (out / "manifest.json").exists()
     else:  # the earlier finished run is untouched
         assert (out / "results.json").read_text() == before
+
+
+def test_contrast_pairs_read_as_preferences():
+    ds = load_preferences("builtin:pairs-sentiment", limit=5)
+    assert len(ds) == 5 and ds.prompt == [""] * 5 and ds.chosen[0] != ds.rejected[0]

@@ -83,6 +83,15 @@ def test_compare_trains_missing_seeds_and_never_crowns_an_incoherent_run(runs, c
         assert (out / name).exists()
 
 
+def test_named_shift_of_a_split(runs, tmp_path):
+    from reprlab.prefs import evaluate
+
+    ev = evaluate(runs / "dpo", {"difficulty/hard-sums": "builtin:toy-prefs-harder"}, limit=8,
+                  generate=0, out=tmp_path / "ev", progress=False)
+    assert {(r["split"], r["shift"]) for r in ev.rows} == {("hard-sums", "difficulty")}
+    assert (tmp_path / "ev" / "manifest.json").exists()
+
+
 def test_eval_refuses_another_base_model(runs, tmp_path):
     from conftest import save_lm
     from prefs_helpers import chat_tiny

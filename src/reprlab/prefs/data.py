@@ -1,6 +1,7 @@
 """Preference triples from every source we read, including conversational (chat) shapes.
 
-Sources: ``builtin:NAME``, a :class:`~reprlab.data.PreferenceTriples`, in-memory rows, files
+Sources: ``builtin:NAME``, a :class:`~reprlab.data.PreferenceTriples` (or contrast pairs, read
+as an empty prompt with the positive text chosen), in-memory rows, files
 (csv/json/jsonl/parquet) and ``hf:NAME[:CONFIG][@SPLIT]``. Two row shapes are understood:
 
 - plain columns ``prompt`` / ``chosen`` / ``rejected`` holding texts (GENIES-style sets);
@@ -18,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reprlab.data import PreferenceTriples
+from reprlab.data import ContrastPairs, PreferenceTriples
 from reprlab.errors import DataError
 
 
@@ -69,10 +70,19 @@ def load_preferences(spec: Any, *, limit: int | None = None, prompt_col: str = "
     from reprlab.data import load_dataset, readers
     from reprlab.data.loaders import build_preferences
 
+    if isinstance(spec, str) and spec.startswith("builtin:"):
+        from reprlab.data.builtins import BUILTINS
+
+        kind = BUILTINS[spec[8:]].kind if spec[8:] in BUILTINS else "preferences"
+        spec = load_dataset(spec, kind="pairs" if kind == "pairs" else "preferences",
+                            limit=limit)
+    if isinstance(spec, ContrastPairs):
+        spec = PreferenceTriples([""] * len(spec), list(spec.positive), list(spec.negative),
+                                 list(spec.ids), name=spec.name,
+                                 provenance=spec.provenance + " (contrast pairs as preferences: "
+                                 "empty prompt, positive chosen)")
     if isinstance(spec, PreferenceTriples):
         ds = spec if limit is None else spec.subset(range(min(limit, len(spec))))
-    elif isinstance(spec, str) and spec.startswith("builtin:"):
-        ds = load_dataset(spec, kind="preferences", limit=limit)
     else:
         if isinstance(spec, str) and spec.startswith("hf:"):
             records, columns = readers.read_hf(spec, limit=limit, **hf_kwargs)

@@ -111,6 +111,9 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
              progress: bool = True) -> EvalResult:
     """Evaluate the adapter of a finished ``prefs train`` run on ``splits`` (name -> data).
 
+    A split named ``"shift/name"`` is grouped under that shift (e.g. ``"cross-domain/math"``
+    for a GENIES-style set); plain names use :data:`CATEGORIES` or themselves.
+
     Writes a run directory (default ``RUN/eval``) with ``results.json``, ``shifts.csv``,
     ``shifts.png``, per-row correctness (``rows.safetensors``) and ``report.html``.
     """
@@ -124,8 +127,13 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
     cfg = results["config"]
     splits = splits or default_splits(cfg["data"])
     beta = float(results["method"].get("beta", cfg.get("beta", 0.1)))
+    from tqdm.auto import tqdm
+
     rows, per_row, ratios, gen = [], {}, {}, {"on": [], "off": []}
-    for name, spec in splits.items():
+    for key_name, spec in tqdm(list(splits.items()), desc="prefs eval", unit="split",
+                               disable=not progress):
+        shift, _, name = key_name.rpartition("/")
+        shift = shift or CATEGORIES.get(name, name)
         data = load_preferences(spec, limit=limit)
         tokens = tokenize_prefs(lm.tokenizer, data, max_length=cfg["max_length"],
                                 max_prompt_length=cfg.get("max_prompt_length"),
@@ -142,7 +150,7 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
                 per_row[f"{name}|on|reward"] = (margin > 0).to(torch.int8)
             per_row[f"{name}|{adapter}|pref"] = pref.to(torch.int8)
             nll = -s[f"c_{adapter}"].sum() / s["n_c"].sum()
-            rows.append({"split": name, "shift": CATEGORIES.get(name, name), "adapter": adapter,
+            rows.append({"split": name, "shift": shift, "adapter": adapter,
                          "n": len(tokens), "pref_acc": float(pref.float().mean()),
                          "reward_acc": reward, "ppl_chosen": float(torch.exp(nll)),
                          "ppl_ratio": ratios[name] if adapter == "on" else 1.0,

@@ -288,12 +288,16 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
     try:
         for step in range(start, run.total):
             rec = run.step(step)
+            if not math.isfinite(rec["loss"]):
+                logger.warning("step %d: the loss is %s; the run is diverging (lower --lr)",
+                               rec["step"], rec["loss"])
             log.append(rec)
             with open(out / LOG, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}",
-                            acc=f"{rec.get('rewards/accuracies', float('nan')):.2f}")
+                            acc=f"{rec.get('rewards/accuracies', float('nan')):.2f}",
+                            tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
             if (step + 1) % cfg.save_every == 0 or step + 1 == run.total:
                 run.save(step + 1)
             if on_step is not None:
