@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ class ToyObjective:
     y: int = opt(0, help="y")
     kind: str = opt("a", help="a or b")
     steps: int = opt(5, help="steps")
+    log_only: float = opt(0.0, help="write train_log.jsonl (sleeping this long per step) "
+                          "instead of calling progress.report")
     out: str = opt("runs/toy", help="run directory")
 
 
@@ -41,7 +44,13 @@ def _run_toy(cfg: ToyObjective) -> int:
     run = RunDir.create(cfg.out, "toy-objective", config=cfg)
     final = _toy_value(cfg)
     for step in range(cfg.steps):
-        progress.report(step, score=final - (cfg.steps - 1 - step) * 0.01, loss=-final)
+        score = final - (cfg.steps - 1 - step) * 0.01
+        if cfg.log_only:
+            with open(Path(cfg.out) / "train_log.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": step, "score": score}) + "\n")
+            time.sleep(cfg.log_only)
+        else:
+            progress.report(step, score=score, loss=-final)
     run.finish({"score": final, "nested": {"value": final}})
     return 0
 
@@ -126,6 +135,28 @@ early_terminate: {type: median, warmup: 1, min_trials: 2}
         lines = (Path(info(t)["run_dir"]) / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == steps
         assert not (Path(info(t)["run_dir"]) / "manifest.json").exists()
+
+
+def test_pruning_from_a_workflows_own_step_log(tmp_path, toy_cli):
+    # like `prefs train`, which writes train_log.jsonl and does not call progress.report
+    spec = _write(tmp_path, """
+command: toyobj --steps 12 --log-only 0.1
+method: grid
+metric: {name: score, goal: maximize}
+parameters:
+  x: {values: [0.6, 0.8, 0.7, -2.0]}
+early_terminate: {type: median, warmup: 1, min_trials: 2}
+""")
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", str(spec), "--out", str(out), "--workers", "1", "--no-progress",
+                     "--no-report"]) == 0
+    by_x = {t.params["x"]: t for t in _trials(out)}
+    assert [by_x[x].state.name for x in (0.6, 0.8, 0.7)] == ["COMPLETE"] * 3
+    bad = by_x[-2.0]
+    assert bad.state.name == "PRUNED"
+    written = (Path(info(bad)["run_dir"]) / "train_log.jsonl").read_text().splitlines()
+    assert 2 <= len(written) <= 6  # stopped a few polls after step 1, long before 12
+    assert not (Path(info(bad)["run_dir"]) / "manifest.json").exists()
 
 
 def test_hyperband_and_metric_from_metrics_log(tmp_path, toy_cli):

@@ -24,6 +24,7 @@ from typing import Any
 from reprlab.errors import ConfigError
 from reprlab.sweeps import progress
 from reprlab.sweeps.spec import SweepSpec
+from reprlab.sweeps.watch import LogWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -166,20 +167,15 @@ def run_trial(trial: Any, spec: SweepSpec, argv: list[str], run_dir: Path,
     out = Outcome("fail")
     share = (shared_stores(run_dir, sweep_dir, share_key) if share_key
              else contextlib.nullcontext({}))
+    watcher = LogWatcher(run_dir, pruner) if pruner.enabled else contextlib.nullcontext()
     try:
-        with share as shared, _captured_output(run_dir / "log.txt", argv), \
-                progress.listening(*sinks):
-            info.update(shared or {})
-            try:
-                rc = main(argv)
-            except progress.TrialPruned as exc:
-                out = Outcome("pruned", exc.value, f"pruned at step {exc.step}")
-                rc = None
-            except SystemExit as exc:  # argparse
-                rc = exc.code if isinstance(exc.code, int) else 2
-            except Exception:  # noqa: BLE001 - a crashing trial fails, the sweep goes on
-                traceback.print_exc()
-                rc = 1
+        rc = _run(main, argv, run_dir, share, sinks, watcher, info)
+        if isinstance(rc, Outcome):
+            out, rc = rc, None
+        cut = getattr(watcher, "pruned", None)
+        if rc == 130 and cut is not None:  # stopped by the pruner through the step log
+            out = Outcome("pruned", cut.value, f"pruned at step {cut.step}")
+            rc = None
         if rc == 130:  # Ctrl-C inside the trial: stop the sweep, the trial runs again later
             raise KeyboardInterrupt
         if rc is not None:
@@ -197,6 +193,29 @@ def run_trial(trial: Any, spec: SweepSpec, argv: list[str], run_dir: Path,
     for t in trackers:
         t.finish(out.state, out.value, spec.metric)
     return out
+
+
+def _run(main: Any, argv: list[str], run_dir: Path, share: Any, sinks: list, watcher: Any,
+         info: dict) -> int | Outcome:
+    """``main(argv)`` with the output captured and the sinks attached: its exit code, or the
+    :class:`Outcome` of a trial pruned from inside."""
+    try:
+        with share as shared, _captured_output(run_dir / "log.txt", argv), \
+                progress.listening(*sinks), watcher:
+            info.update(shared or {})
+            try:
+                return main(argv)
+            except progress.TrialPruned as exc:
+                return Outcome("pruned", exc.value, f"pruned at step {exc.step}")
+            except KeyboardInterrupt:
+                return 130
+            except SystemExit as exc:  # argparse
+                return exc.code if isinstance(exc.code, int) else 2
+            except Exception:  # noqa: BLE001 - a crashing trial fails, the sweep goes on
+                traceback.print_exc()
+                return 1
+    except KeyboardInterrupt:  # delivered while leaving the block
+        return 130
 
 
 def _last_error(log: Path) -> str:
