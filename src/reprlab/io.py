@@ -149,6 +149,43 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+def read_lines(path: str | Path, what: str = "text file") -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 text file; one clear line when it is missing, a
+    directory, unreadable or not text."""
+    from reprlab.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} {p} does not exist" + (" (it is a directory)" if p.is_dir()
+                                                         else "") + "; check the path")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {p} ({exc.strerror or exc})") from None
+    if b"\x00" in raw[:1 << 16]:
+        raise DataError(f"{what} {p} is a binary file, not text: give a UTF-8 text file with "
+                        "one text per line")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                        "with one text per line") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"{what} {p} has no non-empty line")
+    return lines
+
+
+def require_finite(value: float, name: str) -> float:
+    """``value`` as a float; :class:`ConfigError` when it is NaN or infinite."""
+    from reprlab.errors import ConfigError
+
+    f = float(value)
+    if not math.isfinite(f):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    return f
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     import hashlib
 

@@ -181,6 +181,19 @@ def position_limit(model: nn.Module) -> int | None:
     return None
 
 
+def identity_mismatch(recorded: dict | None, current: dict) -> str | None:
+    """Why ``current`` (a :meth:`LoadedModel.identity`) is not the model ``recorded``; ``None``
+    when they agree on everything both record."""
+    if not recorded:
+        return None
+    for key in ("config_hash", "weights_fingerprint", "hidden_size", "n_layers"):
+        mine, theirs = recorded.get(key), current.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            return (f"it was made with {recorded.get('name', '?')} but the model is "
+                    f"{current.get('name', '?')} ({key} {mine} vs {theirs})")
+    return None
+
+
 def _fingerprint(model: nn.Module) -> str:
     """Cheap fingerprint of the weights: hash of a slice of the first and last parameters."""
     params = [p for p in model.parameters()]
@@ -365,6 +378,10 @@ def load_model(name: str | None = None, *, dtype: str | torch.dtype | None = "fl
             raise ModelError(
                 f"model {name!r} needs custom code; pass --trust-remote-code if you trust it"
             ) from None
+        if local:
+            raise ModelError(
+                f"model directory {path} has no readable config.json ({first}); save the "
+                "model again (save_pretrained) or fix the file") from None
         raise ModelError(
             f"model {name!r} is not available locally and could not be fetched ({first}); "
             "pass a local directory, download it first, or use the bundled 'minilm'") from None
@@ -376,8 +393,13 @@ def load_model(name: str | None = None, *, dtype: str | torch.dtype | None = "fl
         model = cls.from_pretrained(path, dtype=torch_dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"could not load model {name!r}: {first}") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors, torch: corrupt or truncated weights
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"could not load the weights of model {name!r} ({type(exc).__name__}: "
+                         f"{first}); the weight file is corrupt or truncated: download or save "
+                         "it again") from None
     model.to(dev)
     lm = LoadedModel.from_hf(model, tokenizer, name=display, source=path, max_length=max_length)
     lm.revision = revision or getattr(config, "_commit_hash", None)

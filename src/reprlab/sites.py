@@ -70,7 +70,14 @@ def _layer_indices(sel: str, n: int, arch: ArchInfo, spec: str) -> list[int]:
             raise SiteError(f"bad layer range in {spec!r}; {_valid_help(arch)}") from None
         if len(nums) > 3:
             raise SiteError(f"bad layer range in {spec!r}; {_valid_help(arch)}")
-        return list(range(n))[slice(*nums)]
+        if len(nums) == 3 and nums[2] == 0:
+            raise SiteError(f"layer range {spec!r} has step 0; use a step of 1 or more, e.g. "
+                            f"layers.0:{n}:2")
+        picked = list(range(n))[slice(*nums)]
+        if not picked:
+            raise SiteError(f"layer range {spec!r} selects no layer of a model with {n} "
+                            f"layers; {_valid_help(arch)}")
+        return picked
     if "." in sel:
         try:
             frac = float(sel)

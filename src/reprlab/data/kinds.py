@@ -45,6 +45,58 @@ def check_text(value: Any, row: int, field: str, where: str = "", allow_empty: b
     return value
 
 
+_NUMBER_WORDS = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "-infinity",
+                 "none", "null", "na", "n/a"}
+
+
+def _non_integer_number(v: Any) -> bool:
+    """A float, or a text that reads as a number, that is not a whole number."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, float):
+        return not v.is_integer()
+    if isinstance(v, str):
+        try:
+            f = float(v.strip())
+        except ValueError:
+            return False
+        return not f.is_integer()
+    return False
+
+
+def check_label_values(values: Sequence[Any], column: str, where: str = "",
+                       explicit: Sequence[str] | None = None) -> None:
+    """Refuse raw labels that cannot be classes: missing ones (None, NaN, empty, the text
+    ``NaN``/``null``), and non-integer numbers (``0.5``) unless ``explicit`` classes name them."""
+    for i, v in enumerate(values):
+        text = v.strip().lower() if isinstance(v, str) else None
+        if _is_missing(v) or text == "" or text in _NUMBER_WORDS:
+            raise DataError(f"{where}row {i}, column '{column}' has no label ({v!r}): give "
+                            "every row a label or drop it")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise DataError(f"{where}row {i}, column '{column}' has label {v!r}: give every "
+                            "row a finite label")
+    names = {str(c) for c in explicit} if explicit else set()
+    for i, v in enumerate(values):
+        if _non_integer_number(v) and str(v).strip() not in names:
+            raise DataError(f"{where}row {i}, column '{column}' has label {v!r}, a number that "
+                            "is not a whole class index; labels must be 0..K-1 or class "
+                            "names (to keep such values as classes, list them explicitly: "
+                            "classes=[...])")
+
+
+def check_no_empty_class(labels: Sequence[int], classes: Sequence[str], column: str,
+                         where: str = "") -> None:
+    """Integer labels must use every class 0..K-1 ({0, 2} leaves class 1 without rows)."""
+    counts = Counter(labels)
+    empty = [c for k, c in enumerate(classes) if counts.get(k, 0) == 0]
+    if empty:
+        used = ", ".join(str(k) for k in sorted(counts))
+        raise DataError(f"{where}column '{column}' has labels {{{used}}}, so class(es) "
+                        f"{', '.join(empty)} of 0..{len(classes) - 1} have no rows: renumber "
+                        "the labels 0..K-1 or give class names")
+
+
 def check_ids(ids: Sequence[Any], field: str = "ids", where: str = "") -> list[str]:
     """Ids as strings, unique and non-empty."""
     out: list[str] = []

@@ -35,11 +35,14 @@ def encode_labels(values: list[Any], column: str, where: str,
     - ints (or integer strings / floats such as ``"1"``, ``1.0``) -> themselves, classes
       ``"0".."K-1"`` unless ``classes`` names them;
     - other strings -> index in ``classes`` if given, else in the sorted set of labels.
+
+    Refused: missing labels (also the text ``NaN``), numbers that are not integers (``0.5``)
+    unless ``classes`` names every label explicitly, and integer labels that leave a class
+    without rows (``{0, 2}``: class 1 would be empty).
     """
-    for i, v in enumerate(values):
-        if _missing(v) or (isinstance(v, str) and not v.strip()):
-            raise DataError(f"{where}row {i}, column '{column}' has no label (None/NaN/empty): "
-                            "give every row a label or drop it")
+    from reprlab.data.kinds import check_label_values
+
+    check_label_values(values, column, where, explicit=classes)
     if all(isinstance(v, bool) for v in values) or (
             values and all(isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE
                            for v in values)):
@@ -68,6 +71,10 @@ def encode_labels(values: list[Any], column: str, where: str,
                 raise DataError(f"{where}row {i}, column '{column}' has label {values[i]!r}, "
                                 f"not a class index 0..{k - 1}: use labels 0/1 (or 0..K-1), "
                                 "or class names")
+        if not classes:
+            from reprlab.data.kinds import check_no_empty_class
+
+            check_no_empty_class(ints_or_none, names, column, where)
         return ints_or_none, names  # type: ignore[return-value]
     bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
     if bad is not None:

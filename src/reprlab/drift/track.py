@@ -196,6 +196,10 @@ def load_texts(spec: str, *, text_col: str = "text", template: str | None = None
             except KeyError as exc:
                 raise DataError(f"{spec}: row {i} has no field {exc} used in the template; "
                                 f"fields are {', '.join(columns)}") from None
+            except (ValueError, IndexError, AttributeError) as exc:
+                raise DataError(f"--template {template!r} is not a valid format ({exc}); "
+                                "name fields in braces, e.g. 'Q: {question} A: {answer}', "
+                                "and write a literal brace as {{ or }}") from None
         else:
             if text_col not in r:
                 raise DataError(f"{spec}: no column {text_col!r}; columns are "

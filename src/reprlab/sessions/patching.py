@@ -69,12 +69,22 @@ def patch(lm: Any, source: str, target: str, from_site: str, to_site: str | None
     """Patch ``source``'s hidden state at ``from_site``/``pos`` into ``target`` at
     ``to_site``/``pos`` (``source_model``: read it from another model of the same hidden
     size). Returns the top-k predictions of source, clean target and patched target."""
+    from reprlab.limits import cap
+
     to_site = to_site or from_site
     if not lm.is_causal:
         raise ConfigError(f"{lm.name} is not a causal language model; patching compares "
                           "next-token predictions")
     models = [lm] if source_model is None or source_model is lm else [lm, source_model]
     src = len(models) - 1
+    if k < 1:
+        raise ConfigError(f"--k must be at least 1, got {k}")
+    cap("k", k, "--k")
+    vocab = min(int(m.arch.vocab_size or len(m.tokenizer)) for m in models)
+    if k > vocab:
+        raise ConfigError(f"--k {k} is more than the vocabulary ({vocab} tokens); ask for fewer")
+    used = {"source": _position(models[src], source, pos, "source"),
+            "target": _position(lm, target, pos, "target")}
     with session(models, backend=backend, remote=remote, on_log=on_log) as s:
         with s.trace(source, model=src) as t:
             h = t.read(from_site, pos=pos)
@@ -94,12 +104,23 @@ def patch(lm: Any, source: str, target: str, from_site: str, to_site: str | None
         s.log(f"patched {from_site} -> {to_site} at position {pos}")
     r = s.results
     out = {"source": source, "target": target, "from": from_site, "to": to_site, "pos": pos,
-           "backend": backend, "remote": remote}
+           "pos_used": used, "backend": backend, "remote": remote}
     for name in ("source", "target", "patched"):
         if f"{name}_p" in r:
             out[f"{name}_top"] = _topk_rows(models[src] if name == "source" else lm,
                                             r[f"{name}_p"][0], r[f"{name}_i"][0])
     return out
+
+
+def _position(lm: Any, prompt: str, pos: int | str, which: str) -> int | str:
+    """The token index ``pos`` names in ``prompt`` (refused when it lies outside)."""
+    if isinstance(pos, str):
+        return pos
+    n = int(encode(lm, prompt)["attention_mask"].sum())
+    if not -n <= int(pos) < n:
+        raise ConfigError(f"--pos {pos} is outside the {which} prompt, which is {n} tokens "
+                          f"long; use a position from {-n} to {n - 1}")
+    return int(pos) % n
 
 
 @dataclass
@@ -166,6 +187,15 @@ def sweep(lm: Any, source: str, target: str, sites: str | Sequence[str] = "layer
     if n_src != n_tgt:
         raise ConfigError(f"source and target are {n_src} and {n_tgt} tokens long; a position "
                           "sweep patches token by token, so use prompts of equal token length")
+    if positions is not None:
+        from reprlab.limits import cap
+
+        cap("positions", len(positions), "--positions")
+        outside = [p for p in positions if not -n_tgt <= int(p) < n_tgt]
+        if outside:
+            raise ConfigError(f"--positions {', '.join(map(str, outside[:5]))} lie outside the "
+                              f"prompts, which are {n_tgt} tokens long; use positions from "
+                              f"{-n_tgt} to {n_tgt - 1}")
     pos_list = list(range(n_tgt)) if positions is None else [p % n_tgt for p in positions]
     cells = [(si, p) for si in range(len(site_names)) for p in pos_list]
     chunks = [cells[i:i + batch_size] for i in range(0, len(cells), batch_size)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from reprlab.errors import ConfigError, StoreError
-from reprlab.io import file_mode
+from reprlab.io import disk_errors, file_mode
 from reprlab.steering.vector import SteeringVector
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ def export_gguf(vector: SteeringVector, path: str | Path, coeff: float = 1.0,
     gguf = _gguf()
     if unit not in ("unit", "raw"):
         raise ConfigError(f"unknown unit {unit!r}; use unit or raw")
+    if not math.isfinite(float(coeff)):
+        raise ConfigError(f"--coeff must be a finite number, got {coeff}")
     kept: dict[int, str] = {}
     skipped = []
     for site in vector.sites:
@@ -73,11 +76,22 @@ def export_gguf(vector: SteeringVector, path: str | Path, coeff: float = 1.0,
         logger.warning("left out of the GGUF file (llama.cpp cannot steer them): %s",
                        ", ".join(skipped))
     hint = model_hint or str(vector.model.get("model_type") or vector.model.get("name") or "")
+    hint = public_name(hint)
+    for k in sorted(kept):
+        site = kept[k]
+        if not torch.isfinite(vector.direction(site)).all() or not math.isfinite(
+                float(vector.scales[site])):
+            raise StoreError(f"the steering vector has non-finite values at {site}; fit it "
+                             "again (its data may hold a constant or empty side)")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.fchmod(fd, file_mode())  # mkstemp makes 0600; respect the umask
-    os.close(fd)
+    if out.is_dir():
+        raise ConfigError(f"--gguf {out} is a directory; give a file name such as "
+                          f"{out / 'control.gguf'}")
+    with disk_errors(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; respect the umask
+        os.close(fd)
     try:
         writer = gguf.GGUFWriter(tmp, ARCH)
         writer.add_string(f"{ARCH}.model_hint", hint)
@@ -91,20 +105,32 @@ def export_gguf(vector: SteeringVector, path: str | Path, coeff: float = 1.0,
             writer.add_tensor(f"direction.{k}", np.ascontiguousarray(data, dtype=np.float32))
         writer.add_string("reprlab.method", vector.method)
         writer.add_string("reprlab.position", vector.position)
-        writer.add_string("reprlab.source", vector.source)
-        writer.add_string("reprlab.model", json.dumps(vector.model, default=str))
+        # only what a reader needs: no local paths of the data or the model
+        writer.add_string("reprlab.source", public_name(vector.source))
+        model = {k: (public_name(v) if isinstance(v, str) else v)
+                 for k, v in vector.model.items()}
+        writer.add_string("reprlab.model", json.dumps(model, default=str))
         writer.add_string("reprlab.scales", json.dumps({kept[k]: vector.scales[kept[k]]
                                                         for k in kept}))
         writer.add_string("reprlab.multipliers", json.dumps(multipliers))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
+        with disk_errors(out.parent):
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+def public_name(text: str) -> str:
+    """A local path reduced to its last part (what another machine can use); other text as is."""
+    t = str(text or "")
+    if os.path.isabs(t) or t.startswith(("~", "./", "../")):
+        return Path(t).name
+    return t
 
 
 def _field(reader: Any, key: str) -> Any:
@@ -128,9 +154,32 @@ def import_gguf(path: str | Path) -> SteeringVector:
     if not p.is_file():
         raise StoreError(f"GGUF file {p} does not exist")
     try:
-        reader = gguf.GGUFReader(str(p))
-    except (ValueError, OSError) as exc:
-        raise StoreError(f"{p} is not a readable GGUF file ({exc})") from None
+        return _import(gguf, p)
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a crafted or damaged file fails in many ways
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise StoreError(f"{p} is not a readable GGUF control vector ({type(exc).__name__}"
+                         f"{': ' + first if first else ''}); export it again") from None
+
+
+def _json_field(p: Path, meta: dict, key: str, kind: type) -> Any:
+    raw = meta.get(key)
+    if not raw:
+        return kind()
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        raise StoreError(f"{p}: metadata reprlab.{key} is not valid JSON; export the vector "
+                         "again") from None
+    if not isinstance(value, kind):
+        raise StoreError(f"{p}: metadata reprlab.{key} is a {type(value).__name__}, expected "
+                         f"a {kind.__name__}; export the vector again")
+    return value
+
+
+def _import(gguf: Any, p: Path) -> SteeringVector:
+    reader = gguf.GGUFReader(str(p))
     arch = _field(reader, "general.architecture")
     if arch != ARCH:
         raise StoreError(f"{p} is a GGUF file of architecture {arch!r}, not a control vector "
@@ -138,8 +187,8 @@ def import_gguf(path: str | Path) -> SteeringVector:
     hint = _field(reader, f"{ARCH}.model_hint") or ""
     meta = {k: _field(reader, f"reprlab.{k}") for k in
             ("method", "position", "source", "model", "scales", "multipliers")}
-    mults = json.loads(meta["multipliers"]) if meta["multipliers"] else {}
-    saved_scales = json.loads(meta["scales"]) if meta["scales"] else {}
+    mults = _json_field(p, meta, "multipliers", dict)
+    saved_scales = _json_field(p, meta, "scales", dict)
     dirs, scales = {}, {}
     for t in reader.tensors:
         m = re.fullmatch(r"direction\.(\d+)", t.name)
@@ -147,6 +196,8 @@ def import_gguf(path: str | Path) -> SteeringVector:
             raise StoreError(f"{p} has a tensor {t.name!r} that is not direction.<layer>")
         site = f"layers.{int(m.group(1))}"
         data = torch.from_numpy(np.array(t.data, dtype=np.float32).reshape(-1))
+        if not torch.isfinite(data).all():
+            raise StoreError(f"{p}: {t.name} holds non-finite values; export it again")
         norm = float(data.double().norm())
         if norm == 0:
             logger.warning("%s: %s is all zeros; left out", p, t.name)
@@ -157,7 +208,7 @@ def import_gguf(path: str | Path) -> SteeringVector:
     if not dirs:
         raise StoreError(f"{p} holds no non-zero direction tensors")
     order = sorted(dirs, key=lambda s: int(s.split(".")[1]))
-    model = json.loads(meta["model"]) if meta["model"] else {}
+    model = _json_field(p, meta, "model", dict)
     if hint and not model.get("model_type"):
         model["model_type"] = hint
     return SteeringVector({s: dirs[s] for s in order}, {s: scales[s] for s in order},

@@ -66,13 +66,23 @@ def mean_ci(x: torch.Tensor, level: float = 0.95, n_boot: int = 2000,
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation of two sequences (no ties correction needed for a sweep)."""
     xt, yt = torch.tensor(list(x), dtype=torch.float64), torch.tensor(list(y), dtype=torch.float64)
-    if xt.numel() < 2:
-        return float("nan")
+    if xt.numel() < 2 or not (torch.isfinite(xt).all() and torch.isfinite(yt).all()):
+        return float("nan")  # ranks of NaN are meaningless (argsort would make them 1.00)
     rx = xt.argsort().argsort().double()
     ry = yt.argsort().argsort().double()
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = (rx.norm() * ry.norm())
     return float((rx @ ry) / den) if den > 0 else float("nan")
+
+
+def finite(values: torch.Tensor, metric: str, coeff: float) -> torch.Tensor:
+    """``values`` when every one is finite; :class:`DataError` naming metric and coefficient."""
+    if not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise DataError(f"{metric} is NaN or infinite for {bad} of {values.numel()} examples at "
+                        f"coefficient {coeff:g}; check the direction (a probe or vector with "
+                        "non-finite weights) or use smaller coefficients")
+    return values
 
 
 def _steer_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
@@ -86,12 +96,15 @@ def readout_shift(lm: LoadedModel, vector: Any, site: str, readout: Readout,
 
     Works for encoders and causal LMs; the readout is pooled at ``readout.position``.
     """
+    if not torch.isfinite(readout.unit).all():
+        raise DataError(f"the readout probe at {readout.site} has NaN or infinite weights; "
+                        "train it again")
     out = {}
     for c in tqdm(list(coeffs), desc="readout shift", disable=not progress):
         with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
             pooled = collect(lm, list(texts), [readout.site], readout.position, batch_size,
                              progress=False)[readout.site]
-        out[float(c)] = readout.score(pooled)
+        out[float(c)] = finite(readout.score(pooled), "readout shift", float(c))
     return out
 
 
@@ -167,7 +180,7 @@ def answer_shift(lm: LoadedModel, vector: Any, site: str, positive: Sequence[str
     for c in tqdm(list(coeffs), desc="answer shift", disable=not progress):
         with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
             lp = _continuation_logprob(lm, seqs, starts, batch_size)
-        out[float(c)] = lp[:n] - lp[n:]
+        out[float(c)] = finite(lp[:n] - lp[n:], "answer shift", float(c))
     return out
 
 
@@ -215,8 +228,9 @@ def side_effects(lm: LoadedModel, vector: Any, site: str, texts: Sequence[str],
         for c in tqdm(list(coeffs), desc="side effects", disable=not progress):
             with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
                 nll, lastp = _token_nll_and_last(lm, rows, batch_size)
-            dl[float(c)] = nll - base_nll
-            kl[float(c)] = (base_last.exp() * (base_last - lastp)).sum(-1)
+            dl[float(c)] = finite(nll - base_nll, "delta_loss", float(c))
+            kl[float(c)] = finite((base_last.exp() * (base_last - lastp)).sum(-1), "kl_next",
+                                  float(c))
         return {"delta_loss": dl, "kl_next": kl}
     last_site = f"layers.{lm.arch.n_layers - 1}"
     base = collect(lm, texts, [last_site], "mean", batch_size, progress=False)[last_site]
@@ -224,7 +238,8 @@ def side_effects(lm: LoadedModel, vector: Any, site: str, texts: Sequence[str],
     for c in tqdm(list(coeffs), desc="side effects", disable=not progress):
         with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
             now = collect(lm, texts, [last_site], "mean", batch_size, progress=False)[last_site]
-        drift[float(c)] = 1 - F.cosine_similarity(now.double(), base.double(), dim=-1)
+        drift[float(c)] = finite(1 - F.cosine_similarity(now.double(), base.double(), dim=-1),
+                                 "final_drift", float(c))
     return {"final_drift": drift}
 
 
