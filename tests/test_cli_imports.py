@@ -178,6 +178,54 @@ def test_building_the_whole_parser_is_cheap():
     assert cpu < 1.0
 
 
+def test_reprlab_help_lists_every_command_without_importing_them():
+    code = """
+import contextlib, io, sys, time
+t = time.process_time()
+from reprlab.cli import main
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass
+cpu = time.process_time() - t
+loaded = sorted(m for m in sys.modules if m.endswith(".cli") and m != "reprlab.cli")
+print(repr((cpu, [m for m in HEAVY if m in sys.modules], loaded, buf.getvalue())))
+""".replace("HEAVY", repr(HEAVY))
+    cpu, heavy, loaded, text = ast.literal_eval(_run(code).strip().splitlines()[-1])
+    assert heavy == [] and loaded == []
+    assert cpu < 1.0
+    from reprlab.cli import COMMANDS, _module_present
+
+    for name, module in COMMANDS.items():
+        assert (name in text) == _module_present(module), name
+
+
+def test_summaries_equal_the_help_each_module_registers():
+    from reprlab.cli import COMMANDS, SUMMARIES, build_parser
+
+    for name, module in COMMANDS.items():
+        if module.startswith(NEW):
+            continue
+        action = build_parser(name)._subparsers._group_actions[0]
+        helps = {a.dest: a.help for a in action._choices_actions}
+        assert helps[name] == SUMMARIES[name], name
+
+
+def test_a_command_this_build_lacks_gets_the_list(monkeypatch, capsys):
+    import reprlab.cli as cli
+
+    monkeypatch.setitem(cli.COMMANDS, "ghost", "reprlab.no_such_package.cli")
+    assert "ghost" not in cli.build_parser("ghost")._subparsers._group_actions[0].choices
+    try:
+        cli.main(["ghost"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'ghost'" in err and "'probe'" in err
+
+
 @pytest.mark.parametrize("command", _commands())
 def test_building_a_command_imports_no_torch_or_matplotlib(command):
     cpu, heavy, commands = ast.literal_eval(_run(_BUILD % (command, HEAVY)).split("\n")[-2])

@@ -32,6 +32,21 @@ COMMANDS: dict[str, str] = {
     "sweep": "reprlab.sweeps.cli",
 }
 
+#: one line per command for ``reprlab --help``, which lists the commands without importing
+#: their modules (a test keeps these equal to the help each module registers)
+SUMMARIES: dict[str, str] = {
+    "capture": "capture activations into a resumable store",
+    "store": "inspect activation stores",
+    "probe": "train probes at every layer, with controls, into a report",
+    "steer": "steering vectors: fit, generate, validate, export",
+    "patch": "activation patching between prompts, layers and models",
+    "drift": "how representations move: layers, checkpoints, training",
+    "toy": "the toy causal LM trained on a world we know",
+    "prefs": "preference training (DPO family) and evaluation across distribution shifts",
+    "lens": "read hidden states: logit, tuned and talkative lenses",
+    "sweep": "search a workflow's options with Optuna (local, SLURM or Ray)",
+}
+
 
 def _module_present(module_name: str) -> bool:
     """Whether a ``reprlab.*`` module's file exists, without importing its package (a
@@ -41,16 +56,30 @@ def _module_present(module_name: str) -> bool:
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``reprlab`` parser; with ``command`` only the module registering that subcommand is
-    imported. Registering imports no torch or matplotlib: workflows import them when they run."""
+def _root() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(
         prog="reprlab",
         description="Find, test and track what language models represent inside.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--version", action="version", version=f"reprlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def listing_parser() -> argparse.ArgumentParser:
+    """The parser for ``reprlab`` without a command: every command of this build by name and
+    summary, none of their modules imported."""
+    parser, sub = _root()
+    for name, module_name in COMMANDS.items():
+        if _module_present(module_name):
+            sub.add_parser(name, help=SUMMARIES.get(name, ""), add_help=False)
+    return parser
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``reprlab`` parser; with ``command`` only the module registering that subcommand is
+    imported. Registering imports no torch or matplotlib: workflows import them when they run."""
+    parser, sub = _root()
     wanted = [COMMANDS[command]] if command in COMMANDS else list(COMMANDS.values())
     for module_name in dict.fromkeys(wanted):
         if not _module_present(module_name):  # a workflow not installed in this build
@@ -98,7 +127,10 @@ def join_negative_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 success, 2 user error, 130 interrupted)."""
     argv = join_negative_values(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser(_command_of(argv))
+    command = _command_of(argv)
+    parser = build_parser(command) if command else None
+    if parser is None or command not in parser._subparsers._group_actions[0].choices:
+        parser = listing_parser()  # no command, or one this build lacks: list what there is
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
