@@ -32,18 +32,21 @@ def _mean_pool(site: str, h: torch.Tensor, att: torch.Tensor, comp: torch.Tensor
 
 
 def sequence_logps(lm: LoadedModel, batch: dict[str, torch.Tensor],
-                   sites: tuple[str, ...] = (), pooler=None
+                   sites: tuple[str, ...] = (), pooler=None, recorder=None
                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """``(sums [N], counts [N], pooled {site: [N, d]})`` for a collated batch of N sequences.
 
     ``pooler(site, hidden, attention_mask, completion_mask)`` reduces a site's states
-    (default: mean over completion tokens).
+    (default: mean over completion tokens); ``recorder(lm)`` is the context manager that
+    records them (default: ``hooks.record(lm, sites, detach=False)``).
     """
     pooler = pooler or _mean_pool
     ids, att, comp = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     backbone = lm.model.base_model
     if sites:
-        with hooks.record(lm, list(sites), detach=False) as rec:
+        record = recorder(lm) if recorder is not None else hooks.record(lm, list(sites),
+                                                                         detach=False)
+        with record as rec:
             hidden = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
         pooled = {s: pooler(s, rec[s], att, comp) for s in sites}
     else:
@@ -65,6 +68,6 @@ def split(sums: torch.Tensor, counts: torch.Tensor, pooled: dict[str, torch.Tens
 
 
 def forward(lm: LoadedModel, batch: dict[str, torch.Tensor],
-            sites: tuple[str, ...] = (), pooler=None) -> SeqOutputs:
+            sites: tuple[str, ...] = (), pooler=None, recorder=None) -> SeqOutputs:
     """Policy (or, under no_grad with the adapter off, reference) outputs of a batch."""
-    return split(*sequence_logps(lm, batch, sites, pooler))
+    return split(*sequence_logps(lm, batch, sites, pooler, recorder))

@@ -34,6 +34,10 @@ A method is an object with these attributes (subclass :class:`Method` for the de
     ``(name, parameter)`` pairs, so ``after_backward`` can edit ``p.grad`` (e.g. project the
     gradient) before clipping and the optimiser step; ``ctx.state`` is a dict the method owns
     that lives for the whole run; ``ctx.last_micro_batch`` is True before the step is taken.
+``record(lm) -> context manager yielding {site: [N, T, d]}``
+    Optional: how the states at ``sites`` are read during a forward (default:
+    ``hooks.record(lm, sites, detach=False)``). Override it for places the site grammar does
+    not name (e.g. the inputs of output projections, read with pre-forward hooks).
 ``pool(site, hidden [N, T, d], attention_mask [N, T], completion_mask [N, T]) -> [N, d]``
     Optional: how a site's states become one vector per sequence (default: the mean over
     completion tokens). The same function pools the reference states for the cache (the
@@ -141,6 +145,11 @@ class Method:
         return None
 
     pool_id = "mean:completion"
+
+    def record(self, lm: Any):
+        from reprlab import hooks
+
+        return hooks.record(lm, list(self.sites), detach=False)
 
     def pool(self, site: str, hidden: torch.Tensor, attention_mask: torch.Tensor,
              completion_mask: torch.Tensor) -> torch.Tensor:

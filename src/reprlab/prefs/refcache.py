@@ -87,7 +87,7 @@ def request_id(req: dict) -> str:
 
 def compute_reference(lm: LoadedModel, tokens: TokenizedPrefs, sites: tuple[str, ...] = (),
                       *, batch_size: int = 8, adapter_off=None, progress: bool = False,
-                      pooler=None) -> ReferenceTable:
+                      pooler=None, recorder=None) -> ReferenceTable:
     """Reference outputs of every row (no grad; inside ``adapter_off()`` when given)."""
     import contextlib
 
@@ -105,7 +105,8 @@ def compute_reference(lm: LoadedModel, tokens: TokenizedPrefs, sites: tuple[str,
         with torch.no_grad(), ctx:
             for start in range(0, n, batch_size):
                 rows = order[start:start + batch_size]
-                s, c, pooled = sequence_logps(lm, collate(tokens, rows, lm.device), sites, pooler)
+                s, c, pooled = sequence_logps(lm, collate(tokens, rows, lm.device), sites, pooler,
+                                              recorder)
                 forwards += 1
                 b = len(rows)
                 idx = torch.tensor(rows)
@@ -181,7 +182,7 @@ def _read(path: Path, sites: tuple[str, ...]) -> ReferenceTable:
 def cached_reference(lm: LoadedModel, identity: dict, tokens: TokenizedPrefs,
                      sites: tuple[str, ...] = (), *, root: str | Path | None = None,
                      batch_size: int = 8, adapter_off=None, progress: bool = False,
-                     data_name: str = "", pooler=None,
+                     data_name: str = "", pooler=None, recorder=None,
                      pool_id: str = "mean:completion") -> ReferenceTable:
     """The reference of ``tokens`` from the cache under ``root``, computing it once if absent.
 
@@ -200,7 +201,8 @@ def cached_reference(lm: LoadedModel, identity: dict, tokens: TokenizedPrefs,
         except Exception as exc:  # an unreadable entry is recomputed
             logger.warning("reference cache %s unreadable (%s); recomputing", path, exc)
     table = compute_reference(lm, tokens, tuple(sites), batch_size=batch_size,
-                              adapter_off=adapter_off, progress=progress, pooler=pooler)
+                              adapter_off=adapter_off, progress=progress, pooler=pooler,
+                              recorder=recorder)
     root.mkdir(parents=True, exist_ok=True)
     _write(path, table, req, rid, tokens, lm.arch.hidden_size, data_name)
     table.path = path

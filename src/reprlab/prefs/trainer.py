@@ -139,7 +139,8 @@ class _Run:
             return self.reference.batch(rows, self.lm.device)
         self.live_reference_forwards += 1
         with torch.no_grad(), self.adapter_off():
-            out = forward(self.lm, batch, tuple(self.method.sites), self.method.pool)
+            out = forward(self.lm, batch, tuple(self.method.sites), self.method.pool,
+                          getattr(self.method, "record", None))
         return SeqOutputs(out.chosen_logps, out.rejected_logps, out.chosen_tokens,
                           out.rejected_tokens, {k: v.detach() for k, v in out.chosen_hidden.items()},
                           {k: v.detach() for k, v in out.rejected_hidden.items()})
@@ -154,7 +155,8 @@ class _Run:
             batch = collate(self.tokens, rows, lm.device)
             tokens += int(batch["attention_mask"].sum())
             ref = self.ref_for(rows, batch)
-            policy = forward(lm, batch, tuple(self.method.sites), self.method.pool)
+            policy = forward(lm, batch, tuple(self.method.sites), self.method.pool,
+                             getattr(self.method, "record", None))
             out = self.method.loss(policy, ref)
             ctx = StepContext(step, micro, micro == cfg.grad_accum - 1, self.peft, self.params,
                               policy, ref, out, self.state)
@@ -271,6 +273,7 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
         root = None if cfg.ref_cache == "auto" else cfg.ref_cache
         run.reference = cached_reference(lm, identity, tokens, tuple(method.sites), root=root,
                                           pooler=method.pool,
+                                          recorder=getattr(method, "record", None),
                                           pool_id=getattr(method, "pool_id", "mean:completion"),
                                           batch_size=max(cfg.batch_size, 8),
                                           adapter_off=run.adapter_off, progress=cfg.progress,
