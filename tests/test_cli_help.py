@@ -19,8 +19,9 @@ def test_flags_on_by_default_are_described_as_turning_off():
     parser = argparse.ArgumentParser()
     add_dataclass(parser, _Cmd)
     helps = {a.option_strings[0]: a.help for a in parser._actions if a.option_strings}
-    assert helps["--no-resume"] == "turn off (on by default): resume an interrupted run in --out"
-    assert helps["--no-progress"].startswith("turn off (on by default)")
+    assert helps["--no-resume"] == ("resume an interrupted run in --out (on by default; this "
+                                    "flag turns it off)")
+    assert helps["--no-progress"].endswith("(on by default; this flag turns it off)")
     assert helps["--overwrite"] == "replace what is there"
     assert parser.parse_args(["--no-resume"]).resume is False
     assert parser.parse_args([]).resume is True
@@ -35,8 +36,9 @@ def test_drift_train_help_for_no_resume_and_no_progress(capsys):
     except SystemExit:
         pass
     text = " ".join(capsys.readouterr().out.split())
-    assert "--no-resume turn off (on by default): resume" in text
-    assert "--no-progress turn off (on by default):" in text
+    assert "--no-resume resume an interrupted run in --out (on by default; this flag turns it " \
+        "off)" in text
+    assert "--no-progress progress bars (on by default; this flag turns it off)" in text
 
 
 def test_plain_strips_rst_markup():

@@ -92,8 +92,8 @@ def add_dataclass(parser: argparse.ArgumentParser, cls: type) -> None:
 def negated(help_text: str) -> str:
     """Help for ``--no-x`` from the help of option ``x`` (which is on by default)."""
     if not help_text:
-        return "turn this default off"
-    return f"turn off (on by default): {help_text}"
+        return "turn off what is on by default"
+    return f"{help_text} (on by default; this flag turns it off)"
 
 
 _RST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
