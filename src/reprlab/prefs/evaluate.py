@@ -193,6 +193,12 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
                       "hatched: incoherent run")
     rd.table("Accuracy per split", rows)
     rd.text("Coherence", result.table().splitlines()[-1])
+    if generation:
+        rd.table("Greedy answers to held-out prompts", [
+            {"adapter": side, "prompt": p, "answer": a}
+            for side in ("on", "off") for p, a in generation[side]["examples"]],
+            note="well formed: ends with the end-of-turn token within the budget, not empty, no "
+                 "token three times in a row")
     rd.finish({"workflow": "prefs-eval", "run": str(run), "method": result.method,
                "seed": result.seed, "rows": rows, "ppl_ratio": ratios, "threshold": threshold,
                "incoherent": incoherent, "generation": generation},

@@ -92,6 +92,9 @@ class TokenizedPrefs:
                    for i in rows)
 
 
+_warned: list[bool] = []
+
+
 def has_chat_template(tok: Any) -> bool:
     return bool(getattr(tok, "chat_template", None))
 
@@ -113,8 +116,10 @@ def render(tok: Any, prompt: str, completion: str | None, raw_text: bool) -> tup
     if not full.startswith(p):
         # the template renders the prompt alone differently: keep the common text prefix
         k = next((i for i, (a, b) in enumerate(zip(p, full)) if a != b), min(len(p), len(full)))
-        logger.warning("the chat template renders the prompt differently when a reply follows; "
-                       "the completion starts where the two renderings diverge")
+        if not _warned:
+            _warned.append(True)
+            logger.warning("the chat template renders the prompt differently when a reply "
+                           "follows; the completion starts where the two renderings diverge")
         return full[:k], full[k:]
     return p, full[len(p):]
 
