@@ -33,7 +33,7 @@ def test_logit_and_tuned_cli(tiny, tmp_path, capsys):
     assert "logit lens" in out and "layers.1" in out and "embed" in out
     run = tmp_path / "tuned"
     rc = main(["lens", "tuned", "train", "--model", tiny["model"], "--data", tiny["data"],
-               "--out", str(run), "--steps", "8", "--tokens-per-step", "120",
+               "--out", str(run), "--steps", "4", "--tokens-per-step", "60",
                "--optimizer", "adam", "--lr", "3e-3", "--eval-frac", "0.25", "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -42,7 +42,7 @@ def test_logit_and_tuned_cli(tiny, tmp_path, capsys):
                  "lens.safetensors", "lens.json"):
         assert (run / name).exists(), name
     res = json.loads((run / "results.json").read_text())
-    assert len(res["layers"]) == 3 and len(res["history"]) == 8
+    assert len(res["layers"]) == 3 and len(res["history"]) == 4
     assert main(["lens", "tuned", "eval", str(run)]) == 0
     again = capsys.readouterr().out
     assert again.splitlines() == printed.splitlines()[:-1]  # same numbers, minus 'report:'

@@ -41,8 +41,8 @@ def test_tuned_identity_equals_logit_and_training_lowers_kl(tmp_path):
     a, _ = logit.all_logits(lm, inputs)
     b, _ = ident.all_logits(lm, inputs)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    cfg = TunedTrainConfig(steps=30, tokens_per_step=200, batch_size=8, optimizer="adam",
-                           lr=3e-3, weight_decay=0.0, checkpoint_every=100)
+    cfg = TunedTrainConfig(steps=10, tokens_per_step=100, batch_size=8, optimizer="adam",
+                           lr=1e-2, weight_decay=0.0, checkpoint_every=100)
     tuned, history = train_tuned(lm, TRAIN, cfg, progress=False)
     assert history[-1]["kl_sum_bits"] < 0.7 * history[0]["kl_sum_bits"]
     rows = evaluate_lenses(lm, {"logit": logit, "tuned": tuned}, TRAIN[::5])
