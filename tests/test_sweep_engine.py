@@ -60,13 +60,14 @@ def toy_cli(monkeypatch):
     original = cli.build_parser
 
     def build(command=None):
-        parser = original(None if command == "toyobj" else command)
+        parser = original("sweep" if command == "toyobj" else command)
         sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
         if "toyobj" not in sub.choices:
             subcommand(sub, "toyobj", ToyObjective, _run_toy, help="toy objective")
         return parser
 
     monkeypatch.setattr(cli, "build_parser", build)
+    monkeypatch.setitem(cli.COMMANDS, "toyobj", "reprlab.sweeps.cli")
     return build
 
 

@@ -136,7 +136,9 @@ def _captured_output(log_path: Path, argv: list[str]):
         handler = logging.StreamHandler(fh)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
-        root.addHandler(handler)
+        saved, level = list(root.handlers), root.level
+        root.handlers = [handler]  # the trial's records go to its log.txt only
+        root.setLevel(logging.INFO)
         old_argv = sys.argv
         sys.argv = ["reprlab", *argv]
         try:
@@ -144,7 +146,8 @@ def _captured_output(log_path: Path, argv: list[str]):
                 yield fh
         finally:
             sys.argv = old_argv
-            root.removeHandler(handler)
+            root.handlers = saved
+            root.setLevel(level)
 
 
 def run_trial(trial: Any, spec: SweepSpec, argv: list[str], run_dir: Path,
