@@ -14,6 +14,13 @@ statuses (RECEIVED, QUEUED, DISPATCHED, RUNNING, COMPLETED or ERROR, plus LOG li
 server) arrive over a websocket and are shown as they come; only the saved values are
 downloaded. Host: ``NDIF_HOST`` / nnsight's ``CONFIG.API.HOST``; key: ``NDIF_API_KEY`` /
 ``CONFIG.API.APIKEY``.
+
+Trust: the API key goes to whatever host ``NDIF_HOST`` names, so a host other than the default
+is announced once with a warning. Results are unpickled by an unpickler that accepts only
+tensors, numbers, strings, lists, dicts and nnsight's status (nnsight's own loader would
+unpickle any object, which lets a hostile host run code here). The request carries the session's source
+and reprlab's runtime functions with file names relative to the package
+(``reprlab/sessions/runtime.py``), not this machine's paths.
 """
 
 from __future__ import annotations
@@ -204,6 +211,149 @@ def api_settings() -> tuple[str, str | None]:
     return host, key
 
 
+_WARNED_HOSTS: set[str] = set()
+
+
+def warn_custom_host(host: str) -> bool:
+    """Warn once per host that is not nnsight's default; returns whether it warned."""
+    from nnsight import CONFIG
+
+    default = type(CONFIG.API)().HOST if hasattr(type(CONFIG.API), "model_fields") else None
+    if host in (default, "https://api.ndif.us", "api.ndif.us") or host in _WARNED_HOSTS:
+        return False
+    _WARNED_HOSTS.add(host)
+    logger.warning("NDIF_HOST is %s, not the default NDIF server: your NDIF_API_KEY is sent "
+                   "there and it returns the results; use only a host you trust", host)
+    return True
+
+
+_SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "range", "bytearray"}
+
+
+def _safe_global(module: str, name: str) -> bool:
+    """Only what rebuilds tensors and plain containers (and nnsight's status enum)."""
+    if module == "torch._utils":
+        return name.startswith("_rebuild_")
+    if module == "torch._tensor":
+        return name == "_rebuild_from_type_v2"
+    if module == "torch":
+        obj = getattr(torch, name, None)
+        return isinstance(obj, torch.dtype) or name.endswith("Storage") or name in (
+            "Size", "Tensor", "device")
+    if module == "torch.storage":
+        return name in ("TypedStorage", "UntypedStorage")
+    if module == "collections":
+        return name == "OrderedDict"
+    if module == "builtins":
+        return name in _SAFE_BUILTINS
+    return (module, name) == ("nnsight.schema.response", "Status")
+
+
+def _restricted_pickle() -> Any:
+    """A pickle module for ``torch.load`` whose unpickler refuses every other global."""
+    import pickle
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if not _safe_global(module, name):
+                raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+            return super().find_class(module, name)
+
+    mod = types.ModuleType("reprlab_restricted_pickle")
+    mod.Unpickler = Unpickler  # type: ignore[attr-defined]
+    mod.load = lambda f, **kw: Unpickler(f, **kw).load()  # type: ignore[attr-defined]
+    mod.__dict__["UnpicklingError"] = pickle.UnpicklingError
+    return mod
+
+
+def load_result(content: bytes) -> Any:
+    """A result blob as tensors, numbers, strings, lists and dicts; anything else is refused
+    (nnsight itself would unpickle any object: a hostile host could run code here)."""
+    import pickle
+
+    try:
+        return torch.load(io.BytesIO(content), map_location="cpu", weights_only=False,
+                          pickle_module=_restricted_pickle())
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise RemoteError("the NDIF result holds objects other than tensors and plain values "
+                          f"({first}); refusing to load it (check NDIF_HOST)") from None
+
+
+def _public_filename(path: str) -> str:
+    """``/home/u/src/reprlab/sessions/runtime.py`` -> ``reprlab/sessions/runtime.py``."""
+    import reprlab
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(reprlab.__file__)))
+    full = os.path.abspath(path) if path else path
+    if full and full.startswith(root + os.sep):
+        return os.path.relpath(full, root)
+    return path
+
+
+def _public_code(code: Any) -> Any:
+    consts = tuple(_public_code(c) if hasattr(c, "co_filename") else c for c in code.co_consts)
+    return code.replace(co_filename=_public_filename(code.co_filename), co_consts=consts)
+
+
+class _PublicPaths:
+    """While serialising a request: reprlab's file names relative to the package."""
+
+    def __init__(self, modules: list[Any]) -> None:
+        self.modules = modules
+        self.undo: list[Callable[[], None]] = []
+
+    def _set(self, obj: Any, name: str, value: Any) -> None:
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        self.undo.append(lambda: setattr(obj, name, old))
+
+    def __enter__(self) -> _PublicPaths:
+        import inspect
+
+        from nnsight.tracing import tracer as nn_tracer
+
+        for mod in self.modules:
+            for attr in ("__file__", "__cached__"):
+                if getattr(mod, attr, None):
+                    self._set(mod, attr, _public_filename(getattr(mod, attr)))
+            for attr in ("__spec__", "__loader__"):  # they hold the absolute paths too
+                if getattr(mod, attr, None) is not None:
+                    self._set(mod, attr, None)
+            seen: set[int] = set()
+            for obj in list(vars(mod).values()):
+                if inspect.isclass(obj) and obj.__module__ == mod.__name__:
+                    found = list(vars(obj).values())
+                elif isinstance(obj, dict):  # registries of functions and lambdas
+                    found = list(obj.values())
+                elif isinstance(obj, (list, tuple)):
+                    found = list(obj)
+                else:
+                    found = [obj]
+                for f in found:
+                    if (inspect.isfunction(f) and f.__module__ == mod.__name__
+                            and id(f) not in seen):
+                        seen.add(id(f))
+                        self._set(f, "__code__", _public_code(f.__code__))
+        base = nn_tracer.SerializedFrame
+
+        class PublicFrame(base):  # type: ignore[misc, valid-type]
+            @classmethod
+            def of(cls, frame: Any) -> Any:
+                code = frame.f_code
+                return base(_public_filename(code.co_filename), code.co_firstlineno,
+                            code.co_name)
+
+        self._set(nn_tracer, "SerializedFrame", PublicFrame)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for undo in reversed(self.undo):
+            undo()
+        self.undo.clear()
+
+
 def _network_error(host: str, exc: BaseException) -> RemoteError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return RemoteError(f"cannot reach NDIF at {host} ({first}); check your network and "
@@ -317,6 +467,25 @@ def _make_backend(key: str, host: str, api_key: str, emit: Callable[[str], Any],
                 raise _network_error(url.split("/")[2] if "//" in url else url, exc) from None
             return self.finalize(buf.getvalue())
 
+        def finalize(self, content: bytes) -> Any:
+            if self.compress:
+                import zstandard as zstd
+
+                content = zstd.ZstdDecompressor().decompress(content)
+            return load_result(content)
+
+        @staticmethod
+        def parse(message: Any) -> Any:
+            if isinstance(message, (bytes, bytearray)):
+                return ResponseModel(**load_result(bytes(message)))
+            return RemoteBackend.parse(message)
+
+        def _serialize(self, tracer: Any) -> bytes:
+            import reprlab.positions
+
+            with _PublicPaths([rt, reprlab.positions]):
+                return super()._serialize(tracer)
+
         def request(self, request: Any, tracer: Any) -> Any:
             self.payload = self._serialize(tracer)
             for message in transport(self, request, self.payload):
@@ -363,6 +532,7 @@ def run_plan(models: list, plan: dict, *, remote: bool = False,
     if not api_key:
         raise RemoteError("no NDIF API key: set NDIF_API_KEY (get one at https://login.ndif.us) "
                           "or run with remote=False")
+    warn_custom_host(host)
     tm = wrap_remote(models[0])
     backend = _make_backend(model_key(tm), host, api_key, emit, progress)
     _register_runtime()
