@@ -185,12 +185,13 @@ def test_unknown_measure_is_one_line(capsys):
 
 @pytest.mark.slow
 def test_grokking_small_change_point_matches_test_accuracy_jump(tmp_path):
-    """The small preset groks; the drift burst sits within 15% of the 50% test-accuracy step."""
+    """The small preset groks (about a minute of CPU); the drift burst marks the jump's onset:
+    after memorisation, within a quarter of the 50% step before it, never after it."""
     from reprlab.drift.analysis import crossing, series_analysis
     from reprlab.drift.tasks.grokking import preset
     from reprlab.drift.track import track_grokking
 
-    t = track_grokking(preset("small", epochs=2000), tmp_path, progress=False, threads=2)
+    t = track_grokking(preset("small"), tmp_path, progress=False, threads=1)
     h = t.history
     full_train = crossing(h, "train_acc", 0.99)
     cross = crossing(h, "test_acc", 0.5)
@@ -200,7 +201,7 @@ def test_grokking_small_change_point_matches_test_accuracy_jump(tmp_path):
     res = series_analysis(t.steps, {"mlp": t.clouds["mlp"]}, t.groups, ["sinkhorn"],
                           n_splits=1)
     tr = res["sites"]["mlp"]["transition"]["sinkhorn"]
-    assert abs(tr["step"] - cross) <= 0.15 * cross, (tr, cross)
+    assert 5 * full_train < tr["step"] <= cross and cross - tr["step"] <= 0.25 * cross, (tr, cross)
 
 
 def test_load_texts_local_and_hf_builder(tmp_path):

@@ -20,6 +20,8 @@ def _print_layers(res: dict) -> None:
 
 
 def _print_series(res: dict) -> None:
+    if res.get("headline"):
+        print(res["headline"])
     for t in res.get("transitions", []):
         print(f"{t['site']:>14s} {t['measure']:>13s}: strongest change at step {t['step']}")
     if "acc_crosses_50pct" in res:

@@ -160,7 +160,9 @@ def transitions_table(res: dict) -> list[dict]:
     for site, s in res["sites"].items():
         for name, tr in s["transition"].items():
             if tr:
-                rows.append({"site": site, "measure": name, "step": tr["step"],
+                step = tr["step"]
+                step = int(step) if float(step).is_integer() else step
+                rows.append({"site": site, "measure": name, "step": step,
                              "before": tr["before"], "after": tr["after"],
                              "n_change_points": len(s["change_points"][name])})
     return rows
@@ -215,3 +217,32 @@ def layers_headline(res: dict) -> str:
     worst = min(rs, key=lambda r: r["value"])
     return (f"{UNITS[m]} ranges from {num(worst['value'], 3)} ({worst['a']}–{worst['b']}) to "
             f"{num(best['value'], 3)} ({best['a']}–{best['b']}).")
+
+
+def series_headline(res: dict) -> str:
+    """Top line of a checkpoint series: the largest consecutive drift (against its floor when
+    there is one) and where the strongest change point falls."""
+    from reprlab.report.fmt import num
+
+    sites = res["sites"]
+    first = next(iter(sites.values()))
+    name = next(iter(first["consecutive"]))
+    best = None
+    for site, s in sites.items():
+        e = s["consecutive"][name]
+        for k in range(len(e["steps"])):
+            ratio = (e["half"][k] / e["floor"][k]) if "floor" in e and e["floor"][k] > 0 else None
+            key = ratio if ratio is not None else e["drift"][k]
+            if best is None or key > best[0]:
+                best = (key, site, k, ratio)
+    _, site, k, ratio = best
+    e = sites[site]["consecutive"][name]
+    prev = res["steps"][res["steps"].index(e["steps"][k]) - 1]
+    floor = f", {num(ratio, 2)}× its noise floor" if ratio is not None else ""
+    line = (f"Largest drift between consecutive checkpoints ({UNITS[name]}"
+            f"{', as 1 − CKA' if name == 'cka' else ''}): {site} from step {prev} to "
+            f"{e['steps'][k]} ({num(e['drift'][k], 3)}{floor}).")
+    tr = sites[site]["transition"].get(name)
+    if tr:
+        line += f" Strongest upward change point there: step {tr['step']}."
+    return line
