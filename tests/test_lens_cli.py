@@ -46,6 +46,9 @@ def test_logit_and_tuned_cli(tiny, tmp_path, capsys):
     assert main(["lens", "tuned", "eval", str(run)]) == 0
     again = capsys.readouterr().out
     assert again.splitlines() == printed.splitlines()[:-1]  # same numbers, minus 'report:'
+    assert main(["lens", "tuned", "eval", str(run), "--data", tiny["data"], "--out",
+                 str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "lenses.png").exists() and (tmp_path / "ev" / "manifest.json").exists()
     assert main(["lens", "logit", "--model", tiny["model"], "--text", TEXTS[0],
                  "--tuned", str(run)]) == 0
     assert "tuned lens" in capsys.readouterr().out

@@ -106,6 +106,7 @@ class TunedEvalCommand:
 
     run: str = opt(help="a `reprlab lens tuned train` run directory", positional=True)
     data: str = opt("", help="texts to evaluate on (default: the run's held-out texts)")
+    out: str = opt("", help="also write the table, plot and report to this run directory")
     limit: int = opt(0, help="use only the first N texts (0 = all)")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
     no_progress: bool = opt(False, help="hide progress bars")
@@ -116,8 +117,10 @@ def run_tuned_eval(cfg: TunedEvalCommand) -> int:
     from reprlab.lenses.run import tuned_lens_eval
 
     res = tuned_lens_eval(cfg.run, cfg.data or None, device=cfg.device, limit=cfg.limit or None,
-                          progress=not cfg.no_progress)
+                          progress=not cfg.no_progress, out=cfg.out or None)
     print(console_tuned(res["layers"], ["logit", "tuned"]))
+    if cfg.out:
+        print(f"report: {Path(cfg.out) / 'report.html'}")
     return 0
 
 

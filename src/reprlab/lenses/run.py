@@ -123,10 +123,12 @@ def _tuned_report(run: RunDir, rows: list[dict], history: list[dict], results: d
 
 
 def tuned_lens_eval(run_dir: str | Path, data: Any = None, *, device: str = "cpu",
-                    limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a trained tuned lens again (on ``data``, else the run's held-out texts)."""
+                    limit: int | None = None, progress: bool = True,
+                    out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a trained tuned lens again (on ``data``, else the run's held-out texts);
+    with ``out``, write a run directory with the table, the plot and a report."""
     run_dir = Path(run_dir)
-    results = RunDir.load_results(run_dir)
+    RunDir.load_results(run_dir)  # refuses unfinished runs
     manifest = read_json(run_dir / "manifest.json")
     lm = _model_of(manifest, device)
     lens = load_lens(run_dir / "lens")
@@ -141,7 +143,17 @@ def tuned_lens_eval(run_dir: str | Path, data: Any = None, *, device: str = "cpu
     rows = evaluate_lenses(lm, {"logit": LogitLens.fit(lm), "tuned": lens}, texts,
                            batch_size=cfg.get("batch_size", 8),
                            max_length=cfg.get("max_length", 128), progress=progress)
-    return {"layers": rows, "eval_texts": len(texts), "previous": results.get("layers")}
+    res = {"layers": rows, "eval_texts": len(texts), "lens_run": str(run_dir)}
+    if out is not None:
+        run = RunDir.create(out, "lens-tuned-eval", config={"lens_run": str(run_dir),
+                                                             "data": data},
+                            inputs={"model": lm.identity()}, seed=cfg.get("seed", 0))
+        run.write_csv("eval.csv", rows)
+        run.figure(tuned_figure(rows, ["logit", "tuned"]), "lenses.png",
+                   "per layer, in bits per token", "Logit vs tuned lens")
+        run.table("Per layer (bits per token)", rows)
+        run.finish(res, title=f"Tuned lens evaluation · {lm.name}")
+    return res
 
 
 def _data_spec(manifest: dict) -> str:
