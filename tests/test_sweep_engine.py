@@ -339,3 +339,25 @@ parameters:
     for p in out.rglob("*"):
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), p
+
+
+def test_two_sweep_dirs_share_one_study_through_storage(tmp_path, toy_cli):
+    spec = _write(tmp_path, """
+command: toyobj --steps 1
+method: random
+metric: {name: score, goal: maximize}
+parameters:
+  x: {distribution: uniform, min: 0.0, max: 1.0}
+trials: 3
+""")
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a, b = tmp_path / "machine-a", tmp_path / "machine-b"
+    assert cli.main(["sweep", str(spec), "--out", str(a), "--storage", url, "--workers", "1",
+                     "--no-progress", "--no-report"]) == 0
+    # the second machine joins the same study: with trials raised to 5 it runs the 2 missing
+    assert cli.main(["sweep", str(spec), "--out", str(b), "--storage", url, "--workers", "1",
+                     "--no-progress", "--no-report", "--trials", "5"]) == 0
+    trials = _trials(b)
+    assert len(trials) == 5 and len(list(a.glob("trials/*/manifest.json"))) == 3
+    assert len(list(b.glob("trials/*/manifest.json"))) == 2
+    assert not (a / "study.db").exists() and not (b / "study.db").exists()
