@@ -130,7 +130,9 @@ def main() -> None:
     print(f"\nengine overhead per trial {o['per_trial_overhead_s'] * 1000:.0f} ms = "
           f"{100 * o['per_trial_overhead_s'] / o['mean_trial_s']:.1f}% of the mean trial "
           f"({o['mean_trial_s']:.2f} s; first trial with the capture {o['first_trial_s']:.2f} s,"
-          f" cached trials {o['mean_cached_trial_s']:.2f} s; goal < 5%)")
+          f" cached trials {o['mean_cached_trial_s']:.2f} s: "
+          f"{100 * o['per_trial_overhead_s'] / o['mean_cached_trial_s']:.1f}% of one; "
+          "goal < 5%)")
 
 
 if __name__ == "__main__":
