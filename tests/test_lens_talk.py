@@ -202,6 +202,9 @@ def test_config_errors(lm):
     wide = make_tiny("llama", hidden=48, layers=2)
     with pytest.raises(ConfigError, match="width 32 but the decoder LM's is 48"):
         TalkModule(wide.model, wide.model, 32, [5, 6], 0, [], 0)
+    rect = TalkModule(wide.model, wide.model, 32, [5, 6], 0, [], 0, allow_rect=True)
+    assert rect.proj_in.weight.shape == (48, 32) and rect.proj_out.weight.shape == (32, 48)
+    assert rect.encode(torch.tensor([[7, 8, 9]])).shape == (1, 32)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -298,7 +297,3 @@ def talk_explain(run_dir: str | Path, texts: list[str], *, position: int = -1,
     if tuned:
         tl = load_lens(Path(tuned) / "lens")
     return explain_rows(lm, lens, texts, tl, position=position, best_of=best_of)
-
-
-def clear_state(out: str | Path) -> None:
-    shutil.rmtree(Path(out) / "data", ignore_errors=True)
