@@ -229,3 +229,33 @@ def test_manifest_keeps_a_field_named_tokens(paths, tmp_path):
                  "--out", str(out)]) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["config"]["tokens"] == "a,b"
+
+
+def test_full_disk_anywhere_is_one_line(paths, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import reprlab.io as rio
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(rio, "atomic_write_bytes", full)
+    code = main(["patch", "--model", paths["model"], "--source", "the cat sat", "--target",
+                 "the dog sat", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [ln for ln in err if ln.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and err[-1] == errors[0], err
+    assert "Traceback" not in "\n".join(err)
+    assert errors[0].startswith("error: No space left on device writing ") and "--out" in err[-1]
+
+
+def test_capture_says_how_many_texts_were_truncated(paths, tmp_path, capsys):
+    data = tmp_path / "long.csv"
+    data.write_text(f"text,label\n{LONG},1\nshort text,0\n{LONG} again,1\nanother,0\n")
+    assert main(["capture", "--model", paths["model"], "--data", str(data), "--sites",
+                 "layers.0", "--positions", "last", "--out", str(tmp_path / "c"),
+                 "--max-length", "100000", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "2 of 4 texts were longer than 256 tokens and were truncated" in out.out
+    man = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert man["n_truncated"] == 2 and man["max_length"] == 256

@@ -58,6 +58,9 @@ def run_capture(cfg: CaptureCommand) -> int:
     state = "already captured (cache hit)" if store.cache_hit else "captured"
     print(f"{state}: {info['rows']} rows × {len(info['sites'])} sites × "
           f"{len(info['positions'])} positions, {info['size']} in {info['path']}")
+    if store.manifest.get("n_truncated"):
+        print(f"{store.manifest['n_truncated']} of {info['rows']} texts were longer than "
+              f"{store.manifest['max_length']} tokens and were truncated")
     return 0
 
 
