@@ -33,7 +33,7 @@ def _talk(model, out, steps, extra=()):
 def test_torchrun_two_processes_agree(toy_mini, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "reprlab.lenses", *_talk(toy_mini.base, out, 3)[1:]]
+           "--master_port", "29533", "-m", "reprlab", *_talk(toy_mini.base, out, 3)]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads((out / "results.json").read_text())
