@@ -91,8 +91,11 @@ def doc_env(models, tmp_path, monkeypatch):
             kwargs["limit"] = min(kwargs.get("limit") or ROWS, ROWS)
         return real_load_dataset(spec, *args, **kwargs)
 
+    # the top-level name first: its lazy lookup would otherwise record the stand-in as the
+    # value to restore
+    monkeypatch.setattr(reprlab, "load_model", reprlab.load_model)
+    monkeypatch.setattr(reprlab, "load_model", load_model)
     monkeypatch.setattr(reprlab.models, "load_model", load_model)
-    monkeypatch.setattr(reprlab, "load_model", load_model, raising=False)
     monkeypatch.setattr(reprlab.data, "load_dataset", load_dataset)
     d = models["causal"].arch.hidden_size
     g = torch.Generator().manual_seed(0)
