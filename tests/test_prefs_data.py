@@ -174,3 +174,12 @@ def test_bad_input_is_one_clear_line(case, models, tmp_path, capsys):
 def test_contrast_pairs_read_as_preferences():
     ds = load_preferences("builtin:pairs-sentiment", limit=5)
     assert len(ds) == 5 and ds.prompt == [""] * 5 and ds.chosen[0] != ds.rejected[0]
+
+
+def test_python_api_names_stay_callable():
+    import reprlab.prefs as prefs
+    import reprlab.prefs.comparison  # noqa: F401
+    import reprlab.prefs.evaluation  # noqa: F401
+    import reprlab.prefs.trainer  # noqa: F401
+
+    assert all(callable(f) for f in (prefs.train, prefs.evaluate, prefs.compare))

@@ -71,6 +71,8 @@ def test_compare_trains_missing_seeds_and_never_crowns_an_incoherent_run(runs, c
     printed = capsys.readouterr().out
     assert "INCOHERENT" in printed and "base (adapter off)" in printed
     assert (runs / "dpo-seed1" / "manifest.json").exists()
+    seed1 = read_json(runs / "dpo-seed1" / "results.json")
+    assert seed1["config"]["seed"] == 1 and seed1["reference"]["cache_hit"]  # shared cache
     res = read_json(out / "results.json")
     methods = [r["method"] for r in res["rows"]]
     assert methods == ["dpo", "ipo", "base (adapter off)"]

@@ -23,14 +23,14 @@ def train(*args: Any, **kwargs: Any) -> Any:
 
 
 def evaluate(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`reprlab.prefs.evaluate.evaluate`."""
-    from reprlab.prefs.evaluate import evaluate as _evaluate
+    """See :func:`reprlab.prefs.evaluation.evaluate`."""
+    from reprlab.prefs.evaluation import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
 
 
 def compare(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`reprlab.prefs.compare.compare`."""
-    from reprlab.prefs.compare import compare as _compare
+    """See :func:`reprlab.prefs.comparison.compare`."""
+    from reprlab.prefs.comparison import compare as _compare
 
     return _compare(*args, **kwargs)

@@ -153,7 +153,7 @@ def _splits(items: list[str]) -> dict[str, str] | None:
 
 
 def run_eval(cfg: EvalCommand) -> int:
-    from reprlab.prefs.evaluate import evaluate
+    from reprlab.prefs.evaluation import evaluate
 
     res = evaluate(cfg.run, _splits(cfg.data), model=cfg.model or None,
                    limit=cfg.limit or None, threshold=cfg.threshold, generate=cfg.generate,
@@ -186,7 +186,7 @@ class CompareCommand:
 
 
 def run_compare(cfg: CompareCommand, runs: list[str]) -> int:
-    from reprlab.prefs.compare import compare
+    from reprlab.prefs.comparison import compare
 
     res = compare(runs, seeds=cfg.seeds, out=cfg.out, metric=cfg.metric,
                   train_missing=not cfg.no_train, reevaluate=cfg.reevaluate,

@@ -1,7 +1,8 @@
 """Several methods, several seeds: one row a method, one column a shift, with 95% intervals.
 
 For each given run (one method), seeds ``RUN``, ``RUN-seed1`` … ``RUN-seed{N-1}`` are read, and
-the missing ones are trained with the run's own settings and the next seeds. Every seed is
+the missing ones are trained with the run's own settings, the next seeds and the same reference
+cache (a cached reference is shared by every seed). Every seed is
 evaluated (or its evaluation read). The interval is a two-level bootstrap: resample seeds, then
 rows within each resampled seed, and take the mean accuracy. Runs the coherence guard flags are
 marked, and a method with an incoherent seed is never called the winner of a shift.
@@ -86,15 +87,18 @@ def _ensure_seed(run: Path, path: Path, k: int, train_missing: bool, progress: b
     results = read_json(run / "results.json")
     cfg = dict(results["config"])
     cfg["lora_targets"] = tuple(cfg["lora_targets"])
+    ref = results.get("reference", {})
+    cache = str(Path(ref["cache_path"]).parent) if ref.get("cache_path") else "off"
     base = TrainConfig(**cfg)
     logger.info("training seed %d of %s into %s", base.seed + k, run, path)
-    train(config=replace(base, seed=base.seed + k, out=str(path), progress=progress))
+    train(config=replace(base, seed=base.seed + k, out=str(path), progress=progress,
+                         ref_cache=cache))
 
 
 def _evaluation(path: Path, force: bool, kwargs: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    from reprlab.prefs.evaluate import evaluate
+    from reprlab.prefs.evaluation import evaluate
 
     ev = path / "eval"
     if force or not (ev / "manifest.json").exists():

@@ -5,7 +5,7 @@ mean log-prob rejected) > 0.5, the ``open_pref_eval`` score), DPO's implicit-rew
 (the adapter's log-ratio margin against the base, > 0), the chosen-completion perplexity and
 its ratio to the base model, for the adapter on and off (the base row). Splits are grouped by
 named shift (in-domain, difficulty, cross-domain, orthogonal). Per-row correctness is saved so
-that :mod:`reprlab.prefs.compare` can bootstrap over seeds and rows.
+that :mod:`reprlab.prefs.comparison` can bootstrap over seeds and rows.
 """
 
 from __future__ import annotations
