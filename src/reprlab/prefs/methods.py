@@ -20,7 +20,7 @@ A method is an object with these attributes (subclass :class:`Method` for the de
     states the method reads. The trainer records them with
     ``reprlab.hooks.record(lm, sites, detach=False)`` during the policy forward and passes them
     **mean-pooled over the completion tokens** of each sequence (the tokens the completion mask
-    marks; prompt and padding excluded): ``policy.chosen_hidden[site]`` and
+    marks: prompt, padding and special tokens excluded, the final end-of-turn token kept): ``policy.chosen_hidden[site]`` and
     ``policy.rejected_hidden[site]``, each ``[B, d]``, still in the autograd graph. The
     reference gets the same pooled states under the frozen base model, detached — from the
     reference cache when it is on (so a run with sites never re-runs the reference forward).
@@ -32,8 +32,12 @@ A method is an object with these attributes (subclass :class:`Method` for the de
 ``before_backward(ctx: StepContext)`` / ``after_backward(ctx: StepContext)``
     Optional hooks around each micro-batch's backward. ``ctx.params`` lists the trainable
     ``(name, parameter)`` pairs, so ``after_backward`` can edit ``p.grad`` (e.g. project the
-    gradient) before clipping and the optimiser step; ``ctx.state`` is a dict the method owns
-    that lives for the whole run; ``ctx.last_micro_batch`` is True before the step is taken.
+    gradient) before clipping and the optimiser step; with ``--grad-accum`` the gradients
+    accumulate over micro-batches, and ``ctx.last_micro_batch`` is True on the last one, just
+    before the step. ``ctx.state`` is a dict the method owns for the whole process (not saved
+    on resume: keep what must survive a kill in ``state_tensors``). The logged step metrics
+    are the means over micro-batches of ``loss``, of the returned metrics and of the rewards
+    (β × log-ratio, with the method's ``beta`` attribute when it has one).
 ``record(lm) -> context manager yielding {site: [N, T, d]}``
     Optional: how the states at ``sites`` are read during a forward (default:
     ``hooks.record(lm, sites, detach=False)``). Override it for places the site grammar does
