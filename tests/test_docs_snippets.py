@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 #: blocks about the packages being built now are run by their own tests once they settle
-NEW = re.compile(r"\breprlab\.(toy|prefs|lenses|sweeps)\b")
+NEW = re.compile(r"\breprlab(?:\.|\s+import\s+)(toy|prefs|lenses|sweeps)\b")
 ROWS = 200  # rows of a built-in dataset the snippets see (the docs' runs use all)
 LAYERS = 8  # the snippets read layers up to layers.6
 

@@ -53,7 +53,8 @@ def _module_present(module_name: str) -> bool:
     workflow's package may be heavy to import, or not part of this build)."""
     parts = module_name.split(".")[1:]
     base = Path(__file__).resolve().parent.parent.joinpath(*parts)
-    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+    return any(f.is_file() for f in (base.with_suffix(".py"), base.with_suffix(".pyc"),
+                                      base / "__init__.py", base / "__init__.pyc"))
 
 
 def _root() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
