@@ -259,3 +259,26 @@ def test_capture_says_how_many_texts_were_truncated(paths, tmp_path, capsys):
     assert "2 of 4 texts were longer than 256 tokens and were truncated" in out.out
     man = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert man["n_truncated"] == 2 and man["max_length"] == 256
+
+
+def test_export_to_a_read_only_place_is_one_line(paths, tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    code = main(["steer", "export", paths["vec"], "--gguf", str(tmp_path / "ro" / "v.gguf")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: cannot write to ") and "Read-only" in err[0]
+
+
+def test_spearman_of_nan_is_nan_not_one():
+    import math
+
+    from reprlab.steering.metrics import spearman
+
+    assert spearman([1, 2, 3], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
+    assert math.isnan(spearman([1, 2, 3], [float("nan")] * 3))

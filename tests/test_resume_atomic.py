@@ -140,15 +140,13 @@ def test_resume_at_default_thread_count_matches_within_rounding(tmp_path, monkey
     from reprlab.drift.track import track_grokking
 
     threads = max(2, os.cpu_count() or 1)
-    full = track_grokking(_cfg(), tmp_path / "full", progress=False, threads=threads)
-    seen = _inject(monkeypatch, 10**9, "before")
-    track_grokking(_cfg(), tmp_path / "count", progress=False, threads=threads)
-    monkeypatch.undo()
-    _inject(monkeypatch, len(seen) // 2, "before")
+    cfg = _cfg(epochs=5)  # checkpoints 0 and 5: writes config, then 3 per checkpoint
+    full = track_grokking(cfg, tmp_path / "full", progress=False, threads=threads)
+    _inject(monkeypatch, 5, "before")  # inside the checkpoint at epoch 5
     with pytest.raises(Crash):
-        track_grokking(_cfg(), tmp_path / "crash", progress=False, threads=threads)
+        track_grokking(cfg, tmp_path / "crash", progress=False, threads=threads)
     monkeypatch.undo()
-    resumed = track_grokking(_cfg(), tmp_path / "crash", progress=False, threads=threads)
+    resumed = track_grokking(cfg, tmp_path / "crash", progress=False, threads=threads)
     assert resumed.steps == full.steps
     for a, b in zip(full.history, resumed.history, strict=True):
         for k in a:
