@@ -361,3 +361,37 @@ trials: 3
     assert len(trials) == 5 and len(list(a.glob("trials/*/manifest.json"))) == 3
     assert len(list(b.glob("trials/*/manifest.json"))) == 2
     assert not (a / "study.db").exists() and not (b / "study.db").exists()
+
+
+def test_preempted_submitit_job_requeues_its_trial(tmp_path, toy_cli, monkeypatch):
+    from reprlab.sweeps.executors import TrialJob
+    from reprlab.sweeps.run import resolve
+    from reprlab.sweeps.study import claim, enqueue_grid, init_sweep_dir, open_study
+    from reprlab.sweeps.worker import work
+
+    spec_path = _write(tmp_path, """
+command: toyobj --steps 1
+method: grid
+metric: {name: score, goal: maximize}
+parameters:
+  x: {values: [0.1, 0.7]}
+""")
+    monkeypatch.chdir(tmp_path)  # the job changes to the sweep's working directory
+    spec, out = resolve(spec_path, out=tmp_path / "sweep")
+    meta = init_sweep_dir(out, spec, None)
+    study = open_study(out, meta)
+    enqueue_grid(study, spec)
+    cut = claim(study, spec, out)  # a job took this trial, then SLURM preempted it
+    (out / "trials" / f"{cut.number:04d}").mkdir(parents=True)
+    job = TrialJob(str(out), ("jsonl",), {}, str(tmp_path))
+    job.trial_number = cut.number
+    again = job.checkpoint().function  # what submitit resubmits
+    assert isinstance(again, TrialJob) and again.requeue == cut.number
+    assert again() == 1  # puts the cut-off trial back, then runs one trial
+    work(out)
+    trials = _trials(out)
+    stale = [t for t in trials if t.user_attrs.get("stale")]
+    assert [t.number for t in stale] == [cut.number]
+    assert not (out / "trials" / f"{cut.number:04d}").exists()
+    done = sorted(t.params["x"] for t in trials if t.state.name == "COMPLETE")
+    assert done == [0.1, 0.7]
