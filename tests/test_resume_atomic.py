@@ -39,8 +39,8 @@ def _inject(monkeypatch, crash_at: int, mode: str) -> list[str]:
     def write(path, data):
         seen.append(Path(path).name)
         if len(seen) - 1 == crash_at:
-            if mode == "mid":
-                tmp = Path(path).parent / f".{Path(path).name}.crash.tmp"
+            if mode == "mid":  # named as a real temporary file would be
+                tmp = Path(path).parent / f".{Path(path).name}.crash1234.tmp"
                 tmp.write_bytes(bytes(data)[: len(data) // 2])
             raise Crash(f"killed at write {crash_at} ({Path(path).name})")
         return real(path, data)
@@ -102,6 +102,7 @@ def test_crash_at_every_write_resumes_exactly(reference, tmp_path, monkeypatch, 
         monkeypatch.undo()
         resumed = _run(out)
         _same(ref, resumed, ref_out, out)
+        assert not list((out / "track").glob(".state.safetensors.*.tmp"))
 
 
 def test_legacy_two_file_state_still_resumes(reference, tmp_path):

@@ -52,6 +52,8 @@ def load_state(directory: Path, model: nn.Module, opt: torch.optim.Optimizer,
     """Restore a saved state; ``None`` when there is none. Returns the saved ``info``."""
     directory = Path(directory)
     path = state_path(directory)
+    for tmp in directory.glob(f".{STATE_FILE}.*.tmp"):  # a save killed before its rename
+        tmp.unlink(missing_ok=True)
     if not path.exists():
         return None
     if not _is_one_file(path) and (directory / _LEGACY_JSON).exists():
