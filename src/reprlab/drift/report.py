@@ -114,7 +114,8 @@ def series_figures(run, res: dict, history: Sequence[dict] | None = None,
         stride = max(1, math.ceil(len(steps) / 20))
         plots.heatmap(ax, show, [str(s) if i % stride == 0 else "" for i, s in enumerate(steps)],
                       labels, annotate=False,
-                      cbar_label=("log10 " if (mat > 0).all() else "") + UNITS[name],
+                      cbar_label=("log10 " if (mat > 0).all() else "")
+                      + ("1 − " if name == "cka" else "") + UNITS[name],
                       xlabel="step (compared with the previous checkpoint)", ylabel="site")
         ax.set_title(f"layer × checkpoint drift ({name})")
         run.figure(fig, f"layer_checkpoint_{name}.png", title=f"Layer × checkpoint ({name})",
@@ -238,11 +239,25 @@ def series_headline(res: dict) -> str:
     _, site, k, ratio = best
     e = sites[site]["consecutive"][name]
     prev = res["steps"][res["steps"].index(e["steps"][k]) - 1]
-    floor = f", {num(ratio, 2)}× its noise floor" if ratio is not None else ""
-    line = (f"Largest drift between consecutive checkpoints ({UNITS[name]}"
-            f"{', as 1 − CKA' if name == 'cka' else ''}): {site} from step {prev} to "
-            f"{e['steps'][k]} ({num(e['drift'][k], 3)}{floor}).")
-    tr = sites[site]["transition"].get(name)
-    if tr:
-        line += f" Strongest upward change point there: step {tr['step']}."
+    if ratio is not None:
+        line = (f"Consecutive-checkpoint drift furthest above its noise floor ({UNITS[name]}): "
+                f"{site} from step {prev} to {e['steps'][k]} ({num(e['drift'][k], 3)}, "
+                f"{num(ratio, 3)}× the floor).")
+    else:
+        line = (f"Largest drift between consecutive checkpoints ({UNITS[name]}"
+                f"{', as 1 − CKA' if name == 'cka' else ''}): {site} from step {prev} to "
+                f"{e['steps'][k]} ({num(e['drift'][k], 3)}).")
+    trs = [(s, t) for s, v in sites.items() if (t := v["transition"].get(name))]
+    if trs:
+        def jump(item):
+            t = item[1]
+            return t["after"] / t["before"] if t.get("before") else float("inf")
+
+        s_best, t = max(trs, key=jump)
+        step = int(t["step"]) if float(t["step"]).is_integer() else t["step"]
+        at = sorted({int(x["step"]) if float(x["step"]).is_integer() else x["step"]
+                     for _, x in trs})
+        line = (f"Strongest upward change point of the drift: step {step} at {s_best} (mean "
+                f"drift {num(t['before'], 3)} before, {num(t['after'], 3)} after; all sites: "
+                f"step {', '.join(str(x) for x in at)}). " + line)
     return line

@@ -50,10 +50,9 @@ class _Common:
                                    "(21 pairs and 2 floor splits, one core): sinkhorn ~7 s, "
                                    "bures ~2 s, procrustes ~1.5 s, cka ~1 s, sliced <1 s, "
                                    "displacement <0.5 s; emd (exact, on request) grows "
-                                   "cubically: ~45 s for one pair at 10k points. Default "
-                                   "(layers): sinkhorn,sliced,bures,cka,procrustes,"
-                                   "displacement; checkpoints/train: sinkhorn,cka,procrustes,"
-                                   "displacement")
+                                   "cubically: ~45 s for one pair at 10k points. Left at "
+                                   "the default, checkpoints and train use sinkhorn,cka,"
+                                   "procrustes,displacement")
     points: int = opt(1000, help="points per cloud, sampled with --seed (0 = all)")
     pca: int = opt(0, help="compare in one PCA basis fitted on the union of the clouds (0 = raw space)")
     rel_eps: float = opt(0.1, help="Sinkhorn ε relative to the median squared distance")
@@ -107,6 +106,8 @@ class CheckpointsConfig(_Common):
     def __post_init__(self) -> None:
         self.checkpoints = split_list(self.checkpoints)
         require(len(self.checkpoints) >= 1, "pass --checkpoints (e.g. 'ckpts/step-*')")
+        if split_list(self.measures) == DEFAULT_LAYER_MEASURES:
+            self.measures = list(DEFAULT_SERIES_MEASURES)
         super().__post_init__()
 
 
