@@ -376,9 +376,14 @@ def run_validate(cfg: ValidateCmd) -> int:
     print(f"steering {lm.name} at {results['site']} ({cfg.op}, {cfg.unit}){read}; "
           f"means over examples (95% intervals in results.json and the report)")
     print(f"{'metric':<20}" + "".join(f" {c:>10g}" for c in coeffs) + f" {'spearman':>9}")
+    from reprlab.report.fmt import num
+    from reprlab.steering.validate import causal_headline
+
     for name, m in results["metrics"].items():
-        print(f"{name:<20}" + "".join(f" {v:>10.4g}" for v in m["mean"])
+        scale = max(abs(v) for v in m["mean"])  # float noise at coefficient 0 prints as 0
+        print(f"{name:<20}" + "".join(f" {num(v, 4, scale):>10}" for v in m["mean"])
               + f" {m['spearman']:>9.2f}")
+    print(causal_headline(results))
     print(f"report: {Path(cfg.out) / 'report.html'}")
     return 0
 
