@@ -24,9 +24,11 @@ details summary{cursor:pointer;color:#344054}
 
 
 def _fmt(v: Any) -> str:
+    from reprlab.report.fmt import num
+
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return html.escape(str(v))
+        return num(v, 4)   # four significant digits, no exponent from 1e-3 to 1e6
+    return html.escape("–" if v is None else str(v))
 
 
 def table(title: str, rows: Sequence[Mapping[str, Any]], note: str = "") -> str:
@@ -56,7 +58,7 @@ def text(title: str, body: str, raw_html: bool = False) -> str:
 def page(title: str, summary: str, blocks: Sequence[tuple[str, str]], manifest: Mapping) -> str:
     inputs = manifest.get("inputs", {})
     sub = " · ".join(f"{k}: {html.escape(str(v.get('name', v) if isinstance(v, dict) else v))}"
-                     for k, v in inputs.items())
+                     for k, v in inputs.items() if v not in (None, "", {}))
     body = "\n".join(b for _, b in blocks)
     man = html.escape(json.dumps(manifest, indent=2, default=str))
     summ = f"<p>{html.escape(summary)}</p>" if summary else ""
