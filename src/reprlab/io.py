@@ -120,6 +120,16 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def apply_umask(path: str | Path) -> None:
+    """Give ``path`` (a file, or every file under a directory) the mode the umask allows:
+    for files that libraries create 0600 (safetensors ``save_file``, ``save_pretrained``)."""
+    p = Path(path)
+    mode = file_mode()
+    for f in ([p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()]):
+        with contextlib.suppress(OSError):
+            os.chmod(f, mode)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
     path = Path(path)

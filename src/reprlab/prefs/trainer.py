@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reprlab.errors import ConfigError
-from reprlab.io import atomic_write_text
+from reprlab.io import apply_umask, atomic_write_text
 from reprlab.models import LoadedModel, as_loaded
 from reprlab.prefs.adapters import AdapterSpec, apply_adapter, trainable
 from reprlab.prefs.config import TrainConfig, diff
@@ -310,6 +310,7 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
     _write_log(out / LOG, log)
     adapter_dir = out / "adapter"
     run.peft.save_pretrained(str(adapter_dir))
+    apply_umask(adapter_dir)  # safetensors writes 0600
     reference = {"cached": run.reference is not None,
                  "cache_hit": bool(run.reference and run.reference.cache_hit),
                  "cache_path": str(run.reference.path) if run.reference and run.reference.path

@@ -158,10 +158,10 @@ def _with(stem: Path, ext: str) -> Path:
 
 def _atomic(target: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.fchmod(fd, file_mode())  # mkstemp makes 0600; respect the umask
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode())  # mkstemp and safetensors make 0600; respect the umask
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
