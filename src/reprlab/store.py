@@ -66,12 +66,18 @@ def _header(dtype: torch.dtype, shape: tuple[int, ...], metadata: dict[str, str]
 
 def create_tensor_file(path: Path, dtype: torch.dtype, shape: tuple[int, ...],
                        metadata: dict[str, str] | None = None) -> np.memmap:
-    """Create a safetensors file of the given shape and return a writable map of its data."""
+    """Create a safetensors file of the given shape and return a writable map of its data.
+
+    The space is allocated for real (not a sparse file), so a full disk is one
+    :class:`StoreError` here rather than a SIGBUS when the map is written. For large files
+    written once, :class:`TensorFileWriter` keeps memory flat.
+    """
     head = _header(dtype, shape, metadata or {})
     nbytes = int(np.prod(shape, dtype=np.int64)) * torch.tensor([], dtype=dtype).element_size()
-    with open(path, "wb") as fh:
+    with disk_errors(Path(path).parent, len(head) + nbytes), open(path, "wb") as fh:
         fh.write(head)
-        fh.truncate(len(head) + nbytes)
+        fh.flush()
+        allocate(fh.fileno(), len(head) + nbytes)
     if nbytes == 0:
         return np.zeros(shape, dtype=_NP_VIEW[_ST_DTYPES[dtype]])
     return np.memmap(path, dtype=_NP_VIEW[_ST_DTYPES[dtype]], mode="r+", offset=len(head),
