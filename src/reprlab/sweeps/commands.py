@@ -100,12 +100,13 @@ def trial_argv(spec: SweepSpec, parser: argparse.ArgumentParser, params: dict[st
     return [*spec.command, *option_args(parser, values, specs), f"--out={out}"]
 
 
-def validate_argv(argv: list[str]) -> None:
+def validate_argv(argv: list[str], parser: argparse.ArgumentParser | None = None) -> None:
     """Parse ``argv`` as the CLI would and run the subcommand's config checks, without
-    running it; raises :class:`ConfigError` with argparse's or the config's one line."""
+    running it; raises :class:`ConfigError` with argparse's or the config's one line.
+    ``parser``: the full ``reprlab`` parser, to reuse across many calls."""
     from reprlab.cli import build_parser, join_negative_values
 
-    parser = build_parser(argv[0] if argv else None)
+    parser = parser or build_parser(argv[0] if argv else None)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):

@@ -4,6 +4,7 @@ the trials on an executor, write the report."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,19 @@ def resolve(target: str | Path | SweepSpec, trials: int | None = None,
 def check(spec: SweepSpec, sweep_dir: Path) -> None:
     """Refuse a sweep that cannot work before any trial starts: unknown parameters, a command
     line the subcommand rejects at any corner of the search space."""
+    from reprlab.cli import build_parser
     from reprlab.sweeps.commands import check_params, sample_points, trial_argv, validate_argv
 
     parser = check_params(spec)
-    for point in sample_points(spec):
-        validate_argv(trial_argv(spec, parser, point, str(sweep_dir / "trials" / "check")))
+    full = build_parser(spec.command[0])
+    probe_dir = sweep_dir / "trials" / "check"
+    existed = probe_dir.exists()
+    try:
+        for point in sample_points(spec):
+            validate_argv(trial_argv(spec, parser, point, str(probe_dir)), full)
+    finally:
+        if not existed:  # a config check that made its --out leaves nothing behind
+            shutil.rmtree(probe_dir, ignore_errors=True)
 
 
 def run_sweep(target: str | Path | SweepSpec, out: str | Path | None = None, *,
