@@ -98,6 +98,9 @@ CASES: list[tuple[str, list[str], str]] = [
      ["patch", "sweep", "--model", "{model}", "--source", "the cat sat", "--target",
       "the dog sat", "--positions", "50", "--tokens", "a,b", "--out", "{out}"],
      "lie outside"),
+    ("patch prompt past the position limit",
+     ["patch", "--model", "{model}", "--source", LONG, "--target", "the dog sat", "--out",
+      "{out}"], "more than the 256 positions"),
     # templates (item 10)
     ("drift train --template '{text'",
      ["drift", "train", "--model", "{model}", "--data", "{jsonl}", "--template", "{{text",

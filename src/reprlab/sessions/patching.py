@@ -112,8 +112,18 @@ def patch(lm: Any, source: str, target: str, from_site: str, to_site: str | None
     return out
 
 
+def check_fits(lm: Any, prompt: str, which: str) -> None:
+    """Refuse a prompt longer than the model's positions (it would be cut, moving positions)."""
+    limit = getattr(lm, "max_length", None)
+    n = len(lm.tokenizer(prompt)["input_ids"])
+    if limit and n > limit:
+        raise ConfigError(f"the {which} prompt is {n} tokens, more than the {limit} positions "
+                          f"{lm.name} takes; shorten it")
+
+
 def _position(lm: Any, prompt: str, pos: int | str, which: str) -> int | str:
     """The token index ``pos`` names in ``prompt`` (refused when it lies outside)."""
+    check_fits(lm, prompt, which)
     if isinstance(pos, str):
         return pos
     n = int(encode(lm, prompt)["attention_mask"].sum())
@@ -181,6 +191,8 @@ def sweep(lm: Any, source: str, target: str, sites: str | Sequence[str] = "layer
     src = len(models) - 1
     site_names = [s.name for s in resolve_sites(lm, sites)]
     resolve_sites(models[src], site_names)
+    check_fits(models[src], source, "source")
+    check_fits(lm, target, "target")
     n_src = int(encode(models[src], source)["attention_mask"].sum())
     tgt_inputs = encode(lm, target)
     n_tgt = int(tgt_inputs["attention_mask"].sum())
