@@ -285,3 +285,16 @@ def test_spearman_of_nan_is_nan_not_one():
 
     assert spearman([1, 2, 3], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
     assert math.isnan(spearman([1, 2, 3], [float("nan")] * 3))
+
+
+def test_probe_run_records_truncated_rows(paths, tmp_path):
+    data = tmp_path / "mixed.csv"
+    rows = [(f"{LONG} {i}" if i % 4 == 0 else f"short text number {i}", i % 2) for i in range(24)]
+    data.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", paths["model"], "--data", str(data), "--sites", "layers.1",
+                 "--positions", "last", "--no-controls", "--bootstrap", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["inputs"]["data"]["truncated_rows"] == 6
+    assert man["inputs"]["data"]["max_length"] == 256

@@ -84,7 +84,9 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *,
                      max_length=max_length, progress=progress)
         inputs[role] = {"name": str(spec) if isinstance(spec, str) else name,
                         "hash": ds.hash() if callable(getattr(ds, "hash", None)) else "",
-                        "rows": len(ds.texts)}
+                        "rows": len(ds.texts),
+                        "truncated_rows": int(st.manifest.get("n_truncated") or 0),
+                        "max_length": st.manifest.get("max_length")}
         return st
 
     if store is not None:
