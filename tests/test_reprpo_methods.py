@@ -81,7 +81,8 @@ def test_method_trains_every_parameter(tmp_path, method, opts):
 
 
 def test_transform_parameters_change():
-    opts = MethodOptions(extra={"sites": "layers.1", "transform": "ether", "align": "pars_ratio"})
+    opts = MethodOptions(extra={"sites": "layers.1", "transform": "etherplus",
+                                "align": "pars_ratio"})
     m = build_method("innerdpo", opts)
     lm = chat_tiny(layers=3)
     m.bind(lm)
@@ -98,6 +99,7 @@ def test_transform_parameters_change():
     pol, ref = outs(True), outs(False)
     out = m.loss(pol, ref)
     out.loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in m.transform.parameters()) > 1e-4
     m.after_backward(StepContext(0, 0, True, lm.model, [], pol, ref, out, {}))
     assert any(not torch.equal(v, t0[k]) for k, v in m.transform.state_dict().items())
     # resumable: the transform and its optimiser state round-trip
@@ -161,3 +163,50 @@ def test_innerdpo_on_the_toy_sft_model_raises_in_domain_accuracy(toy_mini, tmp_p
                   generate=0, progress=False)
     assert ev.accuracy("in-domain", "on") > ev.accuracy("in-domain", "off") + 0.05
     assert math.isfinite(ev.ppl_ratio["in-domain"]) and ev.ppl_ratio["in-domain"] > 1.0
+
+
+def test_kill_and_resume_restores_the_transform(tmp_path):
+    """The transform and its optimiser state ride in the run's one-file training state."""
+    from safetensors.torch import load_file
+
+    kw = dict(FAST, steps=4, save_every=2, ref_cache="off", method="innerdpo", sites="layers.1",
+              transform="etherplus", transform_n_blocks=4, transform_lr=0.05)
+    full = train(chat_tiny(layers=3), ROWS, out=tmp_path / "full", **kw)
+
+    class Killed(Exception):
+        pass
+
+    def kill(rec):
+        if rec["step"] == 3:
+            raise Killed
+    with pytest.raises(Killed):
+        train(chat_tiny(layers=3), ROWS, out=tmp_path / "cut", on_step=kill, **kw)
+    resumed = train(chat_tiny(layers=3), ROWS, out=tmp_path / "cut", **kw)
+    assert resumed.resumed_from == 2
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-6, abs=1e-7)
+    state = load_file(tmp_path / "cut" / "state.safetensors")
+    assert any(k.startswith("extra.transform.") for k in state)
+    assert any(k.startswith("extra.transform_opt.") for k in state)
+
+
+def test_orthogonal_transforms_leave_rotation_invariant_losses_unchanged():
+    """ETHER/HRA/ortho are orthogonal: innerdpo, mse and prefvec see only inner products and
+    norms, so the transform changes neither their value nor (beyond rounding) its own
+    gradient; coordinate-wise losses (rank, topk) do change."""
+    from reprlab.prefs.methods import SeqOutputs
+
+    g = torch.Generator().manual_seed(0)
+    hs = [{"layers.1": torch.randn(3, 32, generator=g)} for _ in range(4)]
+    lp = torch.randn(3, generator=g)
+    pol = SeqOutputs(lp, -lp, torch.ones(3), torch.ones(3), hs[0], hs[1])
+    ref = SeqOutputs(lp * 0, lp * 0, torch.ones(3), torch.ones(3), hs[2], hs[3])
+    for loss, changes in (("innerdpo", False), ("mse", False), ("prefvec", False),
+                          ("rank", True), ("topk", True)):
+        vals = [float(build_method(loss, MethodOptions(extra={"sites": "layers.1",
+                                                              "transform": t})).loss(pol, ref).loss)
+                for t in ("none", "ether", "hra")]
+        if changes:
+            assert abs(vals[1] - vals[0]) > 1e-4, loss  # (HRA starts as the identity)
+        else:
+            assert vals[1] == pytest.approx(vals[0], abs=1e-5), loss
+            assert vals[2] == pytest.approx(vals[0], abs=1e-5), loss

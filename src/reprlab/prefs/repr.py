@@ -51,6 +51,10 @@ from reprlab.prefs.transforms import build_transform
 
 logger = logging.getLogger(__name__)
 
+#: orthogonal transforms, and the losses that see only inner products and norms (for which an
+#: orthogonal map applied to policy and reference alike changes neither value nor gradient)
+_ORTHOGONAL = ("ether", "hra", "ortho", "orthogonal")
+_ROTATION_INVARIANT = ("innerdpo", "mse", "prefvec")
 _NAME = re.compile(r"^(layers\.\d+(\.(attn|mlp))?|embed|final_norm|module:.+)$")
 _RANGE = re.compile(r"^layers\.(\d+):(\d+)(?::(\d+))?$")
 
@@ -104,6 +108,11 @@ class ReprMethod(Method):
         if "beta" in option_names(loss) and "beta" not in loss_kw:
             loss_kw["beta"] = opts.beta
         self.options = make_options(loss, **loss_kw)
+        if (self.transform_name.lower() in _ORTHOGONAL and loss in _ROTATION_INVARIANT):
+            logger.warning("the %s transform is orthogonal and the %s loss depends only on "
+                           "inner products and norms: the transform changes nothing (use "
+                           "etherplus, or a coordinate-wise loss: rank, topk)",
+                           self.transform_name, loss)
         self.aggregation = opts.aggregation
         self.spec = REPR_LOSSES[loss]
         self._sites = model_free_sites(self.site_spec)

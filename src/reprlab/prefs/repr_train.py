@@ -57,7 +57,7 @@ def train(model: Any = None, data: Any = None, *, out: str | Path, method: str =
     """Resolve sites on the model, then :func:`reprlab.prefs.trainer.train` the method."""
     from reprlab.prefs.trainer import train as _train
 
-    trainer_keys = {f for f in TrainConfig.__dataclass_fields__}
+    trainer_keys = {f for f in TrainConfig.__dataclass_fields__} | {"on_step", "config"}
     loss_kw = {k: options.pop(k) for k in list(options) if k not in trainer_keys}
     extra = dict(options.pop("method_options", None) or method_options_ or {})
     extra.update(loss_kw)

@@ -20,6 +20,13 @@ name           map (per site, ``x`` a row)                                 ident
                seen through the unembedding, is positive (SupressedHS)
 =============  ==========================================================  ==================
 
+The orthogonal ones (``ether``, ``hra``, ``ortho``) are applied to policy and reference alike,
+so a loss that reads only inner products and norms — every InnerDPO align method, MSE,
+PrefVec — has the same value with them as without, and gives them no gradient (only rounding
+noise, which Adam turns into random steps). They act on coordinate-wise losses (Rank's
+log-softmax, TopK's dimension choice) and on ETHER+, which is not orthogonal. The research
+combined them with the invariant losses.
+
 PEFT (0.21) has no ETHER, so it is written here. The SupressedHS idea and the ETHER/HRA
 variants follow the ReprPO research (wassname/repr-preference-optimization,
 ``reprpo/interventions/transforms/``).
