@@ -154,3 +154,33 @@ def test_projbp_activation_gradient():
         g2 = g2 * w.norm() / g2.norm()
         torch.testing.assert_close(x.grad, g2 @ lin.weight)
     pb.remove()
+
+
+def test_sum_pooling_direction_equals_completion_sums():
+    """With a shared prompt, a causal model's prompt states are equal in chosen and rejected
+    rows, so the attended-token sum difference is the completion-token sum difference."""
+    lm, model = _peft_llama()
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(1000, 2000, (2, 5), generator=g)
+    cho = torch.randint(1000, 2000, (2, 3), generator=g)
+    rej = torch.randint(1000, 2000, (2, 4), generator=g)
+    ids = torch.zeros(4, 9, dtype=torch.long)
+    att = torch.zeros(4, 9, dtype=torch.long)
+    comp = torch.zeros(4, 9, dtype=torch.bool)
+    for i in range(2):
+        ids[i, :8], att[i, :8], comp[i, 5:8] = torch.cat([prompt[i], cho[i]]), 1, True
+        ids[i + 2, :9], att[i + 2, :9], comp[i + 2, 5:9] = torch.cat([prompt[i], rej[i]]), 1, True
+    chosen = torch.tensor([True, True, False, False])
+    mods = adapter_modules(model)
+    name, mod = next(iter(mods.items()))
+    seen = {}
+    h = mod.register_forward_hook(lambda m, a, o: seen.__setitem__("out", o.detach()))
+    pg = ProjGrad(mods, ProjectionOptions(), pool="sum")
+    with torch.no_grad(), pg.observe(att, chosen):
+        model(input_ids=ids, attention_mask=att)
+    h.remove()
+    out = seen["out"]
+    sums = (out * comp.unsqueeze(-1)).sum(1)
+    want = (sums[:2] - sums[2:]).mean(0)
+    torch.testing.assert_close(pg.dirs[name], want, atol=1e-5, rtol=1e-4)
+    pg.remove()
