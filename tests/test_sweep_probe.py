@@ -174,3 +174,30 @@ def test_ray_tune_runs_a_two_trial_sweep(tmp_path, inputs, monkeypatch):
     assert sorted(t.params["l2"] for t in trials) == [0.001, 10.0]
     assert all(info(t)["pid"] != os.getpid() for t in trials)
     shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_prefs_train_trials_are_pruned_from_their_train_log(tmp_path, inputs):
+    pytest.importorskip("peft")
+    model, _ = inputs
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}: what colour is the sky?",
+                                        "chosen": " blue", "rejected": " green"}) + "\n"
+                            for i in range(16)))
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"command: prefs train --model {model} --data {data} --method dpo --steps 40 "
+                    "--raw-text --no-progress --lora-targets all-linear\nmethod: grid\n"
+                    "metric: {name: final.loss, goal: minimize}\n"
+                    "parameters:\n  lr: {values: [0.003, 0.0000001, 0.00000001]}\n"
+                    "early_terminate: {type: median, warmup: 3, min_trials: 1, metric: loss}\n")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(out), "--workers", "1", "--no-progress",
+                 "--no-report"]) == 0
+    trials = sorted(_study(out).get_trials(), key=lambda t: t.number)
+    assert trials[0].state.name == "COMPLETE"
+    assert len((out / "trials" / "0000" / "train_log.jsonl").read_text().splitlines()) == 40
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned  # a learning rate too small to move the loss falls behind the median
+    for t in pruned:
+        lines = (Path(info(t)["run_dir"]) / "train_log.jsonl").read_text().splitlines()
+        assert 3 <= len(lines) < 40

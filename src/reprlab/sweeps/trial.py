@@ -190,6 +190,9 @@ def run_trial(trial: Any, spec: SweepSpec, argv: list[str], run_dir: Path,
                 out = Outcome("fail", message=_last_error(run_dir / "log.txt") or f"exit {rc}")
     except MetricMissing as exc:
         out = Outcome("fail", message=str(exc), fatal=True)
+    if out.state == "pruned":
+        with open(run_dir / "log.txt", "a", encoding="utf-8") as fh:
+            fh.write(f"reprlab sweep: {out.message} (the pruner stopped this trial)\n")
     info.update(seconds=round(time.time() - started, 3),
                 cpu_seconds=round(time.process_time() - cpu0, 3), steps=pruner.steps)
     out.info = info
