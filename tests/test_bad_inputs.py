@@ -298,3 +298,25 @@ def test_probe_run_records_truncated_rows(paths, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["inputs"]["data"]["truncated_rows"] == 6
     assert man["inputs"]["data"]["max_length"] == 256
+
+
+def test_safetensors_disk_full_is_one_line(monkeypatch, capsys):
+    import reprlab.cli as cli
+
+    class SafetensorError(Exception):
+        pass
+
+    def boom(args):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: "
+                              "StorageFull, message: \"No space left on device\" })")
+
+    parser = cli.build_parser("capture")
+    monkeypatch.setattr(cli, "build_parser", lambda command=None: parser)
+    import types
+
+    monkeypatch.setattr(parser, "parse_args", lambda argv: types.SimpleNamespace(
+        verbose=False, _handler=boom, command="capture"))
+    assert cli.main(["capture"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: Error while serializing") and \
+        "free some space" in err[0]

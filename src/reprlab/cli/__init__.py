@@ -146,18 +146,29 @@ def main(argv: list[str] | None = None) -> int:
     except ReprlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a full disk or a read-only place anywhere: one line, not a trace
-        import errno
-
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror}{where}; free some space or write elsewhere (--out)",
-              file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk or a read-only place anywhere: one line, no trace
+        message = _disk_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}; free some space or write elsewhere (--out)", file=sys.stderr)
+        return 2
+
+
+def _disk_message(exc: BaseException) -> str | None:
+    """The one line for a full disk or read-only file system (OSError or safetensors' own
+    error), ``None`` for anything else."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return f"{exc.strerror}" + (f" writing {exc.filename}" if exc.filename else "")
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" and any(
+            s in text for s in ("No space left", "Disk quota", "Read-only file system")):
+        return text.strip().splitlines()[0][:200]
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover
