@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -49,3 +52,84 @@ def mixed_texts(n: int, seed: int = 0) -> list[str]:
         k = max(2, int(k * rng.uniform(0.7, 1.3)))
         out.append(" ".join(rng.choice(words) for _ in range(k)).capitalize() + ".")
     return out
+
+
+def rotate(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+           setups: dict[str, Callable[[], contextlib.AbstractContextManager]] | None = None
+           ) -> dict[str, dict[str, float]]:
+    """Time several variants in rotation (one run of each in turn, ``repeats`` rounds) and
+    return, per variant, the medians of CPU time (``time.process_time``: every thread of this
+    process) and wall time, plus the load average seen during its runs. ``setups[name]()``
+    gives a context (e.g. a thread count) entered around each run of that variant only."""
+    setups = setups or {}
+    none = contextlib.nullcontext
+
+    def once(name: str) -> tuple[float, float, float]:
+        with setups.get(name, none)():
+            c0, w0 = time.process_time(), time.perf_counter()
+            fns[name]()
+            c1, w1 = time.process_time(), time.perf_counter()
+        return c1 - c0, w1 - w0, os.getloadavg()[0]
+
+    for _ in range(warmup):
+        for name in fns:
+            once(name)
+    runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name in fns:
+            runs[name].append(once(name))
+    return {k: {"cpu": statistics.median(r[0] for r in v), "wall": statistics.median(r[1] for r in v),
+                "load": statistics.median(r[2] for r in v), "runs": len(v)}
+            for k, v in runs.items()}
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Both sides at ``n`` threads: torch (reprlab's policy via ``set_threads``; ``None``
+    leaves reprlab's own choice) and every BLAS / OpenMP pool (threadpoolctl) that
+    scikit-learn, NumPy and POT use."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from reprlab import _threads
+
+    before = torch.get_num_threads()
+    _threads.set_threads(n)
+    if n:
+        torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n) if n else contextlib.nullcontext():
+            yield
+    finally:
+        _threads.set_threads(None)
+        torch.set_num_threads(before)
+
+
+def machine() -> str:
+    """One line: CPU, cores, load average, library versions."""
+    import torch
+
+    vers = [f"torch {torch.__version__}"]
+    for mod in ("sklearn", "ot", "nnsight", "transformers", "steering_vectors"):
+        try:
+            m = __import__(mod)
+            vers.append(f"{mod} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            pass
+    la = os.getloadavg()
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"load {la[0]:.1f} {la[1]:.1f} {la[2]:.1f}; " + ", ".join(vers))
+
+
+def table(rows: list[tuple[str, dict[str, float]]], ref: str | None = None) -> str:
+    """Rows of ``(name, rotate() entry)`` as text with CPU / wall medians and ratios to
+    ``ref`` (the row whose time is 1)."""
+    base = dict(rows).get(ref) if ref else None
+    out = [f"  {'variant':<46}{'cpu s':>9}{'wall s':>9}{'load':>6}"
+           + (f"{'cpu ratio':>11}{'wall ratio':>11}" if base else "")]
+    for name, t in rows:
+        line = f"  {name:<46}{t['cpu']:>9.3f}{t['wall']:>9.3f}{t['load']:>6.1f}"
+        if base:
+            line += f"{t['cpu'] / base['cpu']:>10.2f}x{t['wall'] / base['wall']:>10.2f}x"
+        out.append(line)
+    return "\n".join(out)

@@ -4,9 +4,17 @@
     with output_hidden_states=True, and of nnsight saving the same outputs; plus reprlab with
     only an early layer requested (stop-early).
 (b) end to end, dataset with mixed lengths -> pooled rows on disk: `reprlab.capture` vs the
-    usual nnsight recipe (batches in dataset order, trace + save, pool, concatenate, write).
+    usual nnsight recipe (batches in dataset order, trace + save, pool, concatenate, write)
+    and vs a careful nnsight user (the same length-sorted batches as reprlab, and
+    ``tracer.stop()`` after the last block so the LM head is skipped): the first gap is
+    padding and the head, the second is what remains. Every batch size in
+    ``--batch-sizes`` is timed for every variant (each side's best is what to compare).
 
-    python benchmarks/capture.py [--rows 1024] [--repeats 5] [--models minilm] [--parts a]
+All variants run in rotation at one thread (medians of CPU time and wall time, load
+printed), then at two threads and at the default (torch's, for both: capture has no thread
+policy of its own).
+
+    python benchmarks/capture.py [--rows 512] [--repeats 3] [--models minilm] [--parts a,b]
 """
 
 from __future__ import annotations
@@ -15,13 +23,12 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import compare, mixed_texts  # noqa: E402
+from _common import machine, mixed_texts, rotate, table, threads  # noqa: E402
 
 from reprlab import hooks  # noqa: E402
 from reprlab.capture import capture  # noqa: E402
@@ -85,12 +92,22 @@ def identical_batches(lm: LoadedModel, texts: list[str], batch: int, repeats: in
                     for i in range(n_layers):
                         saved.append(blocks[i].output.save())
 
-    times = compare({"plain": plain, "reprlab": ours, "nnsight": nnsight_run,
-                     "reprlab_layer1_only": ours_early}, repeats)
-    return {k: n_tok / v for k, v in times.items()}
+    variants = {"plain forward": plain, "reprlab hooks": ours, "nnsight": nnsight_run,
+                "reprlab layer 1 only": ours_early}
+    for rows, reps in (([1], repeats), ([2, None], max(1, repeats // 2))):
+        fns, setups = {}, {}
+        for t in rows:
+            tag = "default" if t is None else f"{t} thread{'s' if t > 1 else ''}"
+            for k, fn in variants.items():
+                fns[f"{k}, {tag}"] = fn
+                setups[f"{k}, {tag}"] = lambda t=t: threads(t)
+        times = rotate(fns, repeats=reps, setups=setups)
+        print(f"  {n_tok} tokens; medians of {reps} round(s) in rotation; ratios to the plain "
+              "forward")
+        print(table(list(times.items()), ref=next(iter(times))))
 
 
-def end_to_end(lm: LoadedModel, texts: list[str], batch: int, repeats: int) -> dict:
+def end_to_end(lm: LoadedModel, texts: list[str], sizes: list[int], repeats: int) -> None:
     from nnsight import NNsight
     from safetensors.torch import save_file
 
@@ -98,68 +115,99 @@ def end_to_end(lm: LoadedModel, texts: list[str], batch: int, repeats: int) -> d
     blocks = blocks_of(nn_model, lm.arch.layers_path)
     n_layers = lm.arch.n_layers
     tmp = Path(tempfile.mkdtemp())
+    lengths = [len(lm.tokenizer(t)["input_ids"]) for t in texts]
+    by_length = sorted(range(len(texts)), key=lambda i: lengths[i])
 
-    def nnsight_recipe():
+    def nnsight_recipe(batch: int, careful: bool):
+        order = by_length if careful else list(range(len(texts)))
         per_layer: dict[str, list[torch.Tensor]] = {}
         with torch.inference_mode():
             for i in range(0, len(texts), batch):
-                e = lm.encode(texts[i:i + batch])
+                e = lm.encode([texts[j] for j in order[i:i + batch]])
                 saved = []
-                with nn_model.trace(**e):
+                with nn_model.trace(**e) as tracer:
                     for j in range(n_layers):
                         saved.append(blocks[j].output.save())
+                    if careful:
+                        tracer.stop()  # skip the LM head
                 m = e["attention_mask"]
                 for j, h in enumerate(saved):
+                    h = h[0] if isinstance(h, tuple) else h
                     for p in ("last", "mean"):
                         per_layer.setdefault(f"layers.{j}|{p}", []).append(pool(h, m, p))
-        save_file({k: torch.cat(v) for k, v in per_layer.items()}, str(tmp / "nnsight.safetensors"))
+        back = torch.tensor(order).argsort()
+        save_file({k: torch.cat(v)[back].contiguous() for k, v in per_layer.items()},
+                  str(tmp / "nnsight.safetensors"))
 
-    def ours():
+    def ours(batch: int):
         out = tmp / "reprlab"
         shutil.rmtree(out, ignore_errors=True)
         capture(lm, texts, "layers.*", "last,mean", out, batch_size=batch, progress=False)
 
-    t = compare({"nnsight": nnsight_recipe, "ours": ours}, repeats, warmup=0)
-    t_nn, t_ours = t["nnsight"], t["ours"]
+    def variants(t, tag, batch_sizes):
+        fns, setups = {}, {}
+        for b in batch_sizes:
+            fns[f"reprlab capture, batch {b}, {tag}"] = lambda b=b: ours(b)
+            fns[f"nnsight usual recipe, batch {b}, {tag}"] = lambda b=b: nnsight_recipe(b, False)
+            fns[f"nnsight careful (sorted + stop), batch {b}, {tag}"] = (
+                lambda b=b: nnsight_recipe(b, True))
+        for k in fns:
+            setups[k] = lambda t=t: threads(t)
+        return fns, setups
+
+    fns, setups = variants(1, "1 thread", sizes)
+    times = rotate(fns, repeats=repeats, warmup=0, setups=setups)
+    best = {side: min((k for k in times if k.startswith(side)), key=lambda k: times[k]["cpu"])
+            for side in ("reprlab", "nnsight usual", "nnsight careful")}
+    print(f"  {len(texts)} rows; medians of {repeats} round(s) in rotation, one thread; "
+          "ratios to reprlab's best batch size")
+    print(table(list(times.items()), ref=best["reprlab"]))
+    pick = {side: int(k.split("batch ")[1].split(",")[0]) for side, k in best.items()}
+    fns, setups = {}, {}
+    for t in (2, None):
+        tag = "default" if t is None else "2 threads"
+        f, s_ = variants(t, tag, sorted(set(pick.values())))
+        keep = {k: v for k, v in f.items()
+                if any(k.startswith(side) and f"batch {pick[side]}," in k for side in pick)}
+        fns.update(keep)
+        setups.update({k: s_[k] for k in keep})
+    times2 = rotate(fns, repeats=1, warmup=0, setups=setups)
+    print("  each variant at its best batch size, two threads and default, one round:")
+    print(table([(best["reprlab"], times[best["reprlab"]])] + list(times2.items()),
+                ref=best["reprlab"]))
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"nnsight_recipe_s": t_nn, "reprlab_s": t_ours, "speedup": t_nn / t_ours}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--batches", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--models", default="minilm,gpt2-small-random")
+    ap.add_argument("--batch-size", type=int, default=32, help="part (a)")
+    ap.add_argument("--batch-sizes", default="16,32,64", help="part (b), every variant")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--models", default="minilm", help="minilm,gpt2-small-random")
     ap.add_argument("--parts", default="a,b", help="a: identical batches; b: end to end")
     args = ap.parse_args()
     torch.manual_seed(0)
     import warnings
 
     warnings.filterwarnings("ignore")
+    print(machine())
     short = [f"The city of {c} is in {k}." for c, k in
              [("Paris", "France"), ("Lyon", "Japan"), ("Osaka", "Japan"), ("Lima", "Peru")]] * 64
     for name in args.models.split(","):
         lm = load_model("minilm") if name == "minilm" else gpt2_small_random()
         texts = short[: args.batches * args.batch_size]
-        t0 = time.perf_counter()
         if "a" in args.parts:
-            a = identical_batches(lm, texts, args.batch_size, args.repeats)
-            print(f"\n== {name}: (a) identical batches, all {lm.arch.n_layers} block outputs, "
-                  f"median of {args.repeats} ==")
-            for k, v in a.items():
-                print(f"  {k:<22} {v:>10.0f} tokens/s")
-            print(f"  reprlab / plain      {a['reprlab'] / a['plain']:.3f}x")
-            print(f"  reprlab / nnsight    {a['reprlab'] / a['nnsight']:.3f}x")
-            print(f"  layer-1-only / plain {a['reprlab_layer1_only'] / a['plain']:.3f}x")
+            print(f"\n== {name}: (a) identical batches ({args.batches} x {args.batch_size}), "
+                  f"all {lm.arch.n_layers} block outputs ==")
+            identical_batches(lm, texts, args.batch_size, args.repeats)
         if "b" in args.parts:
-            mixed = mixed_texts(args.rows)
-            b = end_to_end(lm, mixed, args.batch_size, max(1, args.repeats // 2))
-            print(f"== {name}: (b) end to end, {args.rows} mixed-length rows -> last+mean of "
-                  "every block on disk ==")
-            print(f"  nnsight recipe {b['nnsight_recipe_s']:.2f}s  reprlab {b['reprlab_s']:.2f}s  "
-                  f"speedup {b['speedup']:.2f}x   ({time.perf_counter() - t0:.0f}s total)")
+            print(f"\n== {name}: (b) end to end, {args.rows} mixed-length rows -> last + mean "
+                  "of every block on disk ==")
+            end_to_end(lm, mixed_texts(args.rows), [int(b) for b in args.batch_sizes.split(",")],
+                       args.repeats)
+
 
 if __name__ == "__main__":
     main()

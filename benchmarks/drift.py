@@ -13,8 +13,11 @@ same iteration cap, on torch float32 tensors:
 (b) reprlab: ``reprlab.drift.ot.sinkhorn`` on all pairs at once (batched cost matrices,
     log-domain stabilised iteration with over-relaxation).
 
-Prints the median time of each over ``--repeats`` runs (run in rotation), the ratio, the
-largest relative difference of the 21 values and the iteration counts.
+Both sides run in rotation at one thread (both: torch and POT's NumPy/BLAS pools), then at
+two threads and at the default (reprlab's thread policy, as the drift workflows apply it;
+torch's own default for POT). Prints medians of CPU time and wall time with the load
+average, the ratio, the largest relative difference of the 21 values and the iteration
+counts.
 
     python benchmarks/drift.py                         # 1,000 points, rel_eps 0.1 and 0.05
 """
@@ -22,11 +25,14 @@ largest relative difference of the 21 values and the iteration counts.
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, rotate, table, threads  # noqa: E402
 
 
 def load_clouds(points: int, seed: int, store_dir: str | None) -> tuple[torch.Tensor, list[str]]:
@@ -71,49 +77,59 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--max-iter", type=int, default=3000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats-threads", type=int, default=1,
+                    help="rounds at two threads / default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--store", default=None, help="reuse/keep the capture here")
     ap.add_argument("--pot-log", action="store_true", help="also time POT's sinkhorn_log")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    from reprlab import _threads
     from reprlab.drift.ot import sq_cost
 
-    clouds, sites = load_clouds(args.points, args.seed, args.store)
+    print(machine())
+    with threads(1):
+        clouds, sites = load_clouds(args.points, args.seed, args.store)
     k = len(sites)
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
     print(f"clouds: {k} x {tuple(clouds.shape[1:])} (MiniLM {', '.join(sites)}), "
-          f"{len(pairs)} pairs, tol {args.tol} (L2 marginal), max_iter {args.max_iter}, "
-          f"{args.threads} threads")
+          f"{len(pairs)} pairs, tol {args.tol} (L2 marginal), max_iter {args.max_iter}")
     for rel in args.rel_eps:
         i = torch.tensor([p[0] for p in pairs])
         j = torch.tensor([p[1] for p in pairs])
         eps = rel * sq_cost(clouds[i], clouds[j]).flatten(1).median(dim=1).values
-        methods = {"pot": lambda e=eps: run_pot(clouds, pairs, e, args.tol, args.max_iter,
-                                                 "sinkhorn"),
-                   "reprlab": lambda e=eps: run_reprlab(clouds, pairs, e, args.tol, args.max_iter)}
-        if args.pot_log:
-            methods["pot_log"] = lambda e=eps: run_pot(clouds, pairs, e, args.tol,
-                                                       args.max_iter, "sinkhorn_log")
-        times: dict[str, list[float]] = {m: [] for m in methods}
         results = {}
-        for _ in range(args.repeats):
-            for name, fn in methods.items():
-                t0 = time.perf_counter()
-                results[name] = fn()
-                times[name].append(time.perf_counter() - t0)
-        med = {m: statistics.median(t) for m, t in times.items()}
-        ours, ours_iter, conv = results["reprlab"]
-        print(f"\nrel_eps {rel} (ε = {rel} × median cost per pair)")
-        for name in methods:
-            vals, iters = results[name][0], results[name][1]
-            line = f"  {name:8s} {med[name]:8.3f} s   iterations {min(iters)}-{max(iters)}"
-            if name != "reprlab":
-                rd = ((ours - vals).abs() / vals.abs()).max().item()
-                line += (f"   ratio {med[name] / med['reprlab']:.2f}x   "
-                         f"max rel diff {rd:.2e}")
-            print(line)
-        print(f"  reprlab converged on {int(conv.sum())}/{len(pairs)} pairs")
+
+        def pot(e=eps, method="sinkhorn", out=results):
+            out[method] = run_pot(clouds, pairs, e, args.tol, args.max_iter, method)
+
+        def ours(e=eps, out=results):
+            out["reprlab"] = run_reprlab(clouds, pairs, e, args.tol, args.max_iter)
+
+        print(f"\nrel_eps {rel} (eps = {rel} x median cost per pair)")
+        for rows, reps in (([1], args.repeats), ([2, None], args.repeats_threads)):
+            fns, setups = {}, {}
+            for t in rows:
+                tag = "default" if t is None else f"{t} thread{'s' if t > 1 else ''}"
+                fns[f"POT sinkhorn2, {tag}"] = pot
+                fns[f"reprlab sinkhorn, {tag}"] = ours
+                setups[f"POT sinkhorn2, {tag}"] = lambda t=t: threads(t)
+                # default: what the drift workflows do (reprlab._threads.num_threads(None))
+                setups[f"reprlab sinkhorn, {tag}"] = (
+                    (lambda t=t: threads(t)) if t else (lambda: _threads.num_threads(None)))
+                if args.pot_log:
+                    fns[f"POT sinkhorn_log, {tag}"] = lambda: pot(method="sinkhorn_log")
+                    setups[f"POT sinkhorn_log, {tag}"] = lambda t=t: threads(t)
+            times = rotate(fns, repeats=reps, warmup=1 if reps > 1 else 0, setups=setups)
+            print(f"medians of {reps} round(s) in rotation")
+            print(table(list(times.items()), ref=next(k2 for k2 in times if "reprlab" in k2)))
+        cost, iters, conv = results["reprlab"]
+        for name in [m for m in results if m != "reprlab"]:
+            vals, its = results[name]
+            rd = ((cost - vals).abs() / vals.abs()).max().item()
+            print(f"  {name}: iterations {min(its)}-{max(its)}, max rel diff to reprlab "
+                  f"{rd:.2e}")
+        print(f"  reprlab: iterations {min(iters)}-{max(iters)}, converged on "
+              f"{int(conv.sum())}/{len(pairs)} pairs")
 
 
 if __name__ == "__main__":

@@ -1,193 +1,317 @@
-"""Probe sweep: reprlab against the two ways people usually do it, one run, same data/split.
+"""Probe fitting: reprlab's batched fit against scikit-learn at equal threads and tolerance.
 
-(a) notebook: for every layer and every epoch, run the model again over the training rows and
-    train a probe on the fly with AdamW (Marks & Tegmark 2023: no bias, lr 1e-3, wd 0.1).
-    Measured for ``--nb-epochs-measured`` epochs per layer, then extrapolated linearly to
-    ``--nb-epochs`` epochs (printed as such).
-(b) capture once, then scikit-learn ``LogisticRegression`` layer by layer, doing the same
-    work as reprlab: standardise on train, choose C on validation from the same grid, fit the
-    random-label control with the chosen C.
-(c) reprlab: ``capture`` + ``probes.sweep`` (logistic; grid, controls, bootstrap CIs,
-    directions, per-example predictions) - all layers fitted in one batched computation.
+Work (both sides, per layer): standardise on the training rows, fit L2 logistic regression at
+each strength of the grid (l2 in {1e-4 ... 1}, C = 1 / (l2 n)), choose the strength on the
+validation rows, fit the random-label control at the chosen strength, score the test rows.
+Both stop at max |gradient| < tol (default 1e-4, scikit-learn's default and its lbfgs rule on
+the same objective); the script checks that scikit-learn stopped before its iteration cap and
+reports reprlab's largest gradient entry in the original coordinates.
 
-    python benchmarks/probe_sweep.py                      # MiniLM + builtin:cities, mean
+Variants, all timed in rotation (medians of CPU time and wall time, load printed):
+
+- sklearn loop: ``LogisticRegression(C, max_iter=10_000)`` per strength, cold starts;
+- sklearn path: one estimator with ``warm_start=True`` from the strongest to the weakest
+  strength (what a careful user writes; fewer iterations);
+- sklearn usual recipe: the loop at ``max_iter=100`` with warnings hidden, threads left at
+  the default (it stops at the cap on the weak strengths: not converged);
+- reprlab: ``probes.fitters.fit_family("logistic")``, every layer x strength x (task,
+  control) in one batched fit;
+
+each at one thread, two threads and the default (reprlab's thread policy; scikit-learn's
+BLAS default).
+
+Parts: ``bundled`` (MiniLM on builtin:cities, 7 sites x 900 training rows x 384 dims) and
+``large`` (synthetic: ``--large-layers`` x ``--large-rows`` x ``--large-dims``, power-law
+spectrum, a planted direction whose strength grows with depth). ``--notebook`` also times the
+recipe that reruns the model for every layer and epoch (slow; extrapolated).
+
+    python benchmarks/probe_sweep.py                       # both parts
+    python benchmarks/probe_sweep.py --parts large --large-layers 4
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def notebook(lm, texts, y, tr, te, layers, epochs, batch_size=32, seed=0):
-    """(a): forward pass again for every epoch and layer; AdamW probe trained on the fly."""
-    model, tok = lm.model, lm.tokenizer
-    model.eval()
-    per_layer = {}
-
-    def pooled(rows, layer_index):
-        enc = tok([texts[i] for i in rows], padding=True, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            hs = model(**enc, output_hidden_states=True).hidden_states[layer_index]
-        m = enc["attention_mask"].unsqueeze(-1).to(hs.dtype)
-        return (hs * m).sum(1) / m.sum(1)
-
-    for name, index in layers:
-        gen = torch.Generator().manual_seed(seed)
-        probe = torch.nn.Linear(lm.arch.hidden_size, 1, bias=False)
-        opt = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=0.1)
-        t0 = time.perf_counter()
-        for _ in range(epochs):
-            order = tr[torch.randperm(len(tr), generator=gen)]
-            for s in range(0, len(order), batch_size):
-                rows = order[s:s + batch_size].tolist()
-                x = pooled(rows, index)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    probe(x).squeeze(-1), y[rows].float())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        t_train = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        correct = 0
-        with torch.no_grad():
-            for s in range(0, len(te), batch_size):
-                rows = te[s:s + batch_size].tolist()
-                correct += int(((probe(pooled(rows, index)).squeeze(-1) > 0).long() == y[rows]).sum())
-        t_eval = time.perf_counter() - t0
-        per_layer[name] = {"train_s_per_epoch": t_train / epochs, "eval_s": t_eval,
-                           "acc": correct / len(te)}
-    return per_layer
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, rotate, table, threads  # noqa: E402
 
 
-def sklearn_layers(X, y, y_ctl, tr, va, te, grid_l2):
-    """(b): StandardScaler + LogisticRegression per layer over the C grid, then the control."""
+def standardise(X: torch.Tensor, tr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    Xtr = X[:, tr]
+    std = Xtr.std(1, unbiased=False, keepdim=True).clamp_min(1e-6)
+    return (X - Xtr.mean(1, keepdim=True)) / std, std[:, 0]
+
+
+def sklearn_fit(Xs, y, y_ctl, tr, va, te, grid, *, warm: bool, max_iter: int, tol: float):
+    """Per layer: every strength, choose on validation, control at the chosen strength.
+    Returns test accuracy at the chosen strength and at every strength, iterations, choice."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     n = len(tr)
-    accs, t_fit = [], 0.0
-    for layer in range(X.shape[0]):
-        Xl = X[layer].numpy()
-        t0 = time.perf_counter()
-        sc = StandardScaler().fit(Xl[tr])
-        Xtr, Xva, Xte = sc.transform(Xl[tr]), sc.transform(Xl[va]), sc.transform(Xl[te])
-        best, best_key = None, None
-        for l2 in grid_l2:
-            m = LogisticRegression(C=1.0 / (l2 * n)).fit(Xtr, y[tr])
-            p = m.predict_proba(Xva)
+    out = {"acc": [], "acc_each": [], "iters": [], "chosen": []}
+    order = sorted(grid, reverse=True) if warm else list(grid)
+    for layer in range(Xs.shape[0]):
+        A = Xs[layer].numpy()
+        best = None
+        accs = {}
+        m = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=warm)
+        for l2 in order:
+            if not warm:
+                m = LogisticRegression(max_iter=max_iter, tol=tol)
+            m.set_params(C=1.0 / (l2 * n))
+            m.fit(A[tr], y[tr])
+            out["iters"].append(int(m.n_iter_[0]))
+            p = m.predict_proba(A[va])
             acc = (p.argmax(1) == y[va]).mean()
             ll = -np.log(np.clip(p[np.arange(len(va)), y[va]], 1e-7, None)).mean()
+            accs[l2] = float((m.predict(A[te]) == y[te]).mean())
             key = acc - 1e-6 * ll
-            if best_key is None or key > best_key:
-                best, best_key, best_l2 = m, key, l2
-        LogisticRegression(C=1.0 / (best_l2 * n)).fit(Xtr, y_ctl[tr])  # control, same budget
-        t_fit += time.perf_counter() - t0
-        accs.append(float((best.predict(Xte) == y[te]).mean()))
-    return accs, t_fit
+            if best is None or key > best[0]:
+                best = (key, l2)
+        ctl = LogisticRegression(C=1.0 / (best[1] * n), max_iter=max_iter, tol=tol)
+        ctl.fit(A[tr], y_ctl[tr])
+        out["iters"].append(int(ctl.n_iter_[0]))
+        out["acc"].append(accs[best[1]])
+        out["acc_each"].append([accs[v] for v in grid])
+        out["chosen"].append(best[1])
+    return out
+
+
+def reprlab_fit(Xs, Y, std, tr, va, options=None):
+    from reprlab.probes.fitters import fit_family
+
+    return fit_family("logistic", Xs[:, tr], Y[:, tr], n_classes=2, scale=std,
+                      X_val=Xs[:, va], Y_val=Y[:, va], options=options or {})
+
+
+def reprlab_scores(fit, Xs, Y, tr, va, te, grid):
+    """Test accuracy at the chosen strength and at every strength; the largest gradient entry
+    (original coordinates) over every task and control problem."""
+    from reprlab.probes.fitters import select_setting
+    from reprlab.probes.logistic import linear_logits
+
+    W, B = fit.params["weight"], fit.params["bias"]  # [L, P, H, 1, d]
+    L = W.shape[0]
+    h = select_setting(linear_logits(Xs[:, va], W[:, 0], B[:, 0]), Y[0, va])
+    z = linear_logits(Xs[:, te], W[:, 0], B[:, 0])[..., 0]  # [L, H, m]
+    acc_each = ((z > 0).long() == Y[0, te]).double().mean(-1)
+    grad = 0.0
+    Xt = Xs[:, tr].double()
+    n = len(tr)
+    for p in range(Y.shape[0]):
+        for j, l2 in enumerate(grid):
+            w, b = W[:, p, j, 0].double(), B[:, p, j, 0].double()
+            r = torch.sigmoid(torch.einsum("lnd,ld->ln", Xt, w) + b[:, None]) - Y[p, tr].double()
+            g = torch.einsum("lnd,ln->ld", Xt, r) / n + l2 * w
+            grad = max(grad, float(g.abs().max()), float(r.mean(1).abs().max()))
+    return {"acc": acc_each[torch.arange(L), h].tolist(), "acc_each": acc_each.tolist(),
+            "chosen": [grid[i] for i in h.tolist()], "grad": grad}
+
+
+def compare_fits(name, Xs, y, y_ctl, tr, va, te, args, thread_rows, skl_repeats) -> None:
+    from reprlab.probes.fitters import L2_GRID
+
+    grid = list(L2_GRID)
+    Y = torch.stack([torch.as_tensor(y), torch.as_tensor(y_ctl)])
+    Xs, std = standardise(Xs, tr)
+    yn, cn, trn, van, ten = (t.numpy() for t in (Y[0], Y[1], tr, va, te))
+    tol = args.tol
+    res: dict[str, object] = {}
+
+    def skl(warm, max_iter, key):
+        def run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res[key] = sklearn_fit(Xs, yn, cn, trn, van, ten, grid, warm=warm,
+                                       max_iter=max_iter, tol=tol)
+        return run
+
+    def ours():
+        res["reprlab"] = reprlab_fit(Xs, Y, std, tr, va)
+
+    def variants(rows, sk_rows):
+        fns, setups = {}, {}
+        for t in rows:
+            tag = "default" if t is None else f"{t} thread{'s' if t > 1 else ''}"
+            fns[f"reprlab, {tag}"] = ours
+            setups[f"reprlab, {tag}"] = lambda t=t: threads(t)
+            if t not in sk_rows:
+                continue
+            for label, warm in (("sklearn loop", False), ("sklearn path (warm start)", True)):
+                if label == "sklearn loop" and name == "large" and not args.sklearn_loop:
+                    continue
+                fns[f"{label}, {tag}"] = skl(warm, 10_000, label)
+                setups[f"{label}, {tag}"] = lambda t=t: threads(t)
+        return fns, setups
+
+    print(f"\n== {name}: {Xs.shape[0]} layers x {len(tr)} training rows x {Xs.shape[-1]} dims, "
+          f"{len(grid)} strengths, task + control; tol {tol:g} (max |gradient|) ==")
+    fns, setups = variants([1], args.sklearn_threads_rows)
+    times = rotate(fns, repeats=skl_repeats, warmup=0 if name == "large" else 1, setups=setups)
+    print(f"one thread on both sides, medians of {skl_repeats} rounds in rotation:")
+    print(table(list(times.items()), ref="reprlab, 1 thread"))
+    fns, setups = variants([2, None], args.sklearn_threads_rows)
+    if args.usual:
+        fns["sklearn usual recipe (max_iter 100), default"] = skl(False, 100, "usual")
+    times2 = rotate(fns, repeats=args.repeats_threads, warmup=0, setups=setups)
+    print(f"two threads and each side's default (scikit-learn's BLAS default is every core), "
+          f"{args.repeats_threads} round(s) in rotation; ratios to reprlab at one thread:")
+    print(table([("reprlab, 1 thread", times["reprlab, 1 thread"])] + list(times2.items()),
+                ref="reprlab, 1 thread"))
+    ours_s = reprlab_scores(res["reprlab"], Xs, Y, tr, va, te, grid)
+    for key in ("sklearn loop", "sklearn path (warm start)", "usual"):
+        if key not in res:
+            continue
+        s = res[key]
+        cap = 100 if key == "usual" else 10_000
+        gap = max(abs(a - b) for a, b in zip(ours_s["acc"], s["acc"], strict=True))
+        gap_each = max(abs(a - b) for ra, rb in zip(ours_s["acc_each"], s["acc_each"],
+                                                   strict=True) for a, b in zip(ra, rb))
+        same = sum(a == b for a, b in zip(ours_s["chosen"], s["chosen"], strict=True))
+        print(f"  vs {key}: max |test acc diff| over layers {gap:.4f} at the chosen strength "
+              f"(same choice on {same}/{len(s['chosen'])} layers), {gap_each:.4f} at equal "
+              f"strength; its iterations {min(s['iters'])}-{max(s['iters'])} (sum "
+              f"{sum(s['iters'])}; cap {cap}: {'hit' if max(s['iters']) >= cap else 'not hit'})")
+    info = res["reprlab"].info
+    print(f"  reprlab: {info.get('iterations')} iterations, converged share "
+          f"{info.get('converged'):.3f}, largest gradient entry {ours_s['grad']:.2e} "
+          f"(original coordinates; tol {tol:g})")
+    print("  test accuracy per layer (reprlab / sklearn loop or path): " + ", ".join(
+        f"{a:.3f}/{b:.3f}" for a, b in zip(ours_s["acc"], res.get(
+            "sklearn path (warm start)", res.get("sklearn loop", {"acc": ours_s["acc"]}))["acc"],
+            strict=True)))
+
+
+def bundled(args) -> None:
+    from reprlab.capture import capture
+    from reprlab.data import load_dataset
+    from reprlab.probes.controls import permuted_labels
+    from reprlab.probes.splits import split_rows
+
+    ds = load_dataset(args.data, limit=args.rows or None)
+    y = torch.tensor(ds.labels)
+    parts = split_rows(y, (0.6, 0.2, 0.2), ds.groups, 0)
+    tr, va, te = parts["train"], parts["val"], parts["test"]
+    with tempfile.TemporaryDirectory() as tmp, threads(1):
+        c0, w0 = time.process_time(), time.perf_counter()
+        store = capture("minilm", ds, "embed,layers.*", [args.position], f"{tmp}/store",
+                        progress=False)
+        cap = (time.process_time() - c0, time.perf_counter() - w0)
+        X = torch.stack([store[s, args.position].clone() for s in store.sites]).float()
+    print(f"capture once (shared by every variant, 1 thread): {cap[0]:.2f} CPU s, {cap[1]:.2f} "
+          f"wall s; {len(ds)} rows (train {len(tr)}, val {len(va)}, test {len(te)})")
+    ctl = permuted_labels(y, ds.groups, 0)[0]
+    compare_fits("bundled", X, y.numpy(), ctl.numpy(), tr, va, te, args,
+                 [1, 2, None], args.repeats)
+    if args.notebook:
+        notebook_part(args, ds, y, tr, te)
+
+
+def synthetic(L: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with eigenvalues ~ 1/i (a random mixing of power-law scaled noise) plus a
+    planted direction ``u`` separating the classes by 0 (first layer) to 1.5 standard
+    deviations of the rows along ``u`` (last layer)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    u = torch.randn(d, generator=g)
+    u /= u.norm()
+    scales = torch.arange(1, d + 1, dtype=torch.float32) ** -0.5
+    out = torch.empty(L, n, d)
+    for layer in range(L):
+        A = torch.randn(d, d, generator=g) / d ** 0.5
+        X = (torch.randn(n, d, generator=g) * scales) @ A + 0.02 * torch.randn(n, d, generator=g)
+        alpha = 1.5 * layer / max(1, L - 1)
+        out[layer] = X + alpha * (X @ u).std() * (2 * y[:, None].float() - 1) * u
+    return out, y
+
+
+def large(args) -> None:
+    with threads(1):
+        X, y = synthetic(args.large_layers, args.large_rows, args.large_dims)
+    n = len(y)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    tr, va, te = perm[: int(0.6 * n)].sort().values, perm[int(0.6 * n): int(0.8 * n)].sort(
+        ).values, perm[int(0.8 * n):].sort().values
+    ctl = y[torch.randperm(n, generator=torch.Generator().manual_seed(2))]
+    compare_fits("large", X, y.numpy(), ctl.numpy(), tr, va, te, args, [1, 2, None],
+                 args.large_repeats)
+
+
+def notebook_part(args, ds, y, tr, te) -> None:
+    """Rerun the model for every layer and epoch (AdamW probe on the fly, Marks & Tegmark
+    2023: no bias, lr 1e-3, wd 0.1); one epoch measured per layer, extrapolated."""
+    from reprlab.models import load_model
+
+    lm = load_model("minilm")
+    model, tok = lm.model, lm.tokenizer
+    model.eval()
+    texts = ds.texts
+    per_epoch = []
+    for index in range(lm.arch.n_layers + 1):
+        probe = torch.nn.Linear(lm.arch.hidden_size, 1, bias=False)
+        opt = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=0.1)
+        c0 = time.process_time()
+        for s in range(0, len(tr), 32):
+            rows = tr[s:s + 32].tolist()
+            enc = tok([texts[i] for i in rows], padding=True, truncation=True, return_tensors="pt")
+            with torch.no_grad(), threads(1):
+                hs = model(**enc, output_hidden_states=True).hidden_states[index]
+            m = enc["attention_mask"].unsqueeze(-1).to(hs.dtype)
+            x = (hs * m).sum(1) / m.sum(1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                probe(x).squeeze(-1), y[rows].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        per_epoch.append(time.process_time() - c0)
+    med = statistics.median(per_epoch)
+    print(f"\nnotebook recipe: {med:.2f} CPU s per layer per epoch (1 thread); "
+          f"{args.nb_epochs} epochs x {len(per_epoch)} layers -> "
+          f"{med * args.nb_epochs * len(per_epoch):.0f} CPU s (extrapolated)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="bundled,large")
     ap.add_argument("--data", default="builtin:cities")
     ap.add_argument("--rows", type=int, default=0, help="first N rows (0 = all)")
     ap.add_argument("--position", default="mean")
-    ap.add_argument("--repeats", type=int, default=3, help="repeats of (b) and (c); medians")
-    ap.add_argument("--nb-epochs-measured", type=int, default=1)
-    ap.add_argument("--nb-epochs", type=int, default=20, help="epochs (a) is extrapolated to")
-    ap.add_argument("--nb-layers", type=int, default=0, help="layers (a) measures (0 = all)")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds of the bundled rotation")
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--large-layers", type=int, default=4)
+    ap.add_argument("--large-rows", type=int, default=5000)
+    ap.add_argument("--large-dims", type=int, default=4096)
+    ap.add_argument("--large-repeats", type=int, default=2)
+    ap.add_argument("--sklearn-loop", action="store_true",
+                    help="large part: also time the cold-start sklearn loop (slow)")
+    ap.add_argument("--no-usual", dest="usual", action="store_false",
+                    help="skip the max_iter=100 'usual recipe' row")
+    ap.add_argument("--repeats-threads", type=int, default=1,
+                    help="rounds of the two-thread / default rotation (slow on a busy machine)")
+    ap.add_argument("--sklearn-threads", default="1,2",
+                    help="thread rows at which sklearn is timed")
+    ap.add_argument("--notebook", action="store_true", help="also time the notebook recipe")
+    ap.add_argument("--nb-epochs", type=int, default=20)
     args = ap.parse_args()
-    warnings.filterwarnings("ignore")
-
-    from reprlab.capture import capture
-    from reprlab.data import load_dataset
-    from reprlab.models import load_model
-    from reprlab.probes.controls import permuted_labels
-    from reprlab.probes.fitters import L2_GRID, fit_family
-    from reprlab.probes.splits import split_rows
-    from reprlab.probes.sweep import sweep
-
-    ds = load_dataset(args.data, limit=args.rows or None)
-    lm = load_model("minilm")
-    y = torch.tensor(ds.labels)
-    parts = split_rows(y, (0.6, 0.2, 0.2), ds.groups, 0)
-    tr, va, te = parts["train"], parts["val"], parts["test"]
-    sites = ["embed"] + [f"layers.{i}" for i in range(lm.arch.n_layers)]
-    print(f"data {args.data}: {len(ds)} rows (train {len(tr)}, val {len(va)}, test {len(te)}); "
-          f"model {lm.name}; {len(sites)} sites; position {args.position}; "
-          f"torch threads {torch.get_num_threads()}")
-
-    # (c) reprlab ------------------------------------------------------------------------
-    cap_t, sweep_t, fit_t = [], [], []
-    for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            store = capture(lm, ds, "embed,layers.*", [args.position], f"{tmp}/store",
-                            progress=False)
-            cap_t.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            res = sweep(store, probes=["logistic"], positions=[args.position], progress=False)
-            sweep_t.append(time.perf_counter() - t0)
-            X = torch.stack([store[s, args.position].clone() for s in sites])
-    c_acc = [r["test_acc"] for r in res.rows]
-    Xtr = X[:, tr]
-    mean, std = Xtr.mean(1, keepdim=True), Xtr.std(1, unbiased=False, keepdim=True).clamp_min(1e-6)
-    Xs = (X - mean) / std
-    Y = torch.stack([y, permuted_labels(y, ds.groups, 0)[0]])
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fit_family("logistic", Xs[:, tr], Y[:, tr], n_classes=2, scale=std[:, 0],
-                   X_val=Xs[:, va], Y_val=Y[:, va])
-        fit_t.append(time.perf_counter() - t0)
-
-    # (b) capture once + sklearn per layer -----------------------------------------------
-    b_fit = []
-    for _ in range(args.repeats):
-        b_acc, t = sklearn_layers(X, y.numpy(), Y[1].numpy(), tr.numpy(), va.numpy(),
-                                  te.numpy(), L2_GRID)
-        b_fit.append(t)
-
-    # (a) notebook -----------------------------------------------------------------------
-    chosen = list(enumerate(sites))
-    if args.nb_layers:
-        chosen = chosen[:: max(1, len(chosen) // args.nb_layers)][: args.nb_layers]
-    nb = notebook(lm, ds.texts, y, tr, te, [(s, i) for i, s in chosen], args.nb_epochs_measured)
-    per_epoch = statistics.median(v["train_s_per_epoch"] for v in nb.values())
-    eval_s = statistics.median(v["eval_s"] for v in nb.values())
-    measured = sum(v["train_s_per_epoch"] * args.nb_epochs_measured + v["eval_s"] for v in nb.values())
-    a_total = len(sites) * (per_epoch * args.nb_epochs + eval_s)
-
-    med = statistics.median
-    c_e2e = med(cap_t) + med(sweep_t)
-    b_e2e = med(cap_t) + med(b_fit)
-    print("\nper-site test accuracy (same split)")
-    print(f"  {'site':<10}{'(a) notebook*':>15}{'(b) sklearn':>13}{'(c) reprlab':>13}{'c - b':>8}")
-    for i, s in enumerate(sites):
-        a = f"{nb[s]['acc']:.3f}" if s in nb else "-"
-        print(f"  {s:<10}{a:>15}{b_acc[i]:>13.3f}{c_acc[i]:>13.3f}{c_acc[i] - b_acc[i]:>+8.3f}")
-    print(f"  * (a) after {args.nb_epochs_measured} epoch(s) of AdamW; not comparable in accuracy")
-    print(f"\ntimes (seconds, medians of {args.repeats})")
-    print(f"  capture once (used by b and c)      {med(cap_t):8.2f}")
-    print(f"  (b) sklearn fitting, all sites      {med(b_fit):8.2f}   (grid of {len(L2_GRID)} C + control)")
-    print(f"  (c) reprlab fitting, all sites      {med(fit_t):8.3f}   (same grid + control, one batch)")
-    print(f"  (c) reprlab whole sweep             {med(sweep_t):8.2f}   (+ metrics, 1000-resample CIs, "
-          "directions, predictions)")
-    print(f"  (a) notebook measured               {measured:8.2f}   ({len(nb)} sites x "
-          f"{args.nb_epochs_measured} epoch + test pass)")
-    print(f"  (a) notebook extrapolated           {a_total:8.1f}   ({len(sites)} sites x "
-          f"{args.nb_epochs} epochs: {per_epoch:.2f} s/epoch + {eval_s:.2f} s test pass per site)")
-    print("\nratios")
-    print(f"  end to end (a)/(c)   {a_total / c_e2e:7.1f}x   (goal >= 20x; (a) extrapolated)")
-    print(f"  end to end (b)/(c)   {b_e2e / c_e2e:7.2f}x")
-    print(f"  fitting    (b)/(c)   {med(b_fit) / med(fit_t):7.1f}x   (goal >= 10x)")
-    gap = max(abs(c - b) for c, b in zip(c_acc, b_acc))
-    print(f"  max |acc (c) - acc (b)| over sites = {gap:.3f}   (goal <= 0.02)")
+    args.sklearn_threads_rows = [None if t == "default" else int(t)
+                                 for t in args.sklearn_threads.split(",")]
+    print(machine())
+    if "bundled" in args.parts:
+        bundled(args)
+    if "large" in args.parts:
+        args.usual = False
+        large(args)
+    print(f"\nload after: {machine().split('; ')[0]}")
 
 
 if __name__ == "__main__":

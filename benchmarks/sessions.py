@@ -7,8 +7,9 @@ session (64 texts, batch 16, 3 epochs, forward stopped after the probed layer).
 
     python benchmarks/sessions.py [--k 16] [--repeats 5]
 
-Prints the median wall time of each backend (the two run in rotation) and the ratio
-nnsight / local.
+Both backends run in rotation at one thread, then at two threads and at each side's default
+(reprlab's thread policy; torch's own default for nnsight), and the script prints the medians of
+CPU time and wall time, the load average and the ratio nnsight / local.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import compare  # noqa: E402
+from _common import machine, rotate, table, threads  # noqa: E402
 
 
 def small_model():
@@ -64,22 +65,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats-threads", type=int, default=3,
+                    help="rounds at two threads / default")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    print(machine())
     lm = small_model()
     a, b = patch_session(lm, "local", 2), patch_session(lm, "nnsight", 2)
     assert all(torch.equal(a[k], b[k]) for k in a), "backends disagree"
-    rows = []
     for name, fn in (
         (f"patch session, K={args.k} traces", lambda be: patch_session(lm, be, args.k)),
         ("probe session, 64 texts x 3 epochs", lambda be: probe_session(lm, be)),
     ):
-        t = compare({"local": lambda fn=fn: fn("local"), "nnsight": lambda fn=fn: fn("nnsight")},
-                    args.repeats)
-        rows.append((name, t["local"], t["nnsight"], t["nnsight"] / t["local"]))
-    print(f"{'workload':40s} {'local s':>9s} {'nnsight s':>10s} {'ratio':>7s}")
-    for name, lo, nn, ratio in rows:
-        print(f"{name:40s} {lo:9.3f} {nn:10.3f} {ratio:7.2f}")
+        print(f"\n== {name} ==")
+        for rows, reps in (([1], args.repeats), ([2, None], args.repeats_threads)):
+            fns, setups = {}, {}
+            for t in rows:
+                tag = "default" if t is None else f"{t} thread{'s' if t > 1 else ''}"
+                for be in ("local", "nnsight"):
+                    fns[f"{be}, {tag}"] = lambda fn=fn, be=be: fn(be)
+                    setups[f"{be}, {tag}"] = lambda t=t: threads(t)
+            times = rotate(fns, repeats=reps, setups=setups)
+            print(f"medians of {reps} rounds in rotation")
+            print(table(list(times.items()), ref=next(iter(times))))
 
 
 if __name__ == "__main__":

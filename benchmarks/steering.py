@@ -2,10 +2,17 @@
 
 Trains mean-difference (and PCA) steering vectors for every block of a GPT-2-small-sized model
 (random weights built from a config, bundled MiniLM tokenizer; nothing downloaded) from the
-built-in contrast pairs, with reprlab and with steering-vectors, and prints the median wall
-time of each, their ratio, and the per-layer cosine between the directions.
+built-in contrast pairs, with reprlab and with steering-vectors, and prints medians of CPU
+time and wall time (the two timed in rotation), the load average, their ratio, and the
+per-layer cosine between the directions.
 
-    python benchmarks/steering.py --repeats 5
+Fair set-up: steering-vectors gets the base model without the language-model head (reprlab's
+forward stops after the deepest requested block, so the head would be work only the peer
+does; ``--peer-head`` times the peer with the head, as users usually call it), every batch
+size in ``--batch-sizes`` is timed for both sides (pairs per batch; each side's best is
+compared), one thread on both sides, then two threads and each side's default.
+
+    python benchmarks/steering.py --repeats 3
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, rotate, table, threads  # noqa: E402
 
 
 def build_model(hidden: int, layers: int, seed: int = 0):
@@ -33,82 +43,81 @@ def build_model(hidden: int, layers: int, seed: int = 0):
     return LoadedModel.from_hf(model, tok, name=f"gpt2-random-{hidden}x{layers}")
 
 
-def timed(fn, repeats: int) -> tuple[float, list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=16, help="pairs per batch for both")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats-threads", type=int, default=1)
+    ap.add_argument("--batch-sizes", default="16,60", help="pairs per batch, both sides")
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--pairs", default="builtin:pairs-sentiment")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    ap.add_argument("--peer-head", action="store_true",
+                    help="also time steering-vectors on the model with its LM head")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     import steering_vectors as sv
 
     from reprlab.data import load_dataset
     from reprlab.steering import SteeringFitter
 
+    print(machine())
     pairs = load_dataset(args.pairs, kind="pairs")
     lm = build_model(args.hidden, args.layers)
     samples = list(zip(pairs.positive, pairs.negative, strict=True))
     sv_tok = copy.deepcopy(lm.tokenizer)
     sv_tok.model_input_names = ["input_ids", "attention_mask"]  # GPT-2 would embed token types
+    base = lm.model.transformer  # the blocks without the LM head
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    out = {}
 
-    def ours(method: str):
-        # reprlab batches positives and negatives together: batch_size texts = pairs * 2
-        return SteeringFitter(lm, "layers.*", method, "last", 2 * args.batch_size,
-                              progress=False).fit_pairs(pairs.positive, pairs.negative)
+    def ours(method: str, bs: int):
+        # reprlab batches positives and negatives together: bs pairs = 2 * bs texts
+        out["ours", method] = SteeringFitter(lm, "layers.*", method, "last", 2 * bs,
+                                             progress=False).fit_pairs(pairs.positive,
+                                                                       pairs.negative)
 
-    def theirs(aggregator, batch_size: int):
-        return sv.train_steering_vector(lm.model, sv_tok, samples, layers=None,
-                                        batch_size=batch_size, aggregator=aggregator)
+    def theirs(agg: str, bs: int, model=base):
+        a = sv.mean_aggregator() if agg == "mean" else sv.pca_aggregator()
+        out["sv", agg] = sv.train_steering_vector(model, sv_tok, samples, layers=None,
+                                                  batch_size=bs, aggregator=a)
 
-    ours("mean-diff")  # warm-up (allocator, kernels) for both sides
-    theirs(sv.mean_aggregator(), args.batch_size)
-    rows = {}
-    for name, our_method, agg in (("mean", "mean-diff", sv.mean_aggregator()),
-                                  ("pca", "pca-center", sv.pca_aggregator())):
-        t_ours, ts_ours, v_ours = timed(lambda m=our_method: ours(m), args.repeats)
-        t_sv, ts_sv, v_sv = timed(lambda a=agg: theirs(a, args.batch_size), args.repeats)
+    for name, method in (("mean", "mean-diff"), ("pca", "pca-center")):
+        print(f"\n== {name} ({method} vs steering-vectors {name}_aggregator), "
+              f"{len(pairs)} pairs, random GPT-2 {args.hidden}d x {args.layers} ==")
+        for rows, reps in (([1], args.repeats), ([2, None], args.repeats_threads)):
+            fns, setups = {}, {}
+            for t in rows:
+                tag = "default" if t is None else f"{t} thread{'s' if t > 1 else ''}"
+                for bs in sizes:
+                    fns[f"reprlab, batch {bs}, {tag}"] = lambda m=method, bs=bs: ours(m, bs)
+                    fns[f"steering-vectors, batch {bs}, {tag}"] = (
+                        lambda a=name, bs=bs: theirs(a, bs))
+                    setups[f"reprlab, batch {bs}, {tag}"] = lambda t=t: threads(t)
+                    setups[f"steering-vectors, batch {bs}, {tag}"] = lambda t=t: threads(t)
+                if args.peer_head and name == "mean":
+                    fns[f"steering-vectors with LM head, batch {sizes[0]}, {tag}"] = (
+                        lambda bs=sizes[0]: theirs("mean", bs, lm.model))
+                    setups[f"steering-vectors with LM head, batch {sizes[0]}, {tag}"] = (
+                        lambda t=t: threads(t))
+            times = rotate(fns, repeats=reps, warmup=1 if reps > 1 else 0, setups=setups)
+            ref = min((k for k in times if k.startswith("reprlab")),
+                      key=lambda k: times[k]["cpu"])
+            print(f"medians of {reps} round(s) in rotation; ratios to the best reprlab row")
+            print(table(list(times.items()), ref=ref))
         cos = []
-        for layer, ref in sorted(v_sv.layer_activations.items()):
+        v_ours, v_sv = out["ours", method], out["sv", name]
+        for layer, ref_v in sorted(v_sv.layer_activations.items()):
             mine = v_ours.raw(f"layers.{layer}") if name == "mean" else \
                 v_ours.direction(f"layers.{layer}")
             cos.append(float(torch.nn.functional.cosine_similarity(
-                mine.double(), ref.double(), dim=0)))
+                mine.double(), ref_v.double(), dim=0)))
         # PCA signs: reprlab/repeng flip by the majority of pairs, steering-vectors by the mean
         # projection; the axes agree, the chosen signs can differ on an odd layer
         flips = sum(c < 0 for c in cos) if name == "pca" else 0
         cos = [abs(c) for c in cos] if name == "pca" else cos
-        rows[name] = {"reprlab_s": t_ours, "steering_vectors_s": t_sv,
-                      "speedup": t_sv / t_ours, "min_cosine": min(cos),
-                      "cosine_per_layer": [round(c, 6) for c in cos], "sign_flips": flips,
-                      "reprlab_runs": ts_ours, "steering_vectors_runs": ts_sv}
-    t_sv1, _, _ = timed(lambda: theirs(sv.mean_aggregator(), 1), max(1, args.repeats // 2))
-    rows["mean"]["steering_vectors_default_bs1_s"] = t_sv1
-    rows["mean"]["speedup_vs_default_bs1"] = t_sv1 / rows["mean"]["reprlab_s"]
-    print(f"model: random GPT-2 {args.hidden}d x {args.layers} layers, "
-          f"{len(pairs)} pairs ({args.pairs}), batch {args.batch_size} pairs, "
-          f"threads {torch.get_num_threads()}, median of {args.repeats}")
-    print(f"{'aggregator':<12}{'reprlab s':>11}{'sv 0.12 s':>11}{'ratio':>8}{'min |cos|':>10}"
-          f"{'sign flips':>11}")
-    for name, r in rows.items():
-        print(f"{name:<12}{r['reprlab_s']:>11.3f}{r['steering_vectors_s']:>11.3f}"
-              f"{r['speedup']:>7.2f}x{r['min_cosine']:>10.6f}{r['sign_flips']:>11d}")
-    print(f"steering-vectors with its default batch_size=1: {t_sv1:.3f} s "
-          f"({rows['mean']['speedup_vs_default_bs1']:.2f}x slower than reprlab)")
-    print(json.dumps(rows))
+        print(f"  min per-layer {'|cos|' if name == 'pca' else 'cos'} {min(cos):.6f}"
+              f"{f', sign flips {flips}' if name == 'pca' else ''}")
+        print(json.dumps({"aggregator": name, "cosine_per_layer": [round(c, 6) for c in cos]}))
 
 
 if __name__ == "__main__":

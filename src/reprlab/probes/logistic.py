@@ -193,7 +193,7 @@ def _broadcast_problems(Y: torch.Tensor, l2, L: int) -> tuple[torch.Tensor, torc
 
 #: ``precondition="auto"`` rotates into the full eigenbasis up to this many columns
 #: (``min(n, d)``), above it uses the low-rank model (:func:`precondition.top_eigen`)
-EIGEN_MAX = 2048
+EIGEN_MAX = 1024
 
 
 @dataclass
