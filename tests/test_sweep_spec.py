@@ -139,3 +139,26 @@ def test_grid_is_every_combination_in_order():
     with pytest.raises(ConfigError, match="whole number"):
         parse_spec({"command": "probe", "method": "random", "metric": "m", "trials": 2.5,
                     "parameters": {"a": {"values": [1, 2]}}})
+
+
+def test_shared_stores_lock_and_ready_marker(tmp_path):
+    from reprlab.sweeps.share import READY, shared_stores
+
+    sweep = tmp_path / "sweep"
+    runs = [tmp_path / f"t{i}" for i in range(4)]
+    for r in runs:
+        r.mkdir()
+    with shared_stores(runs[0], sweep, "k1") as info:  # fails before building: not ready
+        assert info["capture"] == "built"
+    assert not (sweep / "stores" / "k1" / READY).exists()
+    with shared_stores(runs[1], sweep, "k1") as info:  # builds a store, succeeds
+        (runs[1] / "stores" / "train").mkdir()
+        (runs[1] / "stores" / "train" / "manifest.json").write_text("{}")
+        info["ok"] = True
+    assert info["capture"] == "built" and (sweep / "stores" / "k1" / READY).exists()
+    with shared_stores(runs[2], sweep, "k1") as info:
+        assert info["capture"] == "reused"
+        assert (runs[2] / "stores" / "train" / "manifest.json").exists()  # the shared folder
+    with shared_stores(runs[3], sweep, "k2") as info:  # nothing to capture (e.g. --store)
+        info["ok"] = True
+    assert info["capture"] == "none" and (sweep / "stores" / "k2" / READY).exists()

@@ -39,15 +39,15 @@ def capture_key(words: tuple[str, ...], ns: argparse.Namespace) -> str | None:
 
 
 def _stores_complete(base: Path) -> bool:
-    subs = [p for p in base.iterdir() if p.is_dir()]
-    return bool(subs) and all((p / "manifest.json").exists() for p in subs)
+    return all((p / "manifest.json").exists() for p in base.iterdir() if p.is_dir())
 
 
 @contextmanager
 def shared_stores(run_dir: Path, sweep_dir: Path, key: str) -> Iterator[dict]:
     """Link ``run_dir/stores`` to the shared folder for ``key`` and hold the build lock if
-    the stores are not built yet. Yields ``{"capture": "built" | "reused", "key": key}``;
-    the caller's trial runs inside the block."""
+    the stores are not built yet. Yields ``{"capture": "built" | "reused" | "none", "key":
+    key}``; the caller's trial runs inside the block and sets ``"ok"`` when it succeeded (only
+    then are the stores marked ready for the others)."""
     base = sweep_dir / "stores" / key
     base.mkdir(parents=True, exist_ok=True)
     link = run_dir / "stores"
@@ -67,9 +67,12 @@ def shared_stores(run_dir: Path, sweep_dir: Path, key: str) -> Iterator[dict]:
                 fcntl.flock(fh, fcntl.LOCK_UN)
                 yield info
                 return
+            before = {p.name for p in base.iterdir() if p.is_dir()}
             info["capture"] = "built"
-            yield info
-            if _stores_complete(base):
+            yield info  # the caller sets info["ok"] when its trial succeeded
+            if not {p.name for p in base.iterdir() if p.is_dir()} - before:
+                info["capture"] = "none"  # e.g. --store given: nothing to build here
+            if info.get("ok") and _stores_complete(base):
                 ready.write_text("ok\n")
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -205,23 +205,27 @@ def _run(main: Any, argv: list[str], run_dir: Path, share: Any, sinks: list, wat
          info: dict) -> int | Outcome:
     """``main(argv)`` with the output captured and the sinks attached: its exit code, or the
     :class:`Outcome` of a trial pruned from inside."""
+    result: int | Outcome = 1
+    shared: dict = {}
     try:
         with share as shared, _captured_output(run_dir / "log.txt", argv), \
                 progress.listening(*sinks), watcher:
-            info.update(shared or {})
             try:
-                return main(argv)
+                result = main(argv)
+                shared["ok"] = result == 0
             except progress.TrialPruned as exc:
-                return Outcome("pruned", exc.value, f"pruned at step {exc.step}")
+                result = Outcome("pruned", exc.value, f"pruned at step {exc.step}")
             except KeyboardInterrupt:
-                return 130
+                result = 130
             except SystemExit as exc:  # argparse
-                return exc.code if isinstance(exc.code, int) else 2
+                result = exc.code if isinstance(exc.code, int) else 2
             except Exception:  # noqa: BLE001 - a crashing trial fails, the sweep goes on
                 traceback.print_exc()
-                return 1
+                result = 1
     except KeyboardInterrupt:  # delivered while leaving the block
-        return 130
+        result = 130
+    info.update({k: v for k, v in (shared or {}).items() if k != "ok"})
+    return result
 
 
 def _last_error(log: Path) -> str:
