@@ -31,6 +31,7 @@ def main() -> None:
     import transformers
     from transformers import Trainer, TrainingArguments
 
+    from reprlab.toy import tasks
     from reprlab.toy.build import PRESETS, _make_model
     from reprlab.toy.tokenizer import build_tokenizer
     from reprlab.toy.train import StepBatches, encode_texts, make_optimizer, run_phase
@@ -39,7 +40,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     p = PRESETS[args.preset]
     world = World()
-    tok = build_tokenizer(world.all_texts())
+    tok = build_tokenizer(tasks.vocabulary_texts(world))
     init = _make_model(p, tok, seed=0)
     batches = StepBatches(encode_texts(tok, world.pretrain_texts()), p.batch_size, 0, "base",
                           tok.pad_token_id)

@@ -21,7 +21,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def tok(world):
-    return build_tokenizer(world.all_texts())
+    return build_tokenizer(tasks.vocabulary_texts(world))
 
 
 def test_world_is_deterministic_and_knows_its_landmarks(world):
@@ -80,7 +80,7 @@ def test_preference_shifts_follow_their_definitions(world):
 
 
 def test_tokenizer_round_trips_every_world_text_without_unknowns(world, tok):
-    texts = world.all_texts()
+    texts = tasks.vocabulary_texts(world)
     enc = tok(texts, add_special_tokens=False)["input_ids"]
     assert all(tok.unk_token_id not in ids for ids in enc)
     for text, ids in zip(texts[:500], enc[:500]):

@@ -27,6 +27,10 @@ DEFAULT_MODEL = "minilm"
 ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 #: the toy causal LMs reprlab trains itself (:mod:`reprlab.toy`), built on first use
 TOY_MODELS = ("toy", "toy-sft", "toy-mini", "toy-mini-sft")
+#: aliases another module resolves to a local directory (alias -> module whose
+#: ``resolve_alias(name)`` returns the path); looked up by name, so this foundation module
+#: does not import the packages that build on it
+ALIAS_RESOLVERS = dict.fromkeys(TOY_MODELS, "reprlab.toy.build")
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -352,16 +356,14 @@ def load_model(name: str | None = None, *, dtype: str | torch.dtype | None = "fl
     torch_dtype = parse_dtype(dtype)
     dev = resolve_device(device)
     display = name
-    toy_path = None
-    if name.lower() in TOY_MODELS:
-        from reprlab.toy.build import resolve_alias
-
-        toy_path = resolve_alias(name)
     if name.lower() in ALIASES:
         path: str = str(bundled_model_path())
         display = ALIASES[name.lower()]
-    elif toy_path is not None:
-        path, display = str(toy_path), f"reprlab/{name.lower()}"
+    elif name.lower() in ALIAS_RESOLVERS:
+        import importlib
+
+        resolver = importlib.import_module(ALIAS_RESOLVERS[name.lower()])
+        path, display = str(resolver.resolve_alias(name)), f"reprlab/{name.lower()}"
     else:
         path = name
     local = Path(path).exists()

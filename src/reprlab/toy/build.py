@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from reprlab.errors import ConfigError, ModelError
-from reprlab.io import read_json, sha256_file, write_json
+from reprlab.io import apply_umask, read_json, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +228,7 @@ def _save_model(model, tok, path: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    apply_umask(tmp)  # save_pretrained writes its safetensors 0600
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
@@ -258,7 +259,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t_start, c_start = time.perf_counter(), time.process_time()
     with num_threads(p.threads):
-        tok = build_tokenizer(world.all_texts())
+        tok = build_tokenizer(tasks.vocabulary_texts(world))
         model = _make_model(p, tok, seed)
         base_ex = encode_texts(tok, world.pretrain_texts())
         chat_rows = tasks.chat_examples(world)

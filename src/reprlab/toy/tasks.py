@@ -74,6 +74,15 @@ def all_chat_texts(world: World) -> list[tuple[str, str, str]]:
         + [(p, r, s) for s in SHIFTS for p, _, r in _shift_rows(world, s)]
 
 
+def vocabulary_texts(world: World) -> list[str]:
+    """Every text the world can produce (the tokenizer's vocabulary comes from these), chat
+    texts as the template renders them (after a role token, with a leading space)."""
+    words = [" ".join(map(str, range(0, 2 * world.config.max_number + 2)))]
+    words.append(" ".join(POSITIVE + NEGATIVE + NOUNS))
+    return (world.pretrain_texts() + world.heldout_texts() + words
+            + [f" {q} {a}" for q, a, _ in all_chat_texts(world)])
+
+
 def _wrong_sum(rng: random.Random, right: int, near: bool, top: int) -> int:
     if near:
         return right + rng.choice([d for d in (-2, -1, 1, 2) if right + d >= 0])

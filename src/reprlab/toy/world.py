@@ -268,15 +268,6 @@ class World:
         texts += [self.sentiment_sentence(rng, k % 2 == 0, HELDOUT_NOUNS) for k in range(100)]
         return texts
 
-    def all_texts(self) -> list[str]:
-        """Every text the world can produce (the tokenizer's vocabulary comes from these)."""
-        from reprlab.toy import tasks
-
-        words = [" ".join(map(str, range(0, 2 * self.config.max_number + 2)))]
-        words.append(" ".join(POSITIVE + NEGATIVE + NOUNS))
-        return (self.pretrain_texts() + self.heldout_texts() + words
-                + [f" {q} {a}" for q, a, _ in tasks.all_chat_texts(self)])
-
     def hash(self) -> str:
         """Content hash of the world's training text (the corpus hash in the manifest)."""
         h = hashlib.sha256()
