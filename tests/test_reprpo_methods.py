@@ -133,8 +133,11 @@ def test_bad_input_one_line(tmp_path):
     with pytest.raises(ConfigError, match="divides the width"):
         train(lm, ROWS, out=tmp_path / "d", method="innerdpo", transform="ether",
               transform_n_blocks=5, **FAST)
+    unbound = build_method("innerdpo", MethodOptions(extra={"sites": "layers.0.5:-1"}))
     with pytest.raises(ConfigError, match="needs the model to resolve"):
-        build_method("innerdpo", MethodOptions(extra={"sites": "layers.0.5:-1"}))
+        _ = unbound.sites
+    unbound.bind(lm)
+    assert unbound.sites == ("layers.2",)
     from reprlab.prefs.repr import ReprMethod
 
     bound = ReprMethod("innerdpo", MethodOptions(extra={"sites": "layers.0.5:-1"}), lm=lm)
@@ -210,3 +213,30 @@ def test_orthogonal_transforms_leave_rotation_invariant_losses_unchanged():
         else:
             assert vals[1] == pytest.approx(vals[0], abs=1e-5), loss
             assert vals[2] == pytest.approx(vals[0], abs=1e-5), loss
+
+
+def test_cli_train_with_method_options(tmp_path, capsys):
+    import json
+
+    from conftest import save_lm
+
+    from reprlab.cli import main
+
+    model = save_lm(chat_tiny(layers=3), tmp_path / "model")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    common = ["prefs", "train", "--model", str(model), "--data", str(data), "--steps", "2",
+              "--batch-size", "2", "--lora-r", "4", "--lora-targets", "q_proj,v_proj",
+              "--max-length", "64", "--ref-cache", str(tmp_path / "cache"), "--no-progress"]
+    rc = main(common + ["--method", "innerdpo", "--method-options",
+                        "sites=layers.1:3,align=pars-ratio,transform=etherplus,alpha=0.5",
+                        "--out", str(tmp_path / "run")])
+    assert rc == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "innerdpo" in json.dumps(res) and "layers.2" in json.dumps(res)
+    capsys.readouterr()
+    rc = main(common + ["--method", "innerdpo", "--method-options", "sites=layers.0.5:-1",
+                        "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs the model to resolve" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad" / "manifest.json").exists()

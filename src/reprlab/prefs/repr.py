@@ -21,7 +21,10 @@ Sites. The trainer records ``method.sites`` by name, so they must be concrete na
 (``layers.3``, ``layers.3.attn``...). :meth:`ReprMethod.bind` resolves any grammar (fractions,
 ranges, negative indices) on a loaded model; without it only names that need no model are
 accepted (``layers.2,layers.3``, explicit ranges ``layers.2:5``), and anything else is refused
-with a line saying so. :func:`reprlab.prefs.repr_train.train` binds before training.
+with a line saying so when the trainer first reads ``sites`` (the run directory then has no
+manifest, so it never looks finished). :func:`reprlab.prefs.repr_train.train` resolves the
+spec on the model before training; a trainer that calls ``method.bind(lm)`` after loading the
+model (before the reference cache) gives every entry point the full grammar.
 """
 
 from __future__ import annotations
@@ -122,8 +125,6 @@ class ReprMethod(Method):
         self._unembed: torch.Tensor | None = None
         if lm is not None:
             self.bind(lm)
-        else:
-            _ = self.sites  # refuse a spec that needs the model now, before any work
 
     # ----------------------------------------------------------------------------- sites
     def bind(self, lm: Any) -> None:
