@@ -226,8 +226,9 @@ def causal_headline(results: Mapping[str, Any]) -> str:
         label = {"delta_loss": "loss on neutral text changes by",
                  "final_drift": "final-block drift on neutral text is"}[side]
         parts.append(f"side effect: {label} {num(e['mean'][worst], 3)} at {c[worst]:+g}{unit}")
-    n = results.get("n_texts")
-    tail = f" ({n} texts; 95% bootstrap intervals)." if n else "."
+    n, total = results.get("n_texts"), results.get("n_texts_total")
+    size = f"a sample of {n} of {total} texts" if n and total and total > n else f"{n} texts"
+    tail = f" ({size}; 95% bootstrap intervals)." if n else "."
     return "; ".join(parts) + tail if parts else summary_line(results)
 
 
