@@ -90,6 +90,10 @@ CASES: list[tuple[str, list[str], str]] = [
       "--max-new-tokens", "8"], "positions"),
     ("patch --k 100000", ["patch", "--model", "{model}", "--source", "the cat sat",
                           "--target", "the dog sat", "--k", "100000"], "more than the limit"),
+    ("probe --bootstrap 10**9", ["probe", "--model", "{model}", "--bootstrap", "1000000000",
+                                 "--out", "{out}"], "more than the limit"),
+    ("probe --controls 10**6", ["probe", "--model", "{model}", "--controls", "1000000",
+                                "--out", "{out}"], "more than the limit"),
     # silent clamps (item 11)
     ("patch --pos 100", ["patch", "--model", "{model}", "--source", "the cat sat",
                          "--target", "the dog sat", "--pos", "100", "--out", "{out}"],

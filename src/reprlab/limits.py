@@ -15,6 +15,9 @@ LIMITS: dict[str, tuple[int, str]] = {
     "k": (1_000, "top predictions"),
     "max_new_tokens": (8_192, "new tokens"),
     "prompts": (100_000, "prompts"),
+    "controls": (1_000, "control runs"),
+    "bootstrap": (100_000, "bootstrap resamples"),
+    "folds": (100, "folds"),
 }
 
 

@@ -90,6 +90,11 @@ class ProbeCommand:
         require(self.folds == 0 or self.folds >= 2, f"--folds must be 0 or at least 2, got {self.folds}")
         require(self.controls >= 0, f"--controls must be 0 or more, got {self.controls}")
         require(self.bootstrap >= 0, f"--bootstrap must be 0 or more, got {self.bootstrap}")
+        from reprlab.limits import cap
+
+        cap("controls", self.controls, "--controls")
+        cap("bootstrap", self.bootstrap, "--bootstrap")
+        cap("folds", self.folds, "--folds")
         require(self.l2 is None or self.l2 > 0, f"--l2 must be positive, got {self.l2}")
         require(self.mlp_width >= 1, f"--mlp-width must be at least 1, got {self.mlp_width}")
         require(self.mlp_epochs >= 1, f"--mlp-epochs must be at least 1, got {self.mlp_epochs}")
