@@ -4,6 +4,7 @@ parameters become the command's options; W&B-shaped files parse."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,14 @@ def test_shared_stores_lock_and_ready_marker(tmp_path):
     with shared_stores(runs[3], sweep, "k2") as info:  # nothing to capture (e.g. --store)
         info["ok"] = True
     assert info["capture"] == "none" and (sweep / "stores" / "k2" / READY).exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples")
+                                        .glob("sweep*.yaml")), ids=lambda p: p.name)
+def test_example_sweep_files_pass_the_pre_run_check(path, tmp_path):
+    from reprlab.sweeps.run import check, resolve
+
+    spec, _ = resolve(path, out=tmp_path / "out")
+    check(spec, tmp_path / "out")
+    assert spec.trials >= 1 and spec.searched
+    assert not (tmp_path / "out").exists()
