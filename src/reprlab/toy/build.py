@@ -214,7 +214,7 @@ def _make_model(p: Preset, tok, seed: int):
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=p.hidden, num_hidden_layers=p.layers,
         num_attention_heads=p.heads, num_key_value_heads=p.heads,
-        intermediate_size=p.intermediate, max_position_embeddings=128,
+        intermediate_size=p.intermediate, max_position_embeddings=512,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, architectures=["LlamaForCausalLM"])
     torch.manual_seed(seed)

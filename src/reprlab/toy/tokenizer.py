@@ -47,6 +47,6 @@ def build_tokenizer(texts: Iterable[str]):
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-        additional_special_tokens=list(ROLES), model_max_length=128, padding_side="right")
+        additional_special_tokens=list(ROLES), model_max_length=512, padding_side="right")
     fast.chat_template = CHAT_TEMPLATE
     return fast
