@@ -240,3 +240,31 @@ def test_cli_train_with_method_options(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "needs the model to resolve" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
+def test_side_inputs_and_sink_dropping_through_the_trainer(tmp_path):
+    lm = chat_tiny(layers=3)
+    run = train(lm, ROWS, out=tmp_path / "side", method="innerdpo", sites="layers.1",
+                side=True, ref_cache="off", **FAST)
+    assert run.method["sites"] == ["layers.1.attn.in", "layers.1.mlp.in"]
+    assert all(math.isfinite(v) for v in run.losses)
+    with pytest.raises(ConfigError, match="reference cache"):
+        train(chat_tiny(layers=3), ROWS, out=tmp_path / "side2", method="innerdpo",
+              sites="layers.1", side=True, ref_cache=str(tmp_path / "cache"), **FAST)
+    run = train(chat_tiny(layers=3), ROWS, out=tmp_path / "attn", method="innerdpo",
+                sites="layers.1", side="attn", ref_cache=str(tmp_path / "cache"), **FAST)
+    assert run.method["sites"] == ["layers.1.attn.in"]
+    # sink dropping: its own cache entry (pooled differently), and the pooling drops sinks
+    run = train(chat_tiny(layers=3), ROWS, out=tmp_path / "sinks", method="mse",
+                sites="layers.1", drop_sinks=True, ref_cache=str(tmp_path / "cache"), **FAST)
+    assert run.method["drop_sinks"] and not run.reference["cache_hit"]
+    m = build_method("mse", MethodOptions(extra={"sites": "layers.1", "drop_sinks": True}))
+    # (a lone outlier among n tokens is at most (n − 1)/√n σ out: n ≥ 11 to ever drop one)
+    h = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
+    h[0, 6] *= 100
+    comp = torch.zeros(2, 16, dtype=torch.long)
+    comp[:, 2:] = 1
+    out = m.pool("layers.1", h, torch.ones(2, 16), comp)
+    keep = [i for i in range(2, 16) if i != 6]
+    torch.testing.assert_close(out[0], h[0, keep].mean(0))
+    torch.testing.assert_close(out[1], h[1, 2:].mean(0))

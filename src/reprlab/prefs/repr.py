@@ -11,7 +11,10 @@ Method options (``method_options`` / ``--method-options key=value,...``):
 * every representation method: ``sites`` (site grammar; default ``layers.0.5:-1``, half depth
   to the second-to-last block), ``transform`` (none, ether, etherplus, hra, ortho, supressed),
   ``transform_lr`` (its own AdamW step, default 1e-3), ``transform_<option>`` (e.g.
-  ``transform_n_blocks=4``), and the options of the loss (``align``, ``alpha``, ``trust_region``,
+  ``transform_n_blocks=4``), ``side`` (true/attn/mlp: read the inputs of the blocks'
+  attention and/or MLP output projections instead of their outputs), ``drop_sinks`` (drop
+  attention-sink tokens, norm > mean + ``sink_sigma`` (3) σ, from the completion mean; the
+  reference cache is keyed by it), and the options of the loss (``align``, ``alpha``, ``trust_region``,
   ``detach_rejected``, ``k``...; see each loss's options class). The run's ``--beta`` is the
   β of the loss's output term where it has one.
 * ``projgrad`` / ``projbp``: ``orth`` (β of the orthogonal part; research defaults 0.8 / 1.0),
@@ -96,13 +99,18 @@ class ReprMethod(Method):
             raise ConfigError(f"unknown --aggregation {opts.aggregation!r}; use sum or mean")
         extra = {k.replace("-", "_"): v for k, v in dict(opts.extra).items()}
         mine, loss_kw = _split_options(extra, ("sites", "transform", "transform_lr", "side",
-                                               "drop_sinks"))
-        for k in ("side", "drop_sinks"):
-            if mine.get(k):
-                raise ConfigError(
-                    f"{k}=true needs its own forward pass: the preference trainer records block "
-                    "outputs mean-pooled over completion tokens; train with "
-                    "reprlab.prefs.repr_train.train(..., " + k + "=True) instead")
+                                               "drop_sinks", "sink_sigma"))
+        side = mine.get("side", False)
+        side = {True: "both", False: None, None: None, "true": "both", "false": None,
+                "both": "both", "attn": "attn", "mlp": "mlp"}.get(
+                    side.lower() if isinstance(side, str) else side, "bad")
+        if side == "bad":
+            raise ConfigError(f"side must be true, false, attn or mlp (got {mine['side']!r})")
+        self.side = side
+        self.drop_sinks = bool(mine.get("drop_sinks", False))
+        self.sink_sigma = float(mine.get("sink_sigma", 3.0))
+        if self.drop_sinks:
+            self.pool_id = f"mean:completion:nosinks{self.sink_sigma:g}"
         self.site_spec = str(mine.get("sites") or DEFAULT_SITES)
         self.transform_name = str(mine.get("transform") or "none")
         self.transform_lr = float(mine.get("transform_lr", 1e-3))
@@ -133,17 +141,50 @@ class ReprMethod(Method):
         self._sites = tuple(s.name for s in sites)
         head = lm.model.get_output_embeddings()
         self._unembed = None if head is None else head.weight.detach()
-        widths = {s: lm.arch.hidden_size for s in self._sites}
-        self._build_transform(widths)
+        if self.side is None:
+            self._build_transform({s: lm.arch.hidden_size for s in self.sites})
 
     @property
-    def sites(self) -> tuple[str, ...]:  # type: ignore[override]
+    def blocks(self) -> tuple[str, ...]:
+        """The resolved site names before the side expansion."""
         if self._sites is None:
             raise ConfigError(
                 f"the site spec {self.site_spec!r} needs the model to resolve; pass concrete "
                 "sites (e.g. method option sites=layers.2,layers.3) or train with "
                 "reprlab.prefs.repr_train.train, which resolves it")
         return self._sites
+
+    @property
+    def sites(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self.side is None:
+            return self.blocks
+        kinds = ("attn", "mlp") if self.side == "both" else (self.side,)
+        bad = [b for b in self.blocks if not re.match(r"^layers\.\d+$", b)]
+        if bad:
+            raise ConfigError(f"side inputs need block sites like layers.N, not {bad[0]!r}")
+        return tuple(f"{b}.{k}.in" for b in self.blocks for k in kinds)
+
+    def record(self, lm: Any):
+        """Block sites through the grammar; side inputs with pre-forward hooks."""
+        from reprlab import hooks
+        from reprlab.prefs.hidden import side_sites
+        from reprlab.sites import resolve_sites
+
+        if self.side is None:
+            return hooks.record(lm, list(self.sites), detach=False)
+        wanted = set(self.sites)
+        found = [s for s in side_sites(lm, resolve_sites(lm, list(self.blocks)))
+                 if s.name in wanted]
+        return hooks.record(lm, found, detach=False)
+
+    def pool(self, site: str, hidden: torch.Tensor, attention_mask: torch.Tensor,
+             completion_mask: torch.Tensor) -> torch.Tensor:
+        """Mean over completion tokens; attention sinks dropped when ``drop_sinks``."""
+        if not self.drop_sinks:
+            return super().pool(site, hidden, attention_mask, completion_mask)
+        from reprlab.prefs.hidden import pool_completion
+
+        return pool_completion(hidden, completion_mask.bool(), True, self.sink_sigma)
 
     # ------------------------------------------------------------------------ transforms
     def _build_transform(self, widths: Mapping[str, int]) -> None:
@@ -229,7 +270,9 @@ class ReprMethod(Method):
     def describe(self) -> dict[str, Any]:
         opts = {f: getattr(self.options, f) for f in option_names(self.name)}
         return {"name": self.name, "needs_reference": True, "site_spec": self.site_spec,
-                "sites": list(self._sites or ()), "transform": self.transform_name,
+                "sites": list(self.sites) if self._sites else [], "side": self.side,
+                "drop_sinks": self.drop_sinks, "sink_sigma": self.sink_sigma,
+                "transform": self.transform_name,
                 "transform_options": dict(self.transform_options),
                 "transform_lr": self.transform_lr, "aggregation": self.aggregation,
                 "loss_options": opts}

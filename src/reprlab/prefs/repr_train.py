@@ -28,7 +28,7 @@ PROJECTION_METHODS = ("projgrad", "projbp")
 
 
 def method_options(lm: Any, method: str, sites: str | None = None, transform: str | None = None,
-                   **loss_options: Any) -> dict[str, Any]:
+                   ref_cache: str = "auto", **loss_options: Any) -> dict[str, Any]:
     """The ``method_options`` of a run of ``method`` on ``lm``, with sites resolved to names."""
     opts = {k: v for k, v in loss_options.items() if v is not None}
     if method in PROJECTION_METHODS:
@@ -41,14 +41,34 @@ def method_options(lm: Any, method: str, sites: str | None = None, transform: st
                           f"{', '.join([*REPR_LOSSES, *PROJECTION_METHODS])}")
     names = [s.name for s in resolve_repr_sites(lm, sites or DEFAULT_SITES)]
     opts["sites"] = ",".join(names)
+    side = opts.get("side")
+    if side not in (None, False, "false"):
+        kinds = {"attn": ("attn",), "mlp": ("mlp",)}.get(str(side), ("attn", "mlp"))
+        side_list = resolve_repr_sites(lm, opts["sites"], side=True)
+        for site in side_list:
+            width = _in_width(lm.model.get_submodule(site.module_path))
+            if (site.name.split(".")[2] in kinds and width != lm.arch.hidden_size
+                    and ref_cache != "off"):
+                raise ConfigError(
+                    f"{site.name} has width {width}, not the model width "
+                    f"{lm.arch.hidden_size} that the reference cache stores; use "
+                    "ref_cache='off' or side='attn'")
     if transform is not None:
         opts["transform"] = transform
-    valid = set(option_names(method)) | {"sites", "transform", "transform_lr"}
+    valid = set(option_names(method)) | {"sites", "transform", "transform_lr", "side",
+                                         "drop_sinks", "sink_sigma"}
     bad = [k for k in opts if k not in valid and not k.startswith("transform_")]
     if bad:
         raise ConfigError(f"option {', '.join(bad)} does not apply to the {method} loss; its "
                           f"options are {', '.join(sorted(valid))}")
     return opts
+
+
+def _in_width(module: Any) -> int:
+    w = getattr(module, "in_features", None) or getattr(module, "nx", None)
+    if w is None:
+        w = module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1]
+    return int(w)
 
 
 def train(model: Any = None, data: Any = None, *, out: str | Path, method: str = "innerdpo",
@@ -64,5 +84,6 @@ def train(model: Any = None, data: Any = None, *, out: str | Path, method: str =
     lm = as_loaded(model if model is not None else TrainConfig.model,
                    device=options.get("device", "cpu"),
                    dtype=options.get("model_dtype", "float32"))
-    mo = method_options(lm, method, sites=sites, transform=transform, **extra)
+    mo = method_options(lm, method, sites=sites, transform=transform,
+                        ref_cache=str(options.get("ref_cache", "auto")), **extra)
     return _train(lm, data, out=out, method=method, method_options=mo, **options)
