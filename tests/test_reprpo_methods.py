@@ -74,7 +74,7 @@ def test_method_trains_every_parameter(tmp_path, method, opts):
         if "lora_" not in n:
             assert torch.equal(p.detach(), before[n.replace(".base_layer", "")]), n
     if method in ("projgrad", "projbp"):
-        assert run.log[0]["proj/active"] == 0.0 and run.log[-1]["proj/active"] == 1.0
+        assert all(r["proj/active"] == 1.0 for r in run.log)  # projected from step 1
     else:
         assert run.method["sites"] and all(s.startswith("layers.") for s in run.method["sites"])
         assert any(k.startswith("repr/") for k in run.log[-1])

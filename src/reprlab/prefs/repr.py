@@ -281,8 +281,10 @@ class ReprMethod(Method):
 class ProjectionMethod(Method):
     """DPO whose gradients are projected along each adapter module's preference direction.
 
-    The trainer gives a method the model only at the first ``before_backward``, so the hooks
-    are attached there: the first micro-batch of a run trains with the plain DPO gradient
+    The hooks are attached when the trainer first asks the method how to record its sites
+    (``record(lm)``, before the first forward; the one site, ``layers.0``, is recorded without
+    gradient and otherwise unused), or at the first ``before_backward`` by a trainer that
+    records nothing — then the first micro-batch trains with the plain DPO gradient
     (``proj/active`` = 0 in its log line). Directions come from the policy's own forward
     (detached): a forward pre-hook on the backbone takes the attention mask, and each module's
     output is **summed** over attended tokens. Chosen and rejected rows share the prompt, and
@@ -292,7 +294,7 @@ class ProjectionMethod(Method):
     """
 
     needs_reference = True
-    sites: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ("layers.0",)
 
     def __init__(self, kind: str, opts: MethodOptions) -> None:
         self.name = kind
@@ -314,11 +316,12 @@ class ProjectionMethod(Method):
         self.beta = opts.beta
         self.projector: ProjGrad | ProjBP | None = None
         self._handles: list[Any] = []
-        self._active = 0.0
 
     def loss(self, policy: SeqOutputs, reference: SeqOutputs | None) -> MethodOutput:
         out = self.dpo.loss(policy, reference)
-        out.metrics["proj/active"] = self._active
+        # directions of this forward already observed: the backward will be projected
+        out.metrics["proj/active"] = float(bool(self.projector is not None
+                                                and self.projector.dirs))
         return out
 
     def _attach(self, model: torch.nn.Module) -> None:
@@ -343,10 +346,19 @@ class ProjectionMethod(Method):
 
         self._handles.append(backbone.register_forward_pre_hook(pre, with_kwargs=True))
 
+    def record(self, lm: Any):
+        from reprlab import hooks
+
+        if self.projector is None:
+            try:
+                self._attach(lm.model)
+            except ConfigError:  # adapter disabled (the reference pass): attach next time
+                pass
+        return hooks.record(lm, list(self.sites), detach=True)
+
     def before_backward(self, ctx: StepContext) -> None:
         if self.projector is None:
             self._attach(ctx.model)
-        self._active = 1.0 if self.projector.dirs else 0.0
 
     def after_backward(self, ctx: StepContext) -> None:
         # parameter gradients accumulate over micro-batches: project the sum once, before
