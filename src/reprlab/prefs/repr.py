@@ -107,7 +107,9 @@ class ReprMethod(Method):
         if side == "bad":
             raise ConfigError(f"side must be true, false, attn or mlp (got {mine['side']!r})")
         self.side = side
-        self.drop_sinks = bool(mine.get("drop_sinks", False))
+        sinks = mine.get("drop_sinks", False)
+        self.drop_sinks = (sinks.lower() in ("true", "1", "yes") if isinstance(sinks, str)
+                           else bool(sinks))
         self.sink_sigma = float(mine.get("sink_sigma", 3.0))
         if self.drop_sinks:
             self.pool_id = f"mean:completion:nosinks{self.sink_sigma:g}"
