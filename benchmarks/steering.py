@@ -84,17 +84,21 @@ def main() -> None:
     for name, method in (("mean", "mean-diff"), ("pca", "pca-center")):
         print(f"\n== {name} ({method} vs steering-vectors {name}_aggregator), "
               f"{len(pairs)} pairs, random GPT-2 {args.hidden}d x {args.layers} ==")
+        best: dict[str, int] = {}
         for rows, reps in (([1], args.repeats), ([2, None], args.repeats_threads)):
             fns, setups = {}, {}
             for t in rows:
                 tag = "default" if t is None else f"{t} thread{'s' if t > 1 else ''}"
                 for bs in sizes:
-                    fns[f"reprlab, batch {bs}, {tag}"] = lambda m=method, bs=bs: ours(m, bs)
-                    fns[f"steering-vectors, batch {bs}, {tag}"] = (
-                        lambda a=name, bs=bs: theirs(a, bs))
-                    setups[f"reprlab, batch {bs}, {tag}"] = lambda t=t: threads(t)
-                    setups[f"steering-vectors, batch {bs}, {tag}"] = lambda t=t: threads(t)
-                if args.peer_head and name == "mean":
+                    # after the one-thread round, each side only at its best batch size
+                    if not best or best["reprlab"] == bs:
+                        fns[f"reprlab, batch {bs}, {tag}"] = lambda m=method, bs=bs: ours(m, bs)
+                        setups[f"reprlab, batch {bs}, {tag}"] = lambda t=t: threads(t)
+                    if not best or best["steering-vectors"] == bs:
+                        fns[f"steering-vectors, batch {bs}, {tag}"] = (
+                            lambda a=name, bs=bs: theirs(a, bs))
+                        setups[f"steering-vectors, batch {bs}, {tag}"] = lambda t=t: threads(t)
+                if args.peer_head and name == "mean" and not best:
                     fns[f"steering-vectors with LM head, batch {sizes[0]}, {tag}"] = (
                         lambda bs=sizes[0]: theirs("mean", bs, lm.model))
                     setups[f"steering-vectors with LM head, batch {sizes[0]}, {tag}"] = (
@@ -104,6 +108,11 @@ def main() -> None:
                       key=lambda k: times[k]["cpu"])
             print(f"medians of {reps} round(s) in rotation; ratios to the best reprlab row")
             print(table(list(times.items()), ref=ref))
+            if not best:
+                for side in ("reprlab", "steering-vectors"):
+                    k = min((k for k in times if k.startswith(side + ", batch")),
+                            key=lambda k: times[k]["cpu"])
+                    best[side] = int(k.split("batch ")[1].split(",")[0])
         cos = []
         v_ours, v_sv = out["ours", method], out["sv", name]
         for layer, ref_v in sorted(v_sv.layer_activations.items()):

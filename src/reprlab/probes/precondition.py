@@ -20,8 +20,6 @@ Two ways to apply it:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from reprlab import _threads
