@@ -158,17 +158,22 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
         ls = objective.line_start(theta, state, d)
         t = torch.where(done, torch.zeros_like(f), torch.ones_like(f))
         accepted = done.clone()
+        f_line = None  # the objective at the accepted steps, when every problem accepted
         for _ in range(max_backtrack):
             ft = objective.line_value(ls, t)
             ok = (ft <= f + c1 * t * slope) & torch.isfinite(ft)
             accepted = accepted | ok
             if bool(accepted.all()):
+                f_line = torch.where(done, f, ft)
                 break
             t = torch.where(accepted, t, t * 0.5)
         s = t.unsqueeze(-1) * d
         theta = theta + s
         state = objective.line_state(ls, t)
-        f_new, g_new, state = objective.value_and_grad(theta, state)
+        if f_line is not None and getattr(objective, "reuses_line_value", False):
+            f_new, g_new, state = objective.value_and_grad(theta, state, f_line)
+        else:
+            f_new, g_new, state = objective.value_and_grad(theta, state)
         yv = g_new - g
         sy = _dot(s, yv)
         valid = (sy > 1e-12 * _dot(s, s).clamp_min(1e-30)) & ~done

@@ -70,12 +70,6 @@ def data_loss(z: torch.Tensor, Y: torch.Tensor, Yf: torch.Tensor | None = None) 
     return (torch.logsumexp(z, -1) - z.gather(-1, Y.unsqueeze(-1)).squeeze(-1)).mean(-1)
 
 
-def _dlogits(z: torch.Tensor, Y: torch.Tensor, Yf: torch.Tensor | None = None) -> torch.Tensor:
-    if z.shape[-1] == 1:
-        return torch.sigmoid(z) - (Y.to(z.dtype) if Yf is None else Yf).unsqueeze(-1)
-    return torch.softmax(z, -1) - F.one_hot(Y, z.shape[-1]).to(z.dtype)
-
-
 class _Objective:
     """Mean log-loss + L2 for every (layer, problem); theta ``[L, P, K'*(d+1)]``.
 
@@ -95,6 +89,7 @@ class _Objective:
         self.basis = basis
         self.precondition = pre.apply if pre is not None else None
         self.precondition_scaled = pre is not None
+        self.reuses_line_value = True  # line_value is exactly the objective (see lbfgs)
 
     def restrict(self, li: torch.Tensor, pi: torch.Tensor) -> _Objective:
         """The same objective on layers ``li`` and, per layer, problems ``pi [L', P']``."""
@@ -124,11 +119,18 @@ class _Objective:
         w, _ = self.split(theta)
         return data_loss(z, self.Y, self.Yf) + 0.5 * self.l2 * w.pow(2).sum((-1, -2))
 
-    def value_and_grad(self, theta: torch.Tensor, z: torch.Tensor | None = None):
+    def value_and_grad(self, theta: torch.Tensor, z: torch.Tensor | None = None,
+                       f: torch.Tensor | None = None):
+        """``f``: the objective at ``theta`` when the caller has it (the line search's value
+        at the accepted step), which saves evaluating the loss again."""
         if z is None:
             z = self.logits(theta)
         w, _ = self.split(theta)
-        dz = _dlogits(z, self.Y, self.Yf) / self.n  # [L, P, n, K']
+        p = torch.sigmoid(z) if self.k == 1 else torch.softmax(z, -1)
+        if self.k == 1:
+            dz = (p - self.Yf.unsqueeze(-1)) / self.n  # [L, P, n, K']
+        else:
+            dz = (p - F.one_hot(self.Y, self.k).to(z.dtype)) / self.n
         if self.X.dim() == 3:
             gw = torch.einsum("lnd,lpnk->lpkd", self.X, dz)
         else:
@@ -136,9 +138,9 @@ class _Objective:
         gw = gw + self.l2[..., None, None] * w
         gb = dz.sum(-2) if self.intercept else torch.zeros_like(dz[..., 0, :])
         if self.pre is not None:
-            self.pre.refresh(z, self.l2)
+            self.pre.refresh(p, self.l2)
         g = torch.cat([gw, gb.unsqueeze(-1)], -1).flatten(-2)
-        return self._value(z, theta), g, z
+        return (self._value(z, theta) if f is None else f), g, z
 
     def confirm(self, theta: torch.Tensor, g: torch.Tensor, cand: torch.Tensor,
                 tol: float) -> torch.Tensor:

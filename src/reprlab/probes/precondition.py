@@ -3,7 +3,7 @@
 Every problem of a layer shares that layer's rows ``X [n, d]``, so one factorisation of its
 Gram matrix ``G = X^T X / n`` serves all of them. The Hessian of a problem is
 ``X^T S X / n + l2 I`` with ``S = diag(p (1 - p))``; modelling ``S`` by its mean ``s``
-(recomputed from the current logits at every gradient, at no matrix product) gives the
+(recomputed from the current probabilities at every gradient, at no matrix product) gives the
 inverse-Hessian model ``(s G + l2 I)^-1``, which is exact when ``S`` is constant.
 
 Two ways to apply it:
@@ -75,10 +75,9 @@ def top_eigen(X: torch.Tensor, k: int, *, iters: int = 2, oversample: int = 16,
     return U, lam, tail
 
 
-def _curvature(z: torch.Tensor, n: int) -> torch.Tensor:
-    """Mean ``p (1 - p)`` over rows per logit: ``z [L, P, n, K'] -> [L, P, K']``."""
-    p = torch.sigmoid(z) if z.shape[-1] == 1 else torch.softmax(z, -1)
-    return (p * (1 - p)).sum(-2) / n
+def _curvature(p: torch.Tensor) -> torch.Tensor:
+    """Mean ``p (1 - p)`` over rows per logit: probabilities ``[L, P, n, K'] -> [L, P, K']``."""
+    return (p * (1 - p)).mean(-2)
 
 
 class EigenDiagonal:
@@ -88,8 +87,9 @@ class EigenDiagonal:
         self.lam, self.intercept = lam, intercept  # [L, r]
         self.pinv: torch.Tensor | None = None
 
-    def refresh(self, z: torch.Tensor, l2: torch.Tensor) -> None:
-        s = _curvature(z, z.shape[-2]).clamp_min(1e-12)  # [L, P, K']
+    def refresh(self, p: torch.Tensor, l2: torch.Tensor) -> None:
+        """``p``: current probabilities ``[L, P, n, K']`` (sigmoid or softmax of the logits)."""
+        s = _curvature(p).clamp_min(1e-12)  # [L, P, K']
         diag = s[..., None] * self.lam[:, None, None, :] + l2[..., None, None]
         bias = s if self.intercept else torch.ones_like(s)
         self.pinv = torch.cat([1.0 / diag, (1.0 / bias).unsqueeze(-1)], -1).flatten(-2)
@@ -113,8 +113,9 @@ class LowRank:
         self.U, self.lam, self.tail, self.intercept = U, lam, tail, intercept
         self.a = self.t = self.b = None
 
-    def refresh(self, z: torch.Tensor, l2: torch.Tensor) -> None:
-        s = _curvature(z, z.shape[-2]).clamp_min(1e-12)  # [L, P, K']
+    def refresh(self, p: torch.Tensor, l2: torch.Tensor) -> None:
+        """``p``: current probabilities ``[L, P, n, K']`` (sigmoid or softmax of the logits)."""
+        s = _curvature(p).clamp_min(1e-12)  # [L, P, K']
         self.a = 1.0 / (s[..., None] * self.lam[:, None, None, :] + l2[..., None, None])
         self.t = 1.0 / (s * self.tail[:, None, None] + l2[..., None])
         self.b = 1.0 / s if self.intercept else torch.ones_like(s)
