@@ -71,7 +71,8 @@ def test_talk_cli_train_explain_and_resume(tiny, tmp_path, capsys, monkeypatch):
     res = json.loads((run / "results.json").read_text())
     assert [h["step"] for h in res["history"]] == [1, 2, 3, 4]
     m = res["metrics"]
-    for k in ("fve", "nrmse", "kl_bits", "fve_shuffled", "fve_original_tokens", "fve_best_of_2"):
+    for k in ("fve", "nrmse", "kl_bits", "fve_shuffled", "fve_original_tokens", "fve_other_sample",
+              "fve_best_of_2"):
         assert isinstance(m[k], float), k
     assert res["data"]["cache_hit"] is True  # the second run reused the dump
     for name in ("report.html", "training.png", "examples.csv", "baselines.csv",

@@ -204,7 +204,8 @@ def run_talk_train(cfg: TalkTrainCommand) -> int:
     if m:
         best = m[f"fve_best_of_{m['best_of']}"]
         print(f"held-out FVE {m['fve']:.3f} (best of {m['best_of']}: "
-              f"{best:.3f}; shuffled tokens {m['fve_shuffled']:.3f}; "
+              f"{best:.3f}; shuffled tokens {m['fve_shuffled']:.3f}; another sample's tokens "
+              f"{m['fve_other_sample']:.3f}; "
               f"original tokens {m['fve_original_tokens']:.3f}), normalised RMSE "
               f"{m['nrmse']:.3f}, KL {m['kl_bits']:.4f} bits, "
               f"{m['token_usage']['distinct']} distinct tokens")

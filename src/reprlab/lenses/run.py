@@ -247,6 +247,7 @@ def _talk_report(run: RunDir, results: dict, name: str, cfg: TalkConfig,
                 {"reconstruction": f"best of {m['best_of']} samples",
                  "FVE": m[f"fve_best_of_{m['best_of']}"]},
                 {"reconstruction": "generated tokens shuffled", "FVE": m["fve_shuffled"]},
+                {"reconstruction": "another sample's tokens", "FVE": m["fve_other_sample"]},
                 {"reconstruction": "original context tokens", "FVE": m["fve_original_tokens"]}]
         run.write_csv("baselines.csv", rows)
         run.table("Reconstruction vs baselines (held-out samples)", rows,

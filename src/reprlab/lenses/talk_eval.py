@@ -1,6 +1,6 @@
 """How good a talkative lens is: FVE, normalised RMSE, KL and token usage on held-out
-samples, against two intervention baselines (the generated tokens shuffled; the encoder fed the
-original context tokens) and best-of-K sampling."""
+samples, against intervention baselines (the generated tokens shuffled; another sample's
+explanation; the encoder fed the original context tokens) and best-of-K sampling."""
 
 from __future__ import annotations
 
@@ -43,13 +43,15 @@ def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: lis
     g = torch.Generator().manual_seed(seed)
     vocab = mod.decoder.get_input_embeddings().weight.shape[0]
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                            ("a", "hat", "shuf", "orig", "best", "ids", "kl")}
+                                            ("a", "hat", "shuf", "other", "orig", "best", "ids",
+                                                 "kl")}
     for s in range(0, len(idx), batch_size):
         b = torch.tensor(idx[s:s + batch_size])
         a = data.a[b].to(dev)
         with torch.no_grad():
             ids, a_hat = lens.reconstruct(a)
             a_shuf = mod.encode(shuffled(ids.cpu(), g).to(dev))
+            a_other = mod.encode(ids.roll(1, 0))  # another sample's explanation
             a_orig = mod.encode(original_tokens(data, b, t).to(dev))
             best, best_err = a_hat.clone(), (a_hat - a).pow(2).sum(-1)
             for _ in range(max(0, best_of - 1)):
@@ -60,7 +62,8 @@ def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: lis
                 best[better], best_err[better] = s_hat[better], err[better]
             ctx, pos = data.context(b)
             orig, rec = splice_logits(lm, site, ctx, pos, a_hat)
-        for k, v in (("a", a), ("hat", a_hat), ("shuf", a_shuf), ("orig", a_orig),
+        for k, v in (("a", a), ("hat", a_hat), ("shuf", a_shuf), ("other", a_other),
+                     ("orig", a_orig),
                      ("best", best), ("ids", ids), ("kl", kl_logits(orig, rec) / LN2)):
             parts[k].append(v.detach().cpu())
     cat = {k: torch.cat(v) for k, v in parts.items()}
@@ -73,6 +76,7 @@ def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: lis
         "kl_bits": float(cat["kl"].mean()),
         "fve_shuffled": float(fve(cat["shuf"], a, mean)),
         "fve_original_tokens": float(fve(cat["orig"], a, mean)),
+        "fve_other_sample": float(fve(cat["other"], a, mean)),
         f"fve_best_of_{best_of}": float(fve(cat["best"], a, mean)),
         "best_of": best_of,
         "token_usage": token_usage(cat["ids"]),
