@@ -228,3 +228,17 @@ def test_cached_splice_equals_full_forward_splice(arch):
     (g1,) = torch.autograd.grad(rec.logsumexp(-1).sum(), splice)
     (g2,) = torch.autograd.grad(rec_full.logsumexp(-1).sum(), splice)
     assert torch.allclose(g1, g2, atol=1e-5)
+
+
+def test_sample_positions_fixed_and_random():
+    from reprlab.lenses.talk_data import _sample_positions
+
+    lengths = torch.tensor([5, 2, 9])
+    g = torch.Generator().manual_seed(0)
+    assert _sample_positions(lengths, "3", 1, g).tolist() == [3, 1, 3]
+    assert _sample_positions(lengths, "-1", 1, g).tolist() == [4, 1, 8]
+    r = torch.stack([_sample_positions(lengths, "random", 1, g) for _ in range(200)])
+    assert (r >= 1).all() and (r < lengths).all()
+    assert set(r[:, 2].tolist()) == set(range(1, 9))  # every allowed position gets drawn
+    with pytest.raises(ConfigError, match="--position"):
+        _sample_positions(lengths, "middle", 1, g)
