@@ -69,10 +69,10 @@ def test_preference_shifts_follow_their_definitions(world):
     assert not sums["train"] & sums["in-domain"]
     for s in ("train", "in-domain", "harder"):
         for p, c, r in zip(shifts[s].prompt, shifts[s].chosen, shifts[s].rejected):
-            a, b = int(p.split()[2]), int(p.split()[4])
-            assert c == f"{a + b} ." and r != c
-            if s == "harder":
-                assert 1 <= abs(int(r.split()[0]) - (a + b)) <= 2
+            operands = [int(x) for x in p.split()[2:-1:2]]
+            assert len(operands) == (3 if s == "harder" else 2)
+            assert c == f"{sum(operands)} ."
+            assert 1 <= abs(int(r.split()[0]) - sum(operands)) <= 2
     cross = shifts["cross-domain"]
     assert cross.chosen[cross.prompt.index("Where is the Eiffel Tower ?")] == "Paris ."
     for c, r in zip(shifts["orthogonal"].chosen, shifts["orthogonal"].rejected):

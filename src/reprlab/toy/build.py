@@ -59,8 +59,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # ~3.5M parameters; about 8 minutes on one core of a laptop-class CPU
-    "default": Preset(hidden=256, layers=4, heads=4, intermediate=768, base_steps=1000,
-                      sft_steps=260),
+    "default": Preset(hidden=256, layers=4, heads=4, intermediate=768, base_steps=1300,
+                      sft_steps=200),
     # the same world and code path in seconds, for tests (weakly trained)
     "mini": Preset(hidden=32, layers=2, heads=2, intermediate=64, base_steps=40, sft_steps=20,
                    batch_size=64, lr=5e-3, warmup=5, n_checkpoints=3, save_every=10),

@@ -4,11 +4,12 @@
   city's country, sums, comparisons, truth judgements, and happy / sad sentences. Held-out
   questions ask about entities whose *question* was never trained (their facts were).
 * :func:`preference_shifts` — prompt / chosen / rejected triples with named distribution
-  shifts for preference training ("prefer the true answer" learned on sums):
-  ``train`` (sums on operand pairs seen by neither pretraining nor SFT), ``in-domain`` (other
-  unseen pairs, a random wrong sum), ``harder`` (unseen pairs, a wrong sum off by one or two),
-  ``cross-domain`` (the same principle on geography) and ``orthogonal`` (an unrelated
-  preference: a happy over a sad sentence).
+  shifts for preference training ("prefer the true sum over a near miss", learned on operand
+  pairs seen by neither pretraining nor SFT): ``train``, ``in-domain`` (other unseen pairs),
+  ``harder`` (sums of three operands, a question shape never trained), ``cross-domain`` (the
+  same principle on geography: the true city or country) and ``orthogonal`` (an unrelated
+  preference: a happy over a sad sentence). Every rejected sum is one or two away from the
+  right one.
 """
 
 from __future__ import annotations
@@ -83,20 +84,25 @@ def vocabulary_texts(world: World) -> list[str]:
             + [f" {q} {a}" for q, a, _ in all_chat_texts(world)])
 
 
-def _wrong_sum(rng: random.Random, right: int, near: bool, top: int) -> int:
-    if near:
-        return right + rng.choice([d for d in (-2, -1, 1, 2) if right + d >= 0])
-    return rng.choice([s for s in range(top + 1) if s != right])
+def _near_miss(rng: random.Random, right: int) -> int:
+    """A wrong sum one or two away from ``right`` (never negative)."""
+    return right + rng.choice([d for d in (-2, -1, 1, 2) if right + d >= 0])
 
 
 def _shift_rows(world: World, shift: str) -> list[tuple[str, str, str]]:
     rng = world._rng(f"prefs:{shift}")
-    top = 2 * world.config.max_operand
-    if shift in ("train", "in-domain", "harder"):
+    if shift in ("train", "in-domain"):
         pairs = world.arith_pairs["prefs" if shift == "train" else "heldout"]
-        near = shift == "harder"
-        return [(f"What is {a} + {b} ?", f"{a + b} .", f"{_wrong_sum(rng, a + b, near, top)} .")
+        return [(f"What is {a} + {b} ?", f"{a + b} .", f"{_near_miss(rng, a + b)} .")
                 for a, b in pairs]
+    if shift == "harder":  # three operands, a question shape never trained
+        rows = []
+        for a, b in world.arith_pairs["heldout"]:
+            c = rng.randrange(10)
+            right = a + b + c
+            rows.append((f"What is {a} + {b} + {c} ?", f"{right} .",
+                         f"{_near_miss(rng, right)} ."))
+        return rows
     if shift == "cross-domain":
         rows = [(f"Where is {mid(lm)} ?", f"{city} .", f"{world.other_city(city, rng)} .")
                 for lm, city in world.landmarks.items()]

@@ -60,8 +60,8 @@ NOUNS = ("food", "staff", "room", "movie", "book", "music", "service", "weather"
 HELDOUT_NOUNS = ("garden", "view", "class")
 
 #: copies of each training fact per pass of the corpus, by task
-REPEATS = {"arithmetic": 4, "city_country": 3, "city_country_t2": 2, "landmark_city": 2,
-           "landmark_city_t2": 2}
+REPEATS = {"arithmetic": 8, "judge": 2, "city_country": 3, "city_country_t2": 2,
+           "landmark_city": 2, "landmark_city_t2": 2}
 
 PROVENANCE = (
     "reprlab toy world: 40 hand-listed real landmarks with their cities; cities = the landmark "

@@ -48,10 +48,11 @@ def toy_builtins() -> dict[str, Builtin]:
         "toy-text": Builtin(_toy("eval_text"), "labeled",
                             "toy world: 600 held-out sentences (one class, 'text')"),
         "toy-prefs": Builtin(_toy_shift("train"), "preferences",
-                             "toy world: prefer the true sum (operand pairs never trained)"),
+                             "toy world: prefer the true sum over a near miss (operand pairs "
+                             "never trained)"),
     }
-    for shift, what in (("in-domain", "other unseen sums, a random wrong answer"),
-                        ("harder", "unseen sums, a wrong answer off by one or two"),
+    for shift, what in (("in-domain", "other unseen sums, a near miss"),
+                        ("harder", "sums of three operands, a near miss"),
                         ("cross-domain", "prefer the true city or country"),
                         ("orthogonal", "prefer a happy over a sad sentence")):
         out[f"toy-prefs-{shift}"] = Builtin(_toy_shift(shift), "preferences",
