@@ -105,15 +105,10 @@ def test_the_cycle_finder_finds_a_planted_circle():
     assert cycles(g) == [["a", "b", "c"]]
 
 
-#: packages being built now: circles through them are checked once they settle
-NEW = ("reprlab.prefs", "reprlab.lenses", "reprlab.sweeps")
-
-
 def test_no_import_circles_in_the_package():
     graph = import_graph()
     assert "reprlab.steering.readout" in graph and "reprlab.probes.run" in graph
-    found = [c for c in cycles(graph) if not any(m.startswith(NEW) for m in c)]
-    assert found == []
+    assert cycles(graph) == []
     # the three that used to exist
     assert "reprlab.steering.validate" not in graph["reprlab.probes.run"]
     assert "reprlab.sessions.api" not in graph["reprlab.sessions.nnsight_backend"]
@@ -159,19 +154,12 @@ def _commands() -> list:
     for name, module in COMMANDS.items():
         if not _module_present(module):
             continue
-        marks = ()
-        if module.startswith(NEW):
-            marks = pytest.mark.xfail(reason="package under construction; its __init__ may "
-                                             "still import torch (reprlab._lazy.install fixes it)",
-                                      strict=False)
-        out.append(pytest.param(name, marks=marks))
+        out.append(pytest.param(name))
     return out
 
 
 def test_building_the_whole_parser_is_cheap():
-    # the packages under construction are checked one by one below
-    code = ("import reprlab.cli as c\nc.COMMANDS = {k: v for k, v in c.COMMANDS.items() "
-            f"if not v.startswith({NEW!r})}}\n" + _BUILD % (None, HEAVY))
+    code = _BUILD % (None, HEAVY)
     cpu, heavy, commands = ast.literal_eval(_run(code).split("\n")[-2])
     assert heavy == []
     assert {"capture", "store", "probe", "steer", "patch", "drift"} <= set(commands)
@@ -205,9 +193,7 @@ print(repr((cpu, [m for m in HEAVY if m in sys.modules], loaded, buf.getvalue())
 def test_summaries_equal_the_help_each_module_registers():
     from reprlab.cli import COMMANDS, SUMMARIES, build_parser
 
-    for name, module in COMMANDS.items():
-        if module.startswith(NEW):
-            continue
+    for name in COMMANDS:
         action = build_parser(name)._subparsers._group_actions[0]
         helps = {a.dest: a.help for a in action._choices_actions}
         assert helps[name] == SUMMARIES[name], name
@@ -239,8 +225,6 @@ def test_every_subcommand_help_without_torch():
 
     code = """
 import contextlib, io, sys
-import reprlab.cli as c
-c.COMMANDS = {k: v for k, v in c.COMMANDS.items() if not v.startswith(%r)}
 from reprlab.cli import main
 seen = {}
 for argv in %r:
@@ -256,8 +240,12 @@ print(repr(seen))
 """
     argvs = [[], ["capture"], ["store"], ["store", "info"], ["probe"], ["patch"], ["patch", "sweep"],
              *(["steer", a] for a in ("vector", "generate", "validate", "export", "import")),
-             ["steer"], ["drift"], *(["drift", a] for a in ("layers", "checkpoints", "train"))]
-    seen = ast.literal_eval(_run(code % (NEW, argvs)).strip().splitlines()[-1])
+             ["steer"], ["drift"], *(["drift", a] for a in ("layers", "checkpoints", "train")),
+             *(["toy", a] for a in ("build", "path", "info")),
+             *(["prefs", a] for a in ("train", "eval", "compare")),
+             ["lens", "logit"], ["lens", "tuned", "train"], ["lens", "talk", "explain"],
+             ["sweep"]]
+    seen = ast.literal_eval(_run(code % (argvs,)).strip().splitlines()[-1])
     assert set(seen) == {" ".join(a) for a in argvs}
     for text in itertools.chain(seen.values()):
         assert text.startswith("usage: reprlab")

