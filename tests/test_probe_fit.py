@@ -147,3 +147,13 @@ def test_prepared_features_are_reused_and_give_the_same_fit():
     torch.testing.assert_close(a.weight, b.weight)
     with pytest.raises(ValueError, match="unknown preconditioner"):
         fit_logistic(X, y, n_classes=2, precondition="cholesky")
+
+
+def test_problems_converged_at_the_start_need_no_iteration():
+    """Zero features and balanced labels: the gradient is zero at the start, every problem is
+    done before the first step, and the packed batch is the full one."""
+    X = torch.zeros(2, 40, 8)
+    Y = torch.tensor([0, 1] * 20)
+    fit = fit_logistic(X, Y, n_classes=2, l2=0.1, tol=1e-4)
+    assert bool(fit.converged.all())
+    assert torch.equal(fit.weight, torch.zeros_like(fit.weight))

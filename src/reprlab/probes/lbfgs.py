@@ -42,6 +42,8 @@ class Packing:
 
     def scatter(self, full: torch.Tensor, part: torch.Tensor) -> None:
         """Write ``part [L', P', ...]`` into ``full [L, P, ...]`` in place."""
+        if part is full:  # nothing packed or moved yet: the batch is the full one
+            return
         full[self.layers[:, None], self.problems] = part
 
 
