@@ -44,6 +44,7 @@ from reprlab.io import (
     check_free_space,
     disk_errors,
     ensure_writable_dir,
+    fsync_dir,
     read_json,
     sha256_file,
     write_json,
@@ -59,7 +60,6 @@ from reprlab.store import (
     ActivationStore,
     TensorFileWriter,
     as_numpy,
-    fsync_dir,
     key,
     read_tensor_header,
 )

@@ -130,6 +130,20 @@ def apply_umask(path: str | Path) -> None:
             os.chmod(f, mode)
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
     path = Path(path)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import platform
 import re
 import time
@@ -37,6 +36,7 @@ from reprlab.io import (
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
+    fsync_dir,
     read_json,
     write_json,
 )
@@ -103,22 +103,10 @@ def invalidate(out: str | Path) -> bool:
         raise StoreError(f"{path} holds a {old['kind'].replace('_', ' ')}, not a run "
                          "directory; choose another --out")
     mark.unlink(missing_ok=True)
-    _fsync_dir(path)
+    fsync_dir(path)
     logger.info("%s held a finished run; it is replaced when this run finishes", path)
     return True
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class RunDir:
