@@ -250,7 +250,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
         make_optimizer,
         run_phase,
     )
-    from reprlab.toy.world import World, WorldConfig
+    from reprlab.toy.world import PROVENANCE, World, WorldConfig
     from reprlab.trainstate import load_train_state, save_train_state
 
     transformers.logging.set_verbosity_error()
@@ -270,8 +270,6 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
         state_path = out / "state.safetensors"
         ckpt_steps = checkpoint_steps(p.base_steps, p.n_checkpoints)
         key = {"format": FORMAT, "preset": asdict(p), "seed": seed, "world": world.hash()}
-        info = None
-        opt = sched = None
         resumed = load_train_state(state_path, None, None, None, rng=False) \
             if state_path.exists() else None
         if resumed is not None and resumed.get("key") != key:
@@ -334,7 +332,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
         "n_parameters": sum(t.numel() for t in model.parameters()),
         "model_config": model.config.to_dict() | {"torch_dtype": None, "dtype": None},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "provenance": __import__("reprlab.toy.world", fromlist=["PROVENANCE"]).PROVENANCE,
+        "provenance": PROVENANCE,
         "checkpoint_steps": ckpt_steps, "train": stats,
         "build_seconds": round(time.perf_counter() - t_start, 1),
         "train_seconds": round(train_s, 1),
