@@ -207,6 +207,10 @@ def test_corrupt_or_foreign_cache_is_rebuilt(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         ensure_built("mini", home=tmp_path, progress=False)
     assert "format 0" in caplog.text and check_cache(paths.root) is None
+    m = json.loads((paths.root / "manifest.json").read_text())
+    m["preset_config"]["base_steps"] += 1
+    (paths.root / "manifest.json").write_text(json.dumps(m))
+    assert "other settings" in check_cache(paths.root)
 
 
 def test_cli_build_path_info(toy_mini, monkeypatch, capsys):

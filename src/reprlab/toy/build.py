@@ -131,6 +131,10 @@ def check_cache(root: Path) -> str | None:
     if manifest.get("format") != FORMAT:
         return (f"it was built by reprlab {manifest.get('reprlab_version', '?')} (toy format "
                 f"{manifest.get('format')}, this reprlab reads format {FORMAT})")
+    preset = PRESETS.get(manifest.get("preset", ""))
+    if preset is None or manifest.get("preset_config") != asdict(preset):
+        return (f"it was built with other settings of preset {manifest.get('preset')!r} "
+                "than this reprlab's")
     for rel, digest in manifest.get("files", {}).items():
         f = root / rel
         if not f.exists():
