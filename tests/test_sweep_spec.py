@@ -63,7 +63,9 @@ BAD = [
     ("value of the wrong type", PROBE + METRIC + GRID +
      "parameters: {mlp_width: {values: [8, wide]}}\n", [], "--mlp-width needs a int, got 'wide'"),
     ("unreachable ray", PROBE + METRIC + GRID + "parameters: {l2: {values: [1]}}\n",
-     ["--executor", "ray", "--address", "127.0.0.1:9"], "cannot reach a Ray cluster at 127.0.0.1:9"),
+     ["--executor", "ray", "--address", "127.0.0.1:9"],
+     "cannot reach a Ray cluster at 127.0.0.1:9" if importlib.util.find_spec("ray")
+     else "--executor ray needs Ray Tune"),  # ray is an optional extra
     ("unknown executor", PROBE + METRIC + GRID + "parameters: {l2: {values: [1]}}\n",
      ["--executor", "k8s"], "unknown --executor 'k8s'"),
     ("unknown tracker", PROBE + METRIC + GRID + "parameters: {l2: {values: [1]}}\n",
