@@ -70,9 +70,13 @@ def chat_examples(world: World) -> list[tuple[str, str, str]]:
 
 
 def all_chat_texts(world: World) -> list[tuple[str, str, str]]:
-    return chat_examples(world) + [(p, c, s) for s in SHIFTS
-                                   for p, c, _ in _shift_rows(world, s)] \
-        + [(p, r, s) for s in SHIFTS for p, _, r in _shift_rows(world, s)]
+    """(question, answer, split) of every chat text: SFT examples and both completions of
+    every preference triple (split = the shift's name)."""
+    rows = chat_examples(world)
+    for shift in SHIFTS:
+        for prompt, chosen, rejected in _shift_rows(world, shift):
+            rows += [(prompt, chosen, shift), (prompt, rejected, shift)]
+    return rows
 
 
 def vocabulary_texts(world: World) -> list[str]:
