@@ -195,6 +195,29 @@ def _convert(ds: Dataset, kind: str, require_classes: int) -> Dataset:
     return ds
 
 
+def read_records(spec: Any, limit: int | None = None,
+                 **hf_kwargs: Any) -> tuple[list[dict], list[str], str, str]:
+    """Rows of an ``hf:`` spec, a file or in-memory records: ``(records, columns, default
+    name, "where: " prefix for messages)``; the first ``limit`` rows; one clear error when
+    there are none."""
+    from reprlab.data import readers
+
+    if isinstance(spec, str) and spec.startswith("hf:"):
+        records, columns = readers.read_hf(spec, limit=limit, **hf_kwargs)
+        default_name, where = spec, f"{spec}: "
+    elif isinstance(spec, (str, Path)):
+        records, columns = readers.read_file(spec)
+        default_name, where = Path(spec).stem, f"{spec}: "
+    else:
+        records, columns = readers.from_memory(spec)
+        default_name, where = "", ""
+    if limit is not None:
+        records = records[: int(limit)]
+    if not records:
+        raise DataError(f"{where or 'dataset: '}no rows: the source is empty")
+    return records, columns, default_name, where
+
+
 def load_dataset(spec: Any, kind: str = "labeled", *, limit: int | None = None,
                  name: str | None = None, classes: list[str] | None = None,
                  require_classes: int = 2, text_col: str = "text", label_col: str = "label",
@@ -210,7 +233,6 @@ def load_dataset(spec: Any, kind: str = "labeled", *, limit: int | None = None,
     hold one row per class read as ``kind="pairs"`` become pairs. Extra keyword arguments go
     to ``datasets.load_dataset`` for ``hf:`` specs (e.g. ``data_files``).
     """
-    from reprlab.data import readers
 
     if kind not in KINDS:
         raise DataError(f"unknown dataset kind '{kind}': use one of {sorted(KINDS)}")
@@ -226,19 +248,7 @@ def load_dataset(spec: Any, kind: str = "labeled", *, limit: int | None = None,
         if limit is not None:
             ds = ds.subset(range(min(int(limit), len(ds))))
         return _convert(ds, kind, require_classes)
-    if isinstance(spec, str) and spec.startswith("hf:"):
-        records, columns = readers.read_hf(spec, limit=limit, **hf_kwargs)
-        default_name, where = spec, f"{spec}: "
-    elif isinstance(spec, (str, Path)):
-        records, columns = readers.read_file(spec)
-        default_name, where = Path(spec).stem, f"{spec}: "
-    else:
-        records, columns = readers.from_memory(spec)
-        default_name, where = "", ""
-    if limit is not None:
-        records = records[: int(limit)]
-    if not records:
-        raise DataError(f"{where or 'dataset: '}no rows: the source is empty")
+    records, columns, default_name, where = read_records(spec, limit, **hf_kwargs)
     return KINDS[kind](
         records, columns, name=default_name if name is None else name, where=where,
         text_col=text_col, label_col=label_col, id_col=id_col, group_col=group_col,

@@ -16,7 +16,6 @@ refused: they carry no preference.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from reprlab.data import ContrastPairs, PreferenceTriples
@@ -67,8 +66,8 @@ def load_preferences(spec: Any, *, limit: int | None = None, prompt_col: str = "
                      chosen_col: str = "chosen", rejected_col: str = "rejected",
                      name: str | None = None, **hf_kwargs: Any) -> PreferenceTriples:
     """Load and validate preference triples (see the module docstring for shapes)."""
-    from reprlab.data import load_dataset, readers
-    from reprlab.data.loaders import build_preferences
+    from reprlab.data import load_dataset
+    from reprlab.data.loaders import build_preferences, read_records
 
     if isinstance(spec, str) and spec.startswith("builtin:"):
         from reprlab.data.builtins import BUILTINS
@@ -84,19 +83,7 @@ def load_preferences(spec: Any, *, limit: int | None = None, prompt_col: str = "
     if isinstance(spec, PreferenceTriples):
         ds = spec if limit is None else spec.subset(range(min(limit, len(spec))))
     else:
-        if isinstance(spec, str) and spec.startswith("hf:"):
-            records, columns = readers.read_hf(spec, limit=limit, **hf_kwargs)
-            default, where = spec, f"{spec}: "
-        elif isinstance(spec, (str, Path)):
-            records, columns = readers.read_file(spec)
-            default, where = Path(spec).stem, f"{spec}: "
-        else:
-            records, columns = readers.from_memory(spec)
-            default, where = "", ""
-        if limit is not None:
-            records = records[: int(limit)]
-        if not records:
-            raise DataError(f"{where or 'dataset: '}no rows: the source is empty")
+        records, columns, default, where = read_records(spec, limit, **hf_kwargs)
         for role, col in (("chosen", chosen_col), ("rejected", rejected_col)):
             if col not in columns:
                 raise DataError(f"{where}no column '{col}' for the {role} completions (pass "
