@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+import reprlab.distributed as dd
 from reprlab.errors import DataError, StoreError
 from reprlab.io import read_json
-from reprlab.lenses import distributed as dd
 from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import loss_figure, tuned_figure

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+import reprlab.distributed as dd
 from reprlab.cliutil import require
 from reprlab.errors import ConfigError
-from reprlab.lenses import distributed as dd
 from reprlab.lenses.metrics import fve
 from reprlab.lenses.schedules import parse_tau, parse_weight
 from reprlab.lenses.talk import (

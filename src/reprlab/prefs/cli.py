@@ -36,6 +36,8 @@ class TrainCommand:
       reprlab prefs train --data hf:HuggingFaceH4/ultrafeedback_binarized@train_prefs ...
 
     Killed? Run the same command again: it resumes from the last checkpoint.
+    Data-parallel: torchrun --nproc_per_node 2 -m reprlab prefs train ... (or accelerate
+    launch); --batch-size is the global micro-batch, which the processes share.
     """
 
     model: str = opt("toy-sft", help="SFT model: alias, local path or hub name")
@@ -100,6 +102,8 @@ def run_train(cfg: TrainCommand) -> int:
     kw["lora_targets"] = tuple(cfg.lora_targets)
     kw["progress"] = not cfg.no_progress
     res = train(config=TrainConfig(**kw))
+    if res.rank != 0:  # another process of a torchrun job: rank 0 reports
+        return 0
     f = res.final
     t = res.truncation
     print(f"{res.method['name']}: {res.steps} steps (resumed from {res.resumed_from}); final loss "

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from reprlab.distributed import rank_device
 from reprlab.errors import ConfigError
 from reprlab.models import as_loaded
 from reprlab.prefs.config import TrainConfig
@@ -82,7 +83,7 @@ def train(model: Any = None, data: Any = None, *, out: str | Path, method: str =
     extra = dict(options.pop("method_options", None) or method_options_ or {})
     extra.update(loss_kw)
     lm = as_loaded(model if model is not None else TrainConfig.model,
-                   device=options.get("device", "cpu"),
+                   device=rank_device(options.get("device", "cpu")),
                    dtype=options.get("model_dtype", "float32"))
     mo = method_options(lm, method, sites=sites, transform=transform,
                         ref_cache=str(options.get("ref_cache", "auto")), **extra)

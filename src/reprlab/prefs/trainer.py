@@ -8,6 +8,15 @@ chosen/rejected, grad norm, learning rate, tokens/s). The adapter is checkpointe
 optimiser, scheduler, data position and RNG in one atomic file (:mod:`reprlab.trainstate`), so a
 killed run started again with the same command continues where it stopped and ends with the
 same adapter as an uninterrupted run. Methods plug in through :mod:`reprlab.prefs.methods`.
+
+Data-parallel under ``torchrun`` / ``accelerate launch`` (:mod:`reprlab.distributed`): each
+process takes a contiguous slice of every micro-batch (``--batch-size`` stays the global
+micro-batch), weighs its mean loss by its share of the rows, and the gradients are summed over
+processes before the method's last ``after_backward`` hook, clipping and the optimiser step, so
+every rank takes the step a single process takes on the whole batch. The logged metrics are
+the row-weighted means over all processes. Rank 0 computes the reference cache (the others
+wait, then read it) and alone writes the run directory; a resumed run reads its state on every
+rank.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+import reprlab.distributed as dd
 from reprlab.errors import ConfigError
 from reprlab.io import apply_umask, atomic_write_text
 from reprlab.models import LoadedModel, as_loaded
@@ -42,6 +52,12 @@ logger = logging.getLogger(__name__)
 STATE = "state.safetensors"
 LOG = "train_log.jsonl"
 
+#: methods whose step reads statistics of the whole micro-batch beyond per-row terms (the
+#: gradient projections use the batch's preference direction), so a rank's shard cannot
+#: reproduce it; refused under data parallelism (a method may also set ``data_parallel =
+#: False`` on itself)
+SHARD_DEPENDENT = ("projgrad", "projbp")
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -56,6 +72,8 @@ class TrainResult:
     reference: dict
     resumed_from: int
     config: dict = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def losses(self) -> list[float]:
@@ -101,13 +119,55 @@ def _scalar(v: Any) -> float:
     return float(v.detach().item()) if torch.is_tensor(v) else float(v)
 
 
+def _global_metrics(parts: list[tuple[dict[str, float], float]], tokens: int, world: dd.World,
+                    device: Any) -> tuple[dict[str, float], int]:
+    """Per-micro-batch metrics of every rank, each weighted by the rank's share of the rows,
+    summed over ranks (one all-reduce), then averaged over micro-batches as
+    :func:`_mean_metrics` does; and the tokens of all ranks."""
+    keys = sorted({k for m, _ in parts for k in m})
+    counts = [sum(1 for m, _ in parts if k in m) for k in keys]
+    local = [sum(w * m[k] for m, w in parts if k in m) for k in keys] + [float(tokens)]
+    total = dd.all_sum_list(local, world, device)
+    return {k: v / c for k, v, c in zip(keys, total, counts, strict=False)}, int(total[-1])
+
+
+def method_parameters(method: Method) -> list[torch.nn.Parameter]:
+    """Trainable parameters of the torch modules a method holds (a ReprPO transform)."""
+    out: list[torch.nn.Parameter] = []
+    for value in vars(method).values():
+        if isinstance(value, torch.nn.Module):
+            out += [p for p in value.parameters() if p.requires_grad]
+    return out
+
+
+def check_data_parallel(cfg: TrainConfig, method: Method, world: dd.World) -> None:
+    """One clear line for settings a data-parallel run cannot honour."""
+    if world.size <= 1:
+        return
+    if cfg.method in SHARD_DEPENDENT or getattr(method, "data_parallel", True) is False:
+        raise ConfigError(f"--method {cfg.method} projects gradients along the whole batch's "
+                          "preference direction, which one process's shard does not have; "
+                          "train it in one process (without torchrun)")
+    if cfg.batch_size < world.size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} "
+                          "processes; it is the global micro-batch that the processes share, "
+                          f"so give --batch-size {world.size} or more")
+    if (getattr(method, "nll_weight", 0) or 0) > 0:
+        logger.warning("the NLL term is a per-token mean over each process's shard; with "
+                       "shards of unequal token counts the step differs slightly from one "
+                       "process's")
+
+
 class _Run:
     """The state of one training run (built by :func:`train`)."""
 
     def __init__(self, cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, method: Method,
-                 out: Path, identity: dict, adapter_state: dict | None = None):
+                 out: Path, identity: dict, adapter_state: dict | None = None,
+                 world: dd.World | None = None):
         self.cfg, self.lm, self.tokens, self.method, self.out = cfg, lm, tokens, method, out
         self.identity = identity
+        self.world = world or dd.World()
+        self._synced: set[int] = set()
         torch.manual_seed(cfg.seed)
         spec = AdapterSpec(cfg.adapter, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                            tuple(cfg.lora_targets), cfg.rslora, cfg.dora,
@@ -145,13 +205,28 @@ class _Run:
                           out.rejected_tokens, {k: v.detach() for k, v in out.chosen_hidden.items()},
                           {k: v.detach() for k, v in out.rejected_hidden.items()})
 
+    def sync_gradients(self) -> None:
+        """Sum the gradients over ranks (each rank's loss was weighted by its share); the
+        method's own modules are first made rank 0's the first time they are seen."""
+        extra = method_parameters(self.method)
+        new = [p for p in extra if id(p) not in self._synced]
+        if new:
+            dd.broadcast_parameters(new, self.world)
+            self._synced.update(id(p) for p in new)
+        dd.sum_gradients([p for _, p in self.params] + extra, self.world)
+
     def step(self, step: int) -> dict[str, Any]:
-        cfg, lm = self.cfg, self.lm
+        cfg, lm, world = self.cfg, self.lm, self.world
         t0, c0 = time.perf_counter(), time.process_time()
         self.peft.train()
         parts, tokens = [], 0
         for micro in range(cfg.grad_accum):
             rows = rows_at(len(self.tokens), cfg.seed, step, micro, cfg.grad_accum, cfg.batch_size)
+            share = 1.0
+            if world.size > 1:  # this rank's slice of the global micro-batch
+                lo, hi = dd.shard_bounds(len(rows), world.rank, world.size)
+                share = (hi - lo) / len(rows)
+                rows = rows[lo:hi]
             batch = collate(self.tokens, rows, lm.device)
             tokens += int(batch["attention_mask"].sum())
             ref = self.ref_for(rows, batch)
@@ -161,12 +236,21 @@ class _Run:
             ctx = StepContext(step, micro, micro == cfg.grad_accum - 1, self.peft, self.params,
                               policy, ref, out, self.state)
             self.method.before_backward(ctx)
-            (out.loss / cfg.grad_accum).backward()
+            if world.size > 1:
+                (out.loss * share / cfg.grad_accum).backward()
+                if ctx.last_micro_batch:
+                    self.sync_gradients()
+            else:
+                (out.loss / cfg.grad_accum).backward()
             self.method.after_backward(ctx)
             m = {"loss": out.loss.detach().item(),
                  **_metrics(policy, ref, getattr(self.method, "beta", cfg.beta))}
             m.update({k: _scalar(v) for k, v in out.metrics.items()})
-            parts.append(m)
+            parts.append((m, share))
+        if world.size > 1:
+            metrics, tokens = _global_metrics(parts, tokens, world, lm.device)
+        else:
+            metrics = _mean_metrics([m for m, _ in parts])
         grads = [p for _, p in self.params if p.grad is not None]
         gnorm = torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm) if grads else torch.zeros(())
         lr = self.sched.get_last_lr()[0]
@@ -174,7 +258,7 @@ class _Run:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        rec = {"step": step + 1, **_mean_metrics(parts), "grad_norm": float(gnorm), "lr": lr,
+        rec = {"step": step + 1, **metrics, "grad_norm": float(gnorm), "lr": lr,
                "tokens": tokens, "seconds": wall, "cpu_seconds": cpu,
                "tokens_per_s": tokens / wall if wall > 0 else None}
         return rec
@@ -234,10 +318,9 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
     ``adapter_state`` sets the adapter's initial weights (e.g. to start from another tool's
     initialisation; a resumed run loads its checkpoint over it).
     Returns a frozen :class:`TrainResult`; the run directory holds the adapter, the log,
-    ``results.json``, ``report.html`` and ``manifest.json``.
+    ``results.json``, ``report.html`` and ``manifest.json``. Under ``torchrun`` every rank
+    returns the same result (``rank`` tells them apart); only rank 0 writes the directory.
     """
-    from reprlab.prefs.report import write_train_report
-
     cfg = config or TrainConfig()
     if isinstance(model, str):
         options.setdefault("model", model)
@@ -256,38 +339,66 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
     prefs = load_preferences(data if data is not None else cfg.data, limit=cfg.limit,
                              prompt_col=cfg.prompt_col, chosen_col=cfg.chosen_col,
                              rejected_col=cfg.rejected_col)
-    lm = as_loaded(model if model is not None else cfg.model, device=cfg.device,
+    lm = as_loaded(model if model is not None else cfg.model, device=dd.rank_device(cfg.device),
                    dtype=cfg.model_dtype)
     tokens = tokenize_prefs(lm.tokenizer, prefs, max_length=cfg.max_length,
                             max_prompt_length=cfg.max_prompt_length, raw_text=cfg.raw_text,
                             model_name=lm.name)
-    identity = lm.identity()
+    world = dd.init_from_env(lm.device)
+    try:
+        check_data_parallel(cfg, method, world)
+        return _fit(cfg, lm, tokens, prefs, method, out, info, world, on_step, adapter_state)
+    finally:
+        dd.shutdown(world)
+
+
+def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, method: Method,
+         out: Path, info: dict | None, world: dd.World,
+         on_step: Callable[[dict], None] | None, adapter_state: dict | None) -> TrainResult:
+    """The run itself, on every rank (rank 0 alone writes ``out``)."""
+    from reprlab.prefs.report import write_train_report
     from reprlab.report import RunDir
 
-    rundir = RunDir.create(out, "prefs-train", cfg.numeric() | {"out": str(out)},
-                           inputs={"model": {**identity, "spec": cfg.model},
-                                   "data": prefs.describe()}, seed=cfg.seed)
-    (out / "manifest.json").unlink(missing_ok=True)  # not complete until finish()
-    run = _Run(cfg, lm, tokens, method, out, identity, adapter_state)
+    identity = lm.identity()
+    rundir = None
+    if world.main:
+        config = cfg.numeric() | {"out": str(out)}
+        if world.size > 1:
+            config["world_size"] = world.size
+            logger.info("data-parallel over %d processes (%s)", world.size, lm.device)
+        rundir = RunDir.create(out, "prefs-train", config,
+                               inputs={"model": {**identity, "spec": cfg.model},
+                                       "data": prefs.describe()}, seed=cfg.seed)
+        (out / "manifest.json").unlink(missing_ok=True)  # not complete until finish()
+    run = _Run(cfg, lm, tokens, method, out, identity, adapter_state, world)
     if method.needs_reference and cfg.ref_cache != "off":
         root = None if cfg.ref_cache == "auto" else cfg.ref_cache
-        run.reference = cached_reference(lm, identity, tokens, tuple(method.sites), root=root,
-                                          pooler=method.pool,
-                                          recorder=getattr(method, "record", None),
-                                          pool_id=getattr(method, "pool_id", "mean:completion"),
-                                          batch_size=max(cfg.batch_size, 8),
-                                          adapter_off=run.adapter_off, progress=cfg.progress,
-                                          data_name=prefs.name)
+
+        def reference() -> ReferenceTable:
+            return cached_reference(lm, identity, tokens, tuple(method.sites), root=root,
+                                    pooler=method.pool, recorder=getattr(method, "record", None),
+                                    pool_id=getattr(method, "pool_id", "mean:completion"),
+                                    batch_size=max(cfg.batch_size, 8),
+                                    adapter_off=run.adapter_off,
+                                    progress=cfg.progress and world.main, data_name=prefs.name)
+        if world.main:  # the others wait, then read what rank 0 cached
+            run.reference = reference()
+        dd.barrier(world)
+        if not world.main:
+            run.reference = reference()
     start = 0
     if info is not None:
         got = load_train_state(out / STATE, run.peft, run.opt, run.sched)
         run.method.load_state_tensors(got.get("_tensors", {}))
         start = int(got["step"])
         logger.info("resuming %s from step %d of %d", out, start, run.total)
+    dd.broadcast_parameters([p for _, p in run.params], world)
     log = _read_log(out / LOG, start)
-    _write_log(out / LOG, log)  # drop lines of steps after the last saved state
+    dd.barrier(world)  # every rank has read the saved state and log before rank 0 writes
+    if world.main:
+        _write_log(out / LOG, log)  # drop lines of steps after the last saved state
     bar = tqdm(total=run.total, initial=start, desc=f"prefs {cfg.method}", unit="step",
-               disable=not cfg.progress)
+               disable=not cfg.progress or not world.main)
     try:
         for step in range(start, run.total):
             rec = run.step(step)
@@ -295,22 +406,19 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
                 logger.warning("step %d: the loss is %s; the run is diverging (lower --lr)",
                                rec["step"], rec["loss"])
             log.append(rec)
-            with open(out / LOG, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
+            if world.main:
+                with open(out / LOG, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}",
                             acc=f"{rec.get('rewards/accuracies', float('nan')):.2f}",
                             tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == run.total:
+            if world.main and ((step + 1) % cfg.save_every == 0 or step + 1 == run.total):
                 run.save(step + 1)
             if on_step is not None:
                 on_step(rec)
     finally:
         bar.close()
-    _write_log(out / LOG, log)
-    adapter_dir = out / "adapter"
-    run.peft.save_pretrained(str(adapter_dir))
-    apply_umask(adapter_dir)  # safetensors writes 0600
     reference = {"cached": run.reference is not None,
                  "cache_hit": bool(run.reference and run.reference.cache_hit),
                  "cache_path": str(run.reference.path) if run.reference and run.reference.path
@@ -319,6 +427,13 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
                  + run.live_reference_forwards,
                  "live_reference_forwards": run.live_reference_forwards}
     result = TrainResult(out, method.describe(), run.total, log[-1] if log else {}, log,
-                         tokens.report.to_dict(), reference, start, cfg.numeric())
+                         tokens.report.to_dict(), reference, start, cfg.numeric(), world.rank,
+                         world.size)
+    if not world.main:
+        return result
+    _write_log(out / LOG, log)
+    adapter_dir = out / "adapter"
+    run.peft.save_pretrained(str(adapter_dir))
+    apply_umask(adapter_dir)  # safetensors writes 0600
     write_train_report(rundir, result, cfg, identity)
     return result
