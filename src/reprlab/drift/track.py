@@ -14,7 +14,9 @@ Two trainers share one layout (see :mod:`reprlab.drift.state`):
 
 Both save the latest training state at every checkpoint as one file committed by a rename
 (:mod:`reprlab.drift.state`); running the same command again after a crash at any point resumes
-from there. Guarantees by thread count: at one torch thread a resumed run is bit-identical to an
+from there. Each step (epoch) reports its training loss (``loss``), and each checkpoint its
+evaluation metrics, through :func:`reprlab.sweeps.progress.report` (sweeps prune on them).
+Guarantees by thread count: at one torch thread a resumed run is bit-identical to an
 uninterrupted one (history, clouds, weights, optimiser). At several threads, reductions may be
 ordered differently from run to run, so two uninterrupted runs can already differ by float
 rounding (~1e-7 relative); a resumed run then matches an uninterrupted one to that rounding,
@@ -39,6 +41,8 @@ from reprlab.drift.state import clear_state, load_state, save_state
 from reprlab.drift.tasks import grokking as gk
 from reprlab.errors import ConfigError, DataError
 from reprlab.io import read_json, write_json
+from reprlab.sweeps.progress import active
+from reprlab.sweeps.progress import report as report_step
 
 logger = logging.getLogger(__name__)
 
@@ -117,19 +121,24 @@ def _track_grokking(cfg: gk.GrokConfig, d: Path, resume: bool, progress: bool) -
     eval_hash = hashlib.sha256(data.tokens[data.eval_idx].numpy().tobytes()).hexdigest()[:16]
     bar = tqdm(total=cfg.epochs, initial=start, desc="grokking", unit="epoch",
                disable=not progress)
+    train_loss = None  # of the epoch just taken, reported with the next epoch's numbers
     try:
         for epoch in range(start, cfg.epochs + 1):
+            step_metrics = {} if train_loss is None else {"loss": train_loss}
             if epoch % cfg.every == 0 or epoch == cfg.epochs:
                 if not history or history[-1]["step"] < epoch:
                     m = {"step": epoch, **gk.evaluate(model, data)}
+                    step_metrics.update({k: v for k, v in m.items() if k != "step"})
                     _save_clouds(_cloud_path(d, epoch), gk.eval_clouds(model, data),
                                  {"step": epoch, "eval_hash": eval_hash})
                     history.append(m)
                     write_json(d / "history.json", history)
                     save_state(d, model, opt, sched, {"epoch": epoch, "config_hash": h})
                     bar.set_postfix(train=f"{m['train_acc']:.2f}", test=f"{m['test_acc']:.2f}")
+            if step_metrics:
+                report_step(epoch, **step_metrics)
             if epoch < cfg.epochs:
-                gk.train_step(model, data, opt, sched)
+                train_loss = gk.train_step(model, data, opt, sched)
                 bar.update(1)
     finally:
         bar.close()
@@ -297,12 +306,15 @@ def track_lm(model, train_texts: Sequence[str], eval_texts: Sequence[str], out: 
     per_epoch = max(1, math.ceil(n / cfg.batch_size))
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress)
     lm.model.train()
+    train_loss = None  # of the step just taken, reported with the next step's numbers
     try:
         for step in range(start, cfg.steps + 1):
+            step_metrics = {} if train_loss is None else {"loss": train_loss}
             if step % cfg.every == 0 or step == cfg.steps:
                 sdir = d / "stores" / f"step-{step:07d}"
                 if not history or history[-1]["step"] < step:
                     m = {"step": step, **lm_metrics(lm, eval_texts, cfg.max_length)}
+                    step_metrics.update({k: v for k, v in m.items() if k != "step"})
                     capture(lm, eval_texts, sites=cfg.sites, positions=cfg.positions,
                             out=sdir, max_length=cfg.max_length, progress=False, overwrite=True)
                     lm.model.train()
@@ -310,6 +322,8 @@ def track_lm(model, train_texts: Sequence[str], eval_texts: Sequence[str], out: 
                     write_json(d / "history.json", history)
                     save_state(d, lm.model, opt, None, {"step": step, "config_hash": h})
                     bar.set_postfix(loss=f"{m['eval_loss']:.3f}")
+            if step_metrics:
+                report_step(step, **step_metrics)
             if step == cfg.steps:
                 break
             epoch, pos = divmod(step, per_epoch)
@@ -319,6 +333,8 @@ def track_lm(model, train_texts: Sequence[str], eval_texts: Sequence[str], out: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if active():  # a device sync, only when something listens
+                train_loss = float(loss.detach())
             bar.update(1)
     finally:
         bar.close()

@@ -31,6 +31,7 @@ from reprlab.lenses.talk_losses import LOSSES, combine, resample_splice
 from reprlab.lenses.talk_model import TalkModule, gumbel_noise
 from reprlab.models import LoadedModel
 from reprlab.sites import resolve_sites
+from reprlab.sweeps.progress import report as report_step
 from reprlab.trainstate import load_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
@@ -230,6 +231,8 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
             row.update({f"loss_{n}": float(v.detach()) for n, v in values.items()})
             row.update({f"w_{n}": w for n, w in weights.items()})
             history.append(row)
+            if world.main:
+                report_step(step, **{k: v for k, v in row.items() if k != "step"})
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", fve=f"{row['fve_batch']:.2f}")
             if state_path is not None and world.main and (

@@ -25,6 +25,7 @@ from reprlab.lenses.metrics import (
 from reprlab.lenses.tuned import Translators, TunedLens
 from reprlab.lenses.unembed import forward_states, layer_names, unembed
 from reprlab.models import LoadedModel
+from reprlab.sweeps.progress import report as report_step
 from reprlab.trainstate import load_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None 
             step += 1
             history.append({"step": step, "kl_sum_bits": loss_sum / tokens / LN2,
                             "tokens": tokens, "lr": sched.get_last_lr()[0]})
+            report_step(step, **{k: v for k, v in history[-1].items() if k != "step"})
             bar.update(1)
             bar.set_postfix(kl=f"{history[-1]['kl_sum_bits']:.3f}")
             if state_path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps

@@ -4,7 +4,8 @@
 drop), injects the adapter, takes the reference from the cache (or runs it live with the adapter
 disabled), and steps AdamW with warm-up + schedule, gradient accumulation and clipping. Every
 step is logged to ``train_log.jsonl`` (loss, rewards chosen/rejected/margin/accuracy, log-probs
-chosen/rejected, grad norm, learning rate, tokens/s). The adapter is checkpointed with the
+chosen/rejected, grad norm, learning rate, tokens/s) and reported through
+:func:`reprlab.sweeps.progress.report` (sweeps prune on it). The adapter is checkpointed with the
 optimiser, scheduler, data position and RNG in one atomic file (:mod:`reprlab.trainstate`), so a
 killed run started again with the same command continues where it stopped and ends with the
 same adapter as an uninterrupted run. Methods plug in through :mod:`reprlab.prefs.methods`.
@@ -45,6 +46,7 @@ from reprlab.prefs.methods import Method, MethodOptions, SeqOutputs, StepContext
 from reprlab.prefs.refcache import ReferenceTable, cached_reference
 from reprlab.prefs.schedule import make_scheduler
 from reprlab.prefs.tokenize import TokenizedPrefs, collate, tokenize_prefs
+from reprlab.sweeps.progress import report as report_step
 from reprlab.trainstate import load_train_state, read_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
@@ -409,6 +411,7 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
             if world.main:
                 with open(out / LOG, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
+                report_step(rec["step"], **{k: v for k, v in rec.items() if k != "step"})
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}",
                             acc=f"{rec.get('rewards/accuracies', float('nan')):.2f}",

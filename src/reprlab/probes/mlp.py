@@ -5,6 +5,8 @@ All problems share one parameter tensor per layer of the network with leading di
 AdamW, an element-wise update) of each problem is exactly that of training it alone.
 Full-batch training with early stopping on the validation log-loss (per problem: its best
 parameters are kept and it stops counting once ``patience`` epochs pass without gain).
+Each epoch reports the mean train/validation log-loss and validation accuracy over all
+problems through :func:`reprlab.sweeps.progress.report` (when something listens).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import torch
 
 from reprlab.probes.logistic import data_loss, n_logits, predict
+from reprlab.sweeps import progress
 
 
 def mlp_logits(X: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -90,6 +93,10 @@ def fit_mlp(X: torch.Tensor, Y: torch.Tensor, *, n_classes: int, X_val: torch.Te
             for n, p in params.items():
                 m = better.view(L, P, *([1] * (p.dim() - 2)))
                 best[n] = torch.where(m, p.detach(), best[n])
+            if progress.active():  # the mean over problems; a device sync, so only on demand
+                progress.report(epoch, train_loss=float(loss.detach().mean()),
+                                val_loss=float(vl.mean()),
+                                val_acc=float(curves["val_acc"][-1].mean()))
             if bool((since >= patience).all()):
                 break
     return {"params": best, "epochs": epoch,

@@ -7,6 +7,8 @@ A workflow calls :func:`report` once per step (cheap, and a no-op when nobody li
         ...
         report(step, loss=loss.item(), val_acc=acc)
 
+(with ``if active():`` around metrics that cost a device sync to compute).
+
 Listeners ("sinks") hang off it: the JSONL metrics log of a run (:class:`JsonlSink`), the
 W&B and MLflow trackers, and a sweep's pruner, which may stop a bad trial by raising
 :class:`TrialPruned` out of :func:`report`. A workflow need not catch it: the sweep does.
@@ -33,6 +35,12 @@ class TrialPruned(Exception):  # noqa: N818 - the name users know from Optuna
         super().__init__(f"pruned at step {step}")
         self.step = step
         self.value = value
+
+
+def active() -> bool:
+    """Whether any sink listens: guard metrics that cost something to compute (a device
+    sync, a reduction) with it, so that nothing is spent when nobody listens."""
+    return bool(_SINKS)
 
 
 def report(step: int, **metrics: float) -> None:
@@ -88,4 +96,4 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["JsonlSink", "TrialPruned", "listening", "read_jsonl", "report"]
+__all__ = ["JsonlSink", "TrialPruned", "active", "listening", "read_jsonl", "report"]

@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -116,14 +117,24 @@ class _Pruner:
         self.names = list(dict.fromkeys([name, name.rsplit(".", 1)[-1], name.rsplit("/", 1)[-1]]))
         self.enabled = spec.pruning.type != "none"
         self.steps = 0
+        self.last: int | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         value = next((metrics[n] for n in self.names if n in metrics), None)
         if value is None or not math.isfinite(value):
             return
-        self.steps += 1
-        self.trial.report(value, step)
-        if self.enabled and self.trial.should_prune():
+        with self._lock:  # fed by the workflow and by the step-log watcher's thread
+            if self.last is not None and step <= self.last:
+                # a step already judged (reported and logged both, or a workflow that fits
+                # several folds in turn and counts its epochs again for each): the first
+                # curve is the one compared across trials
+                return
+            self.last = step
+            self.steps += 1
+            self.trial.report(value, step)
+            prune = self.enabled and self.trial.should_prune()
+        if prune:
             raise progress.TrialPruned(step, value)
 
 
