@@ -54,6 +54,12 @@ def rank_device(device: str | None) -> str | None:
     per process); anything else unchanged."""
     if launched() and device in ("cuda", "auto") and torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            from reprlab.errors import ConfigError
+
+            raise ConfigError(f"process LOCAL_RANK={local} has no GPU of its own (this node "
+                              f"shows {torch.cuda.device_count()}); start at most that many "
+                              "processes per node (--nproc_per_node)")
         torch.cuda.set_device(local)
         return f"cuda:{local}"
     return device
