@@ -90,14 +90,24 @@ def _reduce_gradients(params: list[torch.Tensor], world: World, mean: bool) -> N
     if world.size <= 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    # summed in float32 at least (bf16 adapters lose nothing to the sum), cast back after; one
+    # flag per parameter rides along, so a parameter no rank has a gradient for keeps None
+    # (the optimiser then skips it, as it does in one process)
+    dtype = torch.float32
+    for g in grads:
+        dtype = torch.promote_types(dtype, g.dtype)
+    had = torch.tensor([float(p.grad is not None) for p in params], dtype=dtype,
+                       device=grads[0].device)
+    flat = torch.cat([g.reshape(-1).to(dtype) for g in grads] + [had])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    counts = flat[-len(params):].tolist()
     if mean:
         flat /= world.size
     offset = 0
-    for p in params:
+    for p, count in zip(params, counts, strict=True):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = (flat[offset:offset + n].view_as(p).to(p.dtype, copy=True) if count > 0
+                  else None)
         offset += n
 
 
