@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -111,4 +112,36 @@ def for_work(kind: str, flops: float | None = None, threads: int | None = None
     given); yields the count."""
     n = int(threads) if threads else choose(kind, flops)
     with num_threads(n):
+        yield n
+
+
+def forward_flops(model: Any, tokens: int) -> float:
+    """Floating-point operations of the largest linear product in one forward of ``model`` on
+    ``tokens`` tokens (batch x padded length): ``2 x tokens x hidden x intermediate``, the MLP's
+    up projection, which dominates a transformer block's cost. ``model`` is a hidden size, a
+    :class:`~reprlab.models.LoadedModel` or a Hugging Face model; the intermediate width comes
+    from its config (``intermediate_size`` / ``n_inner`` / ``ffn_dim``), else ``4 x hidden``."""
+    if isinstance(model, int):
+        hidden, inter = model, None
+    else:
+        module = getattr(model, "model", model)  # a LoadedModel wraps the HF module
+        cfg = getattr(module, "config", None)
+        if cfg is not None and hasattr(cfg, "get_text_config"):
+            cfg = cfg.get_text_config()
+        arch = getattr(model, "arch", None)
+        hidden = (getattr(arch, "hidden_size", None) or getattr(cfg, "hidden_size", None)
+                  or getattr(cfg, "n_embd", None) or 0)
+        inter = next((v for v in (getattr(cfg, k, None) for k in
+                                  ("intermediate_size", "n_inner", "ffn_dim"))
+                      if isinstance(v, int) and v > 0), None)
+    hidden = int(hidden)
+    return 2.0 * max(0, int(tokens)) * hidden * (inter or 4 * hidden)
+
+
+@contextlib.contextmanager
+def for_forward(model: Any, tokens: int, threads: int | None = None) -> Iterator[int]:
+    """Scope a model forward on ``tokens`` tokens with the policy's count for its largest
+    linear product (:func:`forward_flops`, kind ``"matmul"``), or ``threads`` when given;
+    yields the count. Small batches on small models run on one thread."""
+    with for_work("matmul", forward_flops(model, tokens), threads) as n:
         yield n

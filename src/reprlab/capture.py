@@ -16,6 +16,10 @@ rather than in the process. Peak RSS is the model and its activations for one ba
 three copies of one chunk (``chunk_rows`` rows x every site and position x width x dtype size);
 it does not grow with the number of rows beyond that (``tests/test_capture_memory.py``).
 
+Threads: each batch's forward runs at :func:`reprlab._threads.for_forward`'s count (one
+thread for small batches on small models, the free cores for big products; ``threads=`` /
+``REPRLAB_THREADS`` override it), and the caller's torch thread count is restored after.
+
 Texts longer than ``max_length`` tokens are truncated; ``max_length`` itself is clamped to the
 model's position limit. The store's manifest counts the truncated rows (``n_truncated``).
 """
@@ -37,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reprlab import hooks
+from reprlab import _threads, hooks
 from reprlab.errors import ConfigError, DataError, StoreError
 from reprlab.io import (
     atomic_write_bytes,
@@ -192,7 +196,7 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
             positions: str | Sequence[str] = ("last", "mean"), out: str | Path = "runs/capture",
             *, batch_size: int = 32, dtype: str = "float32", device: str | None = "cpu",
             model_dtype: str = "float32", max_length: int = 512, chunk_rows: int = 1024,
-            overwrite: bool = False, progress: bool = True,
+            overwrite: bool = False, progress: bool = True, threads: int | None = None,
             **load_kwargs: Any) -> ActivationStore:
     """Capture activations of ``data`` at ``sites`` × ``positions`` into a store at ``out``.
 
@@ -207,6 +211,10 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
         device / model_dtype: where and in which dtype to run a model given by name.
         chunk_rows: rows per resumable chunk.
         overwrite: replace a store that holds a different request.
+        threads: torch threads for the forwards (None: :mod:`reprlab._threads`' policy per
+            batch, i.e. ``REPRLAB_THREADS`` / ``set_threads`` if set, else one thread unless
+            the batch's largest linear product is big enough to use the free cores); the
+            caller's setting is restored afterwards.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -223,13 +231,14 @@ def capture(model: LoadedModel | str | None, data: Any, sites: str | Sequence[st
     site_list = resolve_sites(lm, sites)
     with dir_lock(out, what="a capture"):
         return _capture_locked(lm, rows, site_list, pos_list, out, store_dtype, dtype_name,
-                               batch_size, max_length, chunk_rows, overwrite, progress)
+                               batch_size, max_length, chunk_rows, overwrite, progress,
+                               threads)
 
 
 def _capture_locked(lm: LoadedModel, rows: Rows, site_list: list[Site], pos_list: list[str],
                     out: Path, store_dtype: torch.dtype, dtype_name: str, batch_size: int,
                     max_length: int, chunk_rows: int, overwrite: bool,
-                    progress: bool) -> ActivationStore:
+                    progress: bool, threads: int | None = None) -> ActivationStore:
     req = _request(lm, rows, site_list, pos_list, dtype_name, max_length)
     rid = _request_id(req)
 
@@ -293,7 +302,8 @@ def _capture_locked(lm: LoadedModel, rows: Rows, site_list: list[Site], pos_list
                 bar.update(n_chunk)
                 continue
             tensors = _run_chunk(lm, rows, chunk, site_list, pooled_positions, "all" in pos_list,
-                                 store_dtype, max_length, need_special, need_spans, stop)
+                                 store_dtype, max_length, need_special, need_spans, stop,
+                                 threads)
             from safetensors.torch import save
 
             blob = save(tensors)
@@ -327,7 +337,8 @@ def _capture_locked(lm: LoadedModel, rows: Rows, site_list: list[Site], pos_list
 
 def _run_chunk(lm: LoadedModel, rows: Rows, chunk: list[list[int]], sites: list[Site],
                positions: list[str], keep_all: bool, store_dtype: torch.dtype, max_length: int,
-               need_special: bool, need_spans: bool, stop: bool) -> dict[str, torch.Tensor]:
+               need_special: bool, need_spans: bool, stop: bool,
+               threads: int | None = None) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {}
     row_index: list[int] = []
     for idx in chunk:
@@ -345,7 +356,8 @@ def _run_chunk(lm: LoadedModel, rows: Rows, chunk: list[list[int]], sites: list[
                 out["__ids"] = ids.cpu()
             return out
 
-        with torch.inference_mode(), hooks.record(lm, sites, transform=reduce, stop=stop) as cache:
+        with _threads.for_forward(lm, batch.mask.numel(), threads), torch.inference_mode(), \
+                hooks.record(lm, sites, transform=reduce, stop=stop) as cache:
             hooks.run_until_stop(lambda batch=batch: lm.model(**batch.inputs))
         missing = [s.name for s in sites if s.name not in cache]
         if missing:

@@ -35,9 +35,13 @@ class CaptureCommand:
     overwrite: bool = opt(False, help="replace a store that holds a different capture")
     trust_remote_code: bool = opt(False, help="allow custom model code from the checkpoint")
     no_progress: bool = opt(False, help="hide the progress bar")
+    threads: int = opt(0, help="torch threads for the forwards (0 = reprlab's policy: one "
+                               "thread for small batches, the free cores for big ones, or "
+                               "REPRLAB_THREADS)")
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        require(self.threads >= 0, f"--threads must be 0 (policy) or more, got {self.threads}")
         require(self.max_length >= 1, f"--max-length must be at least 1, got {self.max_length}")
         require(self.limit >= 0, f"--limit must be 0 or more, got {self.limit}")
 
@@ -53,7 +57,7 @@ def run_capture(cfg: CaptureCommand) -> int:
                     trust_remote_code=cfg.trust_remote_code, max_length=cfg.max_length)
     store = capture(lm, data, cfg.sites, cfg.positions, cfg.out, batch_size=cfg.batch_size,
                     dtype=cfg.dtype, max_length=cfg.max_length, overwrite=cfg.overwrite,
-                    progress=not cfg.no_progress)
+                    progress=not cfg.no_progress, threads=cfg.threads or None)
     info = store.info()
     state = "already captured (cache hit)" if store.cache_hit else "captured"
     print(f"{state}: {info['rows']} rows × {len(info['sites'])} sites × "
