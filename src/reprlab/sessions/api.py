@@ -300,7 +300,7 @@ class Session:
 
     def __init__(self, models: list, backend: str = "local", remote: bool = False,
                  on_log: Callable[[str], Any] | None = None, progress: bool = True,
-                 tokenizer: Any = None, **options: Any):
+                 tokenizer: Any = None, threads: int | None = None, **options: Any):
         from reprlab.models import LoadedModel
 
         models = [as_session_model(m, tokenizer) for m in models]
@@ -323,6 +323,9 @@ class Session:
                                "activations cannot move between them")
         self.models = list(models)
         self.backend, self.remote, self.progress, self.options = backend, remote, progress, options
+        if threads is not None and int(threads) < 0:
+            raise ConfigError(f"threads must be at least 1 (or None for the policy), got {threads}")
+        self.threads = int(threads) if threads else None
         self.on_log = on_log
         self.logs: list[str] = []
         self._steps: list[Any] = []
@@ -449,7 +452,7 @@ class Session:
         runner = getattr(importlib.import_module(module_name), fn_name)
         try:
             out = runner(self.models, plan, remote=self.remote, emit=self._emit,
-                         progress=self.progress, **self.options)
+                         progress=self.progress, threads=self.threads, **self.options)
         except rt.WriteShapeError as exc:
             self._state = "failed"
             raise ShapeError(str(exc)) from None
@@ -575,17 +578,19 @@ def session_model(model: Any, remote: bool = False, tokenizer: Any = None,
 
 def session(*models: Any, backend: str = "local", remote: bool = False,
             on_log: Callable[[str], Any] | None = None, progress: bool = True,
-            tokenizer: Any = None, **options: Any) -> Session:
+            tokenizer: Any = None, threads: int | None = None, **options: Any) -> Session:
     """Start a session on one or more models (same hidden size).
 
     A model is a :class:`~reprlab.models.LoadedModel`, a Hugging Face model already in memory
     (with ``tokenizer``, or its own) or an nnsight ``LanguageModel``. ``backend``: "local"
     (reprlab hooks) or "nnsight" (nnsight traces; ``remote=True`` sends the whole session to
     NDIF as one request). ``on_log`` receives each ``s.log(...)`` message (and remote job
-    statuses) as the session runs; messages are also logged at INFO.
+    statuses) as the session runs; messages are also logged at INFO. ``threads``: torch threads
+    for the forwards run here (None: :func:`reprlab._threads.for_forward`'s choice per forward,
+    or ``REPRLAB_THREADS`` / ``set_threads``); the caller's count is restored afterwards.
     """
     flat: list = []
     for m in models:
         flat.extend(m if isinstance(m, (list, tuple)) else [m])
     return Session(flat, backend=backend, remote=remote, on_log=on_log, progress=progress,
-                   tokenizer=tokenizer, **options)
+                   tokenizer=tokenizer, threads=threads, **options)

@@ -15,6 +15,7 @@ def _common_checks(cfg: Any) -> None:
     require(bool(cfg.source) and bool(cfg.target), "give --source and --target prompts")
     require(cfg.backend in ("local", "nnsight"), "--backend must be local or nnsight")
     require(not cfg.remote or cfg.backend == "nnsight", "--remote needs --backend nnsight")
+    require(cfg.threads >= 0, f"--threads must be 0 (policy) or more, got {cfg.threads}")
 
 
 @dataclass
@@ -35,9 +36,12 @@ class PatchConfig:
     dtype: str = opt("float32", "model dtype")
     device: str = opt("cpu", "device")
     out: str = opt("runs/patch", "run directory")
+    threads: int = opt(0, "torch threads for local forwards (0 = reprlab's policy: one thread "
+                          "for small batches, the free cores for big ones, or REPRLAB_THREADS)")
 
     def __post_init__(self) -> None:
         require(bool(self.model), "give --model")
+        require(self.threads >= 0, f"--threads must be 0 (policy) or more, got {self.threads}")
         if self.source is not None or self.target is not None:
             _common_checks(self)
         require(self.k >= 1, "--k must be >= 1")
@@ -62,6 +66,8 @@ class SweepConfig:
     dtype: str = opt("float32", "model dtype")
     device: str = opt("cpu", "device")
     out: str = opt("runs/patch-sweep", "run directory")
+    threads: int = opt(0, "torch threads for local forwards (0 = reprlab's policy: one thread "
+                          "for small batches, the free cores for big ones, or REPRLAB_THREADS)")
 
     def __post_init__(self) -> None:
         require(bool(self.model), "give --model")
@@ -102,7 +108,7 @@ def run_patch(cfg: PatchConfig) -> int:
     run = RunDir.create(cfg.out, workflow="patch", config=cfg, inputs=pr.inputs(lm, src_lm))
     res = patch(lm, cfg.source, cfg.target, cfg.from_site, cfg.to_site, _pos(cfg.pos),
                 source_model=src_lm, k=cfg.k, backend=cfg.backend, remote=cfg.remote,
-                on_log=_say)
+                on_log=_say, threads=cfg.threads or None)
     rows = pr.write_patch(run, res, cfg.k)
     print(pr.patch_headline(res))
     header = list(rows[0])
@@ -132,7 +138,7 @@ def run_sweep(cfg: SweepConfig) -> int:
                         inputs=pr.inputs(lm, src_lm))
     res = sweep(lm, cfg.source, cfg.target, cfg.sites, positions, cfg.metric, tokens,
                 source_model=src_lm, batch_size=cfg.batch_size, backend=cfg.backend,
-                remote=cfg.remote, on_log=_say)
+                remote=cfg.remote, on_log=_say, threads=cfg.threads or None)
     _, best, _ = pr.write_sweep(run, res, heatmap_figure(res), cfg.source, cfg.target)
     for line in pr.console_sweep(res, best):
         print(line)

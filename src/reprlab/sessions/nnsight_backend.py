@@ -114,6 +114,20 @@ def model_key(tm: Any) -> str:
                           "(e.g. meta-llama/Llama-3.1-70B) or use remote_model()") from None
 
 
+def _largest_batch(plan: dict) -> int:
+    """Tokens (rows x padded length) of the largest forward in a compiled plan."""
+    def size(inputs: Any) -> int:
+        x = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        return int(x.numel()) if isinstance(x, torch.Tensor) else 0
+
+    best = 0
+    for step in plan.get("steps", []):
+        best = max(best, size(step.get("inputs")))
+        for batch in step.get("batches", []) + ([step["batch"]] if "batch" in step else []):
+            best = max(best, size(batch.get("inputs")))
+    return best
+
+
 # -- the interpreter (its `with` blocks are what nnsight captures and ships) -------------
 
 def _interpret(model: Any, models: list, calls: list, plan: dict, emit: Callable[[str], Any],
@@ -523,7 +537,11 @@ def run_plan(models: list, plan: dict, *, remote: bool = False,
                 raise ConfigError(f"{lm.name} has no weights here (remote_model); run the "
                                   "session with remote=True")
         envoys = [wrap(lm) for lm in models]
-        return _interpret(envoys[0], envoys, [rt.call_kwargs] * len(envoys), plan, emit)
+        from reprlab import _threads
+
+        # one scope for the whole session, sized by its largest forward
+        with _threads.for_forward(models[0], _largest_batch(plan), options.get("threads")):
+            return _interpret(envoys[0], envoys, [rt.call_kwargs] * len(envoys), plan, emit)
     if len(models) != 1:
         raise ConfigError("a remote session runs on one NDIF model; move activations between "
                           "models with backend='local' or backend='nnsight' without remote")

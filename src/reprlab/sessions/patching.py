@@ -65,10 +65,13 @@ def _topk_rows(lm: Any, probs: torch.Tensor, idx: torch.Tensor) -> list[dict]:
 
 def patch(lm: Any, source: str, target: str, from_site: str, to_site: str | None = None,
           pos: int | str = -1, *, source_model: Any = None, k: int = 5, backend: str = "local",
-          remote: bool = False, on_log: Callable[[str], Any] | None = None) -> dict:
+          remote: bool = False, on_log: Callable[[str], Any] | None = None,
+          threads: int | None = None) -> dict:
     """Patch ``source``'s hidden state at ``from_site``/``pos`` into ``target`` at
     ``to_site``/``pos`` (``source_model``: read it from another model of the same hidden
-    size). Returns the top-k predictions of source, clean target and patched target."""
+    size). Returns the top-k predictions of source, clean target and patched target.
+    ``threads``: torch threads for the forwards (None: reprlab's policy, see
+    :func:`reprlab.sessions.session`)."""
     from reprlab.limits import cap
 
     to_site = to_site or from_site
@@ -85,7 +88,7 @@ def patch(lm: Any, source: str, target: str, from_site: str, to_site: str | None
         raise ConfigError(f"--k {k} is more than the vocabulary ({vocab} tokens); ask for fewer")
     used = {"source": _position(models[src], source, pos, "source"),
             "target": _position(lm, target, pos, "target")}
-    with session(models, backend=backend, remote=remote, on_log=on_log) as s:
+    with session(models, backend=backend, remote=remote, on_log=on_log, threads=threads) as s:
         with s.trace(source, model=src) as t:
             h = t.read(from_site, pos=pos)
             if models[src].is_causal:
@@ -173,8 +176,10 @@ def sweep(lm: Any, source: str, target: str, sites: str | Sequence[str] = "layer
           positions: Sequence[int] | None = None, metric: str = "logit-diff",
           tokens: Sequence[str] = (), *, source_model: Any = None, batch_size: int = 64,
           backend: str = "local", remote: bool = False,
-          on_log: Callable[[str], Any] | None = None) -> SweepResult:
-    """Patch every (site, position) from ``source`` into ``target``; measure ``metric``."""
+          on_log: Callable[[str], Any] | None = None,
+          threads: int | None = None) -> SweepResult:
+    """Patch every (site, position) from ``source`` into ``target``; measure ``metric``
+    (``threads``: torch threads for the forwards; None: reprlab's policy)."""
     from reprlab.sites import resolve_sites
 
     if metric not in METRICS:
@@ -212,7 +217,7 @@ def sweep(lm: Any, source: str, target: str, sites: str | Sequence[str] = "layer
     cells = [(si, p) for si in range(len(site_names)) for p in pos_list]
     chunks = [cells[i:i + batch_size] for i in range(0, len(cells), batch_size)]
     fn = METRICS[metric]
-    with session(models, backend=backend, remote=remote, on_log=on_log) as s:
+    with session(models, backend=backend, remote=remote, on_log=on_log, threads=threads) as s:
         with s.trace(source, model=src) as t:
             hs = {name: t.read(name) for name in site_names}
             if models[src].is_causal:

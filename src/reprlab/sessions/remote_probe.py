@@ -108,11 +108,12 @@ def train_probe_in_session(lm: Any, texts: Sequence[str], labels: Sequence[Any],
                            remote: bool = False, mode: str = "session",
                            optimizer: str = "adamw", weight_decay: float = 0.0,
                            on_log: Callable[[str], Any] | None = None,
-                           progress: bool = True) -> ProbeTraining:
+                           progress: bool = True, threads: int | None = None) -> ProbeTraining:
     """Train a logistic probe on ``site`` at ``position`` inside session(s).
 
     ``backend="nnsight", remote=True, mode="session"`` trains it entirely on NDIF: one
-    request, only weights and losses downloaded.
+    request, only weights and losses downloaded. ``threads``: torch threads for local
+    forwards (None: reprlab's policy, see :func:`reprlab.sessions.session`).
     """
     _validate(texts, labels, epochs, batch_size, lr, mode, optimizer, position)
     y, classes = _labels(labels)
@@ -126,7 +127,8 @@ def train_probe_in_session(lm: Any, texts: Sequence[str], labels: Sequence[Any],
     common = {"model": 0, "site": s_.name, "path": s_.module_path, "hook": s_.hook,
               "pos": position}
     if mode == "session":
-        with session(lm, backend=backend, remote=remote, on_log=on_log, progress=progress) as s:
+        with session(lm, backend=backend, remote=remote, on_log=on_log, progress=progress,
+                     threads=threads) as s:
             vals = {k: s._new(None, PRE, k) for k in ("w", "b", "losses")}
             s.add_step({"kind": "probe_fit", **common, "batches": batches, "orders": orders,
                         "dim": lm.arch.hidden_size, "n_out": n_out, "lr": float(lr),
@@ -148,7 +150,7 @@ def train_probe_in_session(lm: Any, texts: Sequence[str], labels: Sequence[Any],
         for bi in order:
             batch = batches[bi]
             with session(lm, backend=backend, remote=remote, on_log=on_log,
-                         progress=False) as s:
+                         progress=False, threads=threads) as s:
                 vals = {k: s._new(None, PRE, k) for k in ("loss", "dw", "db")}
                 s.add_step({"kind": "probe_grad", **common, "batch": batch,
                             "w": w.detach().clone(), "b": b.detach().clone(),
