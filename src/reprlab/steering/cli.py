@@ -72,6 +72,11 @@ def _check_common(op: str = "add", unit: str = "unit", scope: str = "all") -> No
     Scope.parse(scope)
 
 
+def _check_threads(n: int) -> None:
+    if n < 0:
+        raise ConfigError(f"--threads must be 0 (reprlab's policy) or more, got {n}")
+
+
 def _load_lm(model: str, dtype: str, device: str) -> Any:
     from reprlab.models import load_model
 
@@ -98,9 +103,14 @@ class VectorCmd:
     dtype: str = opt("float32", help="model dtype")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
     no_progress: bool = opt(False, help="hide progress bars")
+    threads: int = opt(0, help="torch threads for the forwards (0 = reprlab's policy: one "
+                               "thread for small batches, the free cores for big ones, or "
+                               "REPRLAB_THREADS)")
 
     def __post_init__(self) -> None:
         from reprlab.steering.directions import canonical_method
+
+        _check_threads(self.threads)
 
         self.method = canonical_method(self.method)
         if (self.pairs is None) == (self.data is None):
@@ -121,7 +131,7 @@ def run_vector(cfg: VectorCmd) -> int:
         data = load_dataset(cfg.data, kind="labeled", limit=cfg.limit)
     lm = _load_lm(cfg.model, cfg.dtype, cfg.device)
     fitter = SteeringFitter(lm, cfg.sites, cfg.method, cfg.position, cfg.batch_size,
-                            progress=not cfg.no_progress)
+                            progress=not cfg.no_progress, threads=cfg.threads or None)
     vec = fitter.fit(data, source=str(cfg.pairs or cfg.data))
     vec = type(vec)(vec.directions, vec.scales, model=vec.model, method=vec.method,
                     position=vec.position, source=vec.source,
@@ -161,10 +171,14 @@ class GenerateCmd:
     allow_other_model: bool = opt(False, help="use a vector fitted on another model")
     dtype: str = opt("float32", help="model dtype")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
+    threads: int = opt(0, help="torch threads for the forwards (0 = reprlab's policy: one "
+                               "thread for small batches, the free cores for big ones, or "
+                               "REPRLAB_THREADS)")
 
     def __post_init__(self) -> None:
         from reprlab.limits import cap
 
+        _check_threads(self.threads)
         _coeffs(self.coeffs)
         _check_common(self.op, self.unit, self.scope)
         if not self.prompt and not self.prompts_file:
@@ -218,7 +232,7 @@ def run_generate(cfg: GenerateCmd) -> int:
                     unit=cfg.unit, scope=cfg.scope, preserve_norm=cfg.preserve_norm,
                     max_new_tokens=cfg.max_new_tokens, sample=cfg.sample,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                    allow_other_model=cfg.allow_other_model)
+                    allow_other_model=cfg.allow_other_model, threads=cfg.threads or None)
     for r in rows:
         print(f"[{r['coeff']:+g}] {r['prompt']}{r['completion']}")
     if cfg.out:
@@ -263,8 +277,12 @@ class ValidateCmd:
     dtype: str = opt("float32", help="model dtype")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
     no_progress: bool = opt(False, help="hide progress bars")
+    threads: int = opt(0, help="torch threads for the forwards (0 = reprlab's policy: one "
+                               "thread for small batches, the free cores for big ones, or "
+                               "REPRLAB_THREADS)")
 
     def __post_init__(self) -> None:
+        _check_threads(self.threads)
         _coeffs(self.coeffs)
         _check_common(self.op, "unit" if self.unit == "sd" else self.unit, self.scope)
         if (self.vector is None) == (self.from_probe is None):
@@ -370,7 +388,8 @@ def run_validate(cfg: ValidateCmd) -> int:
         texts=texts, readout=readout, pairs=pairs, neutral=neutral,
         side_effects=not cfg.no_side_effects, op=cfg.op, unit=cfg.unit, scope=cfg.scope,
         preserve_norm=cfg.preserve_norm, batch_size=cfg.batch_size, seed=cfg.seed,
-        progress=not cfg.no_progress, allow_other_model=cfg.allow_other_model)
+        progress=not cfg.no_progress, allow_other_model=cfg.allow_other_model,
+        threads=cfg.threads or None)
     coeffs = results["coeffs"]
     read = f", read by the probe at {readout.site}" if readout is not None else ""
     print(f"steering {lm.name} at {results['site']} ({cfg.op}, {cfg.unit}){read}; "

@@ -3,7 +3,9 @@
 The collector tokenises all texts once, sorts them by length so that each batch carries little
 padding, pools each site's hidden states at the requested position inside the hook (so only
 ``[B, d]`` per site is kept), and ends the forward right after the deepest requested site (the
-language-model head is never run). Positive and negative texts share batches.
+language-model head is never run). Positive and negative texts share batches. Each batch's
+forward runs at :func:`reprlab._threads.for_forward`'s thread count (or ``threads=``), and the
+caller's torch thread count is restored afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from reprlab import _threads
 from reprlab.errors import ConfigError, DataError
 from reprlab.hooks import record, run_until_stop
 from reprlab.positions import parse_position, pool
@@ -54,10 +57,12 @@ def _pad(lm: LoadedModel, rows: list[list[int]]) -> dict[str, torch.Tensor]:
 @torch.inference_mode()
 def collect(lm: LoadedModel, texts: Sequence[str], sites: Any = "layers.*",
             position: str = "last", batch_size: int = 32, progress: bool = True,
-            dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+            dtype: torch.dtype = torch.float32, threads: int | None = None
+            ) -> dict[str, torch.Tensor]:
     """Pooled activations of ``texts`` at every site in one forward per batch.
 
     Returns ``{site name: [n_texts, d]}`` on CPU in ``dtype``, rows in the order of ``texts``.
+    ``threads``: torch threads for the forwards (None: reprlab's policy per batch).
     """
     if not texts:
         raise DataError("no texts to read activations from")
@@ -91,7 +96,8 @@ def collect(lm: LoadedModel, texts: Sequence[str], sites: Any = "layers.*",
             for sid in special:
                 content = content * (ids != sid)
             state["content"] = content
-        with record(lm, resolved, detach=True, transform=reduce, stop=stop) as cache:
+        with _threads.for_forward(lm, batch["attention_mask"].numel(), threads), \
+                record(lm, resolved, detach=True, transform=reduce, stop=stop) as cache:
             run_until_stop(lambda b=batch: lm.model(**b))
         rows_t = torch.tensor(idx)
         for name, v in cache.items():
@@ -105,6 +111,7 @@ class SteeringFitter:
 
     ``method`` is a key of :data:`reprlab.steering.directions.METHODS`; ``position`` where each
     text is read (default the last non-padding token, as repeng and steering-vectors read).
+    ``threads``: torch threads for the forwards (None: reprlab's policy, see :func:`collect`).
     """
 
     lm: LoadedModel
@@ -113,6 +120,7 @@ class SteeringFitter:
     position: str = "last"
     batch_size: int = 32
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self.method = canonical_method(self.method)
@@ -136,7 +144,7 @@ class SteeringFitter:
                     raise DataError(f"pair {i} has an empty {side} side: every pair needs both "
                                     "a positive and a negative text")
         acts = collect(self.lm, positive + negative, self.sites, self.position,
-                       self.batch_size, self.progress)
+                       self.batch_size, self.progress, threads=self.threads)
         n = len(positive)
         return self._build({s: (a[:n], a[n:]) for s, a in acts.items()}, source, n_pairs=n)
 
@@ -153,7 +161,7 @@ class SteeringFitter:
         if (lab == 1).sum() == 0 or (lab == 0).sum() == 0:
             raise DataError("labeled data has an empty side: both classes need rows")
         acts = collect(self.lm, list(texts), self.sites, self.position, self.batch_size,
-                       self.progress)
+                       self.progress, threads=self.threads)
         method = "class-mean" if self.method == "mean-diff" else self.method
         return self._build({s: (a[lab == 1], a[lab == 0]) for s, a in acts.items()}, source,
                            method=method, n_rows=len(lab))
@@ -189,6 +197,8 @@ class SteeringFitter:
 
 def fit_steering_vector(lm: LoadedModel, data: Any, sites: Any = "layers.*",
                         method: str = "mean-diff", position: str = "last",
-                        batch_size: int = 32, progress: bool = True) -> SteeringVector:
+                        batch_size: int = 32, progress: bool = True,
+                        threads: int | None = None) -> SteeringVector:
     """One call: fit a steering vector on ``data`` (ContrastPairs / LabeledDataset)."""
-    return SteeringFitter(lm, sites, method, position, batch_size, progress).fit(data)
+    return SteeringFitter(lm, sites, method, position, batch_size, progress,
+                          threads).fit(data)

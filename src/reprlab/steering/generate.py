@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from reprlab import _threads
 from reprlab.errors import ConfigError, ModelError
 from reprlab.steering.operators import parse_coeffs, steer
 
@@ -23,14 +24,16 @@ def generate(lm: LoadedModel, vector: SteeringVector, prompts: str | Sequence[st
              unit: str = "unit", scope: str = "all", preserve_norm: bool = False,
              max_new_tokens: int = 40, sample: bool = False, temperature: float = 1.0,
              top_p: float = 1.0, seed: int = 0, ignore_eos: bool = False,
-             allow_other_model: bool = False) -> list[dict[str, Any]]:
+             allow_other_model: bool = False, threads: int | None = None
+             ) -> list[dict[str, Any]]:
     """Generate a continuation of each prompt at each coefficient.
 
     Greedy by default; ``sample=True`` samples with ``temperature``/``top_p`` from a generator
     seeded with ``seed`` before every coefficient, so runs are reproducible and each
     coefficient sees the same random stream. ``ignore_eos`` always generates
     ``max_new_tokens``. Returns one dict per (coefficient, prompt):
-    ``{"coeff", "prompt", "completion", "token_ids"}``.
+    ``{"coeff", "prompt", "completion", "token_ids"}``. ``threads``: torch threads (None:
+    reprlab's policy, sized by the prompt batch's forward); the caller's count is restored.
     """
     if not lm.is_causal:
         raise ModelError(f"{lm.name} is not a causal language model; generation needs one "
@@ -57,7 +60,8 @@ def generate(lm: LoadedModel, vector: SteeringVector, prompts: str | Sequence[st
     for c in values:
         torch.manual_seed(seed)
         with steer(lm, vector, c, sites=sites, op=op, unit=unit, scope=scope,
-                   preserve_norm=preserve_norm, check=False), torch.no_grad():
+                   preserve_norm=preserve_norm, check=False), torch.no_grad(), \
+                _threads.for_forward(lm, batch["attention_mask"].numel(), threads):
             out = lm.model.generate(**batch, **kwargs)
         for p, seq in zip(prompts, out[:, width:], strict=True):
             ids = [int(t) for t in seq if int(t) != tok.pad_token_id]

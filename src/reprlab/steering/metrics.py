@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from reprlab import _threads
 from reprlab.errors import DataError, ModelError
 from reprlab.steering.fit import _pad, _tokenize, collect
 from reprlab.steering.operators import steer
@@ -91,7 +92,8 @@ def _steer_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
 
 def readout_shift(lm: LoadedModel, vector: Any, site: str, readout: Readout,
                   texts: Sequence[str], coeffs: Sequence[float], batch_size: int = 32,
-                  progress: bool = True, **steer_kw: Any) -> dict[float, torch.Tensor]:
+                  progress: bool = True, threads: int | None = None,
+                  **steer_kw: Any) -> dict[float, torch.Tensor]:
     """Probe scores at ``readout.site`` while steering at ``site``: ``{coeff: [n]}``.
 
     Works for encoders and causal LMs; the readout is pooled at ``readout.position``.
@@ -103,7 +105,7 @@ def readout_shift(lm: LoadedModel, vector: Any, site: str, readout: Readout,
     for c in tqdm(list(coeffs), desc="readout shift", disable=not progress):
         with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
             pooled = collect(lm, list(texts), [readout.site], readout.position, batch_size,
-                             progress=False)[readout.site]
+                             progress=False, threads=threads)[readout.site]
         out[float(c)] = finite(readout.score(pooled), "readout shift", float(c))
     return out
 
@@ -140,7 +142,7 @@ def answer_items(lm: LoadedModel, positive: Sequence[str], negative: Sequence[st
 
 
 def _continuation_logprob(lm: LoadedModel, seqs: list[list[int]], starts: list[int],
-                          batch_size: int) -> torch.Tensor:
+                          batch_size: int, threads: int | None = None) -> torch.Tensor:
     """Sum of log p(token) over ``seq[start:]`` for each sequence -> ``[n]``."""
     out = torch.empty(len(seqs), dtype=torch.float64)
     old = getattr(lm.tokenizer, "padding_side", "right")
@@ -149,7 +151,8 @@ def _continuation_logprob(lm: LoadedModel, seqs: list[list[int]], starts: list[i
         for i in range(0, len(seqs), batch_size):
             chunk = seqs[i:i + batch_size]
             batch = _pad(lm, chunk)
-            with torch.no_grad():
+            with _threads.for_forward(lm, batch["attention_mask"].numel(), threads), \
+                    torch.no_grad():
                 logits = lm.model(**batch).logits.double()
             logp = F.log_softmax(logits[:, :-1], -1)
             tgt = batch["input_ids"][:, 1:]
@@ -163,7 +166,8 @@ def _continuation_logprob(lm: LoadedModel, seqs: list[list[int]], starts: list[i
 
 def answer_shift(lm: LoadedModel, vector: Any, site: str, positive: Sequence[str],
                  negative: Sequence[str], coeffs: Sequence[float], batch_size: int = 16,
-                 progress: bool = True, **steer_kw: Any) -> dict[float, torch.Tensor]:
+                 progress: bool = True, threads: int | None = None,
+                 **steer_kw: Any) -> dict[float, torch.Tensor]:
     """Log-probability difference of the positive vs negative continuation: ``{coeff: [n]}``.
 
     The prompt is the shared token prefix of each pair (CAA's A/B answers: the question with
@@ -179,20 +183,21 @@ def answer_shift(lm: LoadedModel, vector: Any, site: str, positive: Sequence[str
     out = {}
     for c in tqdm(list(coeffs), desc="answer shift", disable=not progress):
         with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
-            lp = _continuation_logprob(lm, seqs, starts, batch_size)
+            lp = _continuation_logprob(lm, seqs, starts, batch_size, threads)
         out[float(c)] = finite(lp[:n] - lp[n:], "answer shift", float(c))
     return out
 
 
-def _token_nll_and_last(lm: LoadedModel, rows: list[list[int]], batch_size: int
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_nll_and_last(lm: LoadedModel, rows: list[list[int]], batch_size: int,
+                        threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean token NLL per text ``[n]`` and last-token log-probs ``[n, V]``."""
     nll = torch.empty(len(rows), dtype=torch.float64)
     last = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         batch = _pad(lm, chunk)
-        with torch.no_grad():
+        with _threads.for_forward(lm, batch["attention_mask"].numel(), threads), \
+                torch.no_grad():
             logits = lm.model(**batch).logits.double()
         mask = batch["attention_mask"]
         logp = F.log_softmax(logits, -1)
@@ -208,6 +213,7 @@ def _token_nll_and_last(lm: LoadedModel, rows: list[list[int]], batch_size: int
 
 def side_effects(lm: LoadedModel, vector: Any, site: str, texts: Sequence[str],
                  coeffs: Sequence[float], batch_size: int = 16, progress: bool = True,
+                 threads: int | None = None,
                  **steer_kw: Any) -> dict[str, dict[float, torch.Tensor]]:
     """Damage done elsewhere, per text and coefficient.
 
@@ -223,21 +229,23 @@ def side_effects(lm: LoadedModel, vector: Any, site: str, texts: Sequence[str],
         rows = [r for r in _tokenize(lm, texts) if len(r) >= 2]
         if not rows:
             raise DataError("neutral texts need at least two tokens each")
-        base_nll, base_last = _token_nll_and_last(lm, rows, batch_size)
+        base_nll, base_last = _token_nll_and_last(lm, rows, batch_size, threads)
         dl, kl = {}, {}
         for c in tqdm(list(coeffs), desc="side effects", disable=not progress):
             with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
-                nll, lastp = _token_nll_and_last(lm, rows, batch_size)
+                nll, lastp = _token_nll_and_last(lm, rows, batch_size, threads)
             dl[float(c)] = finite(nll - base_nll, "delta_loss", float(c))
             kl[float(c)] = finite((base_last.exp() * (base_last - lastp)).sum(-1), "kl_next",
                                   float(c))
         return {"delta_loss": dl, "kl_next": kl}
     last_site = f"layers.{lm.arch.n_layers - 1}"
-    base = collect(lm, texts, [last_site], "mean", batch_size, progress=False)[last_site]
+    base = collect(lm, texts, [last_site], "mean", batch_size, progress=False,
+                   threads=threads)[last_site]
     drift = {}
     for c in tqdm(list(coeffs), desc="side effects", disable=not progress):
         with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
-            now = collect(lm, texts, [last_site], "mean", batch_size, progress=False)[last_site]
+            now = collect(lm, texts, [last_site], "mean", batch_size, progress=False,
+                          threads=threads)[last_site]
         drift[float(c)] = finite(1 - F.cosine_similarity(now.double(), base.double(), dim=-1),
                                  "final_drift", float(c))
     return {"final_drift": drift}

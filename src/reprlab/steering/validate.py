@@ -62,7 +62,8 @@ GROUP_TITLES = {"readout": "probe readout", "answers": "answer probabilities",
 
 
 def projection_sd(lm: LoadedModel, vector: SteeringVector, site: str, texts: Sequence[str],
-                  batch_size: int = 16, position: str | None = None) -> float:
+                  batch_size: int = 16, position: str | None = None,
+                  threads: int | None = None) -> float:
     """Standard deviation over ``texts`` of the unsteered activations at ``site`` projected on
     the vector's unit direction (pooled at ``position``, default the vector's): the natural
     unit for steering coefficients, since one unit then moves the site as far as the data
@@ -72,7 +73,8 @@ def projection_sd(lm: LoadedModel, vector: SteeringVector, site: str, texts: Seq
     pos = position or getattr(vector, "position", None) or "mean"
     if pos in ("all", "mean:span"):
         pos = "mean"
-    h = collect(lm, list(texts), [site], pos, batch_size, progress=False)[site].double()
+    h = collect(lm, list(texts), [site], pos, batch_size, progress=False,
+                threads=threads)[site].double()
     u = vector.direction(site).double()
     proj = h @ (u / u.norm())
     sd = float(proj.std()) if len(proj) > 1 else 0.0
@@ -88,7 +90,7 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
              side_effects: bool = True, op: str = "add", unit: str = "unit",
              scope: str = "all", preserve_norm: bool = False, batch_size: int = 16,
              seed: int = 0, progress: bool = True, allow_other_model: bool = False,
-             report: RunDir | None = None) -> dict[str, Any]:
+             report: RunDir | None = None, threads: int | None = None) -> dict[str, Any]:
     """Sweep ``coeffs`` at ``site`` and measure what changes.
 
     - ``texts`` + ``readout``: readout shift (probe score at the same or a later site).
@@ -103,6 +105,8 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
     spans the readout's curve instead of saturating it).
 
     With ``report`` (a :class:`~reprlab.report.RunDir`), adds plots and a table to it.
+    ``threads``: torch threads for the forwards (None: :func:`reprlab._threads.for_forward`'s
+    choice per batch, or ``REPRLAB_THREADS``); the caller's count is restored afterwards.
     """
     values = parse_coeffs(coeffs)
     if unit not in COEFF_UNITS:
@@ -117,7 +121,7 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
     unit_sd = None
     if unit == "sd":
         unit_sd = projection_sd(lm, vector, site, list(texts or neutral or M.NEUTRAL_TEXTS),
-                                batch_size)
+                                batch_size, threads=threads)
     factor = unit_sd if unit_sd is not None else 1.0
     applied = [float(c * factor) for c in values]
 
@@ -126,7 +130,7 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
         return {c: per[a] for c, a in zip(values, applied, strict=True)}
 
     kw = dict(op=op, unit="unit" if unit == "sd" else unit, scope=scope,
-              preserve_norm=preserve_norm)
+              preserve_norm=preserve_norm, threads=threads)
     metrics: dict[str, dict[str, Any]] = {}
     if readout is not None:
         if not texts:
@@ -137,7 +141,7 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
             raise ConfigError(f"the readout at {readout.site} comes before the steered site "
                               f"{site}; read at the same or a later layer")
         base = M.readout_shift(lm, vector, site, readout, texts, [0.0], batch_size, False,
-                               op="add")[0.0]
+                               op="add", threads=threads)[0.0]
         scores = by_coeff(M.readout_shift(lm, vector, site, readout, texts, applied, batch_size,
                                           progress, **kw))
         metrics["readout_score"] = _summarise(scores, seed)
