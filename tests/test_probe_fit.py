@@ -68,7 +68,9 @@ def test_top_eigen_finds_the_leading_eigenpairs():
     U, lam, tail = top_eigen(X, 10, iters=4)
     ref = torch.linalg.eigvalsh(X[0].T @ X[0] / 400).flip(0)
     torch.testing.assert_close(lam[0], ref[:10], rtol=1e-3, atol=1e-6)
-    assert abs(float(tail[0]) - float(ref[10:].mean())) < 1e-3 * float(ref[10:].mean()) + 1e-9
+    # the scale of the unresolved directions is the 10th eigenvalue: it bounds all of theirs
+    assert abs(float(tail[0]) - float(ref[9])) < 1e-3 * float(ref[9])
+    assert float(tail[0]) >= float(ref[10])
     torch.testing.assert_close(U[0].T @ U[0], torch.eye(10, dtype=X.dtype), atol=1e-8, rtol=0)
 
 
@@ -157,3 +159,65 @@ def test_problems_converged_at_the_start_need_no_iteration():
     fit = fit_logistic(X, Y, n_classes=2, l2=0.1, tol=1e-4)
     assert bool(fit.converged.all())
     assert torch.equal(fit.weight, torch.zeros_like(fit.weight))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fused_line_search_pass_gives_the_same_fit(monkeypatch, n_classes):
+    # layers too big for the caches fuse the direction's logits with the next gradient in one
+    # sweep over the rows; forced on for small data here, it must change nothing but speed
+    import reprlab.probes.logistic as LG
+
+    X, y = correlated(600, 50, layers=2, seed=6)
+    Y = torch.stack([y, y.flip(0)]) if n_classes == 2 else torch.stack([y + (y.flip(0) & y)])
+    kw = {"n_classes": n_classes, "l2": 1e-3, "tol": 1e-7, "max_iter": 2000,
+          "precondition": "lowrank", "rank": 8}
+    plain = fit_logistic(X, Y, **kw)
+    calls = []
+    real = LG._Objective._fused_pass
+    monkeypatch.setattr(LG, "FUSE_BYTES", 0)
+    monkeypatch.setattr(LG, "FUSE_BLOCK", 64 * 50 * 8)  # blocks of 64 rows
+    monkeypatch.setattr(LG._Objective, "_fused_pass",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    fused = fit_logistic(X, Y, **kw)
+    assert calls and bool(fused.converged.all())
+    assert fused.iterations == plain.iterations
+    torch.testing.assert_close(fused.weight, plain.weight, atol=1e-9, rtol=0)
+    torch.testing.assert_close(fused.bias, plain.bias, atol=1e-9, rtol=0)
+
+
+def test_logits_are_the_same_in_either_product_orientation():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 40, 16, generator=g, dtype=torch.float64)
+    for P, K in ((1, 1), (3, 1), (1, 3), (4, 1), (2, 3)):  # W X^T up to 3 rows, X W^T above
+        W = torch.randn(3, P, K, 16, generator=g, dtype=torch.float64)
+        b = torch.randn(3, P, K, generator=g, dtype=torch.float64)
+        ref = torch.einsum("lnd,lpkd->lpnk", X, W) + b.unsqueeze(-2)
+        torch.testing.assert_close(linear_logits(X, W, b), ref, atol=1e-12, rtol=0)
+
+
+def test_exact_newton_tail_cuts_iterations_and_matches_sklearn(monkeypatch):
+    # weakly regularised, nearly separable problems converge slowly under the eigenbasis model;
+    # once it pays, the exact Hessians of the problems left take over and finish in a few steps
+    import reprlab.probes.logistic as LG
+    from reprlab.probes import precondition as PC
+
+    X, y = correlated(300, 100, layers=2, seed=7, signal=0.5)
+    C = 100.0
+    l2 = l2_from_C(C, 300)
+    builds = []
+    real = PC.ExactNewton.build.__func__
+    monkeypatch.setattr(PC.ExactNewton, "build",
+                        classmethod(lambda cls, *a: builds.append(1) or real(cls, *a)))
+    fit = fit_logistic(X, y, n_classes=2, l2=l2, tol=1e-6, max_iter=5000)
+    assert builds, "the exact-Hessian model never took over"
+    monkeypatch.setattr(LG, "NEWTON_AFTER", 10**9)
+    slow = fit_logistic(X, y, n_classes=2, l2=l2, tol=1e-6, max_iter=5000)
+    assert bool(fit.converged.all()) and bool(slow.converged.all())
+    assert fit.iterations + 5 <= slow.iterations, (fit.iterations, slow.iterations)  # 17, 26
+    for layer in range(2):
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=50_000).fit(X[layer].numpy(),
+                                                                    y.numpy())
+        # weak regularisation: a 1e-6 gradient leaves weights ~1e-3 from the exact optimum
+        assert np.allclose(fit.weight[layer, 0, 0].numpy(), ref.coef_[0], atol=5e-3)
+        g = true_gradient(X[layer], y, fit.weight[layer, 0, 0], fit.bias[layer, 0, 0], l2)
+        assert float(g.abs().max()) < 1e-6

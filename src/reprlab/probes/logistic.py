@@ -41,7 +41,12 @@ def linear_logits(X: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
     """``X [L, n, d]`` or ``[L, P, n, d]``, ``weight [L, P, K', d]``, ``bias [L, P, K']``
     -> logits ``[L, P, n, K']``."""
     if X.dim() == 3:
-        z = torch.einsum("lnd,lpkd->lpnk", X, weight)
+        L, P, K, d = weight.shape
+        if P * K <= 3:  # a few rows of weights: stream X as W X^T (about 2.5x faster, MKL)
+            z = torch.bmm(weight.reshape(L, P * K, d), X.transpose(1, 2))
+            z = z.view(L, P, K, -1).transpose(-1, -2)
+        else:
+            z = torch.einsum("lnd,lpkd->lpnk", X, weight)
     else:
         z = torch.einsum("lpnd,lpkd->lpnk", X, weight)
     return z + bias.unsqueeze(-2)
@@ -90,6 +95,10 @@ class _Objective:
         self.precondition = pre.apply if pre is not None else None
         self.precondition_scaled = pre is not None
         self.reuses_line_value = True  # line_value is exactly the objective (see lbfgs)
+        self.fused = X.dim() == 3 and X[0].numel() * X.element_size() >= FUSE_BYTES
+        self._unit: tuple[torch.Tensor, torch.Tensor] | None = None  # (state, X^T dz) at t=1
+        self.gradients = 0  # evaluated so far (carried over by restrict)
+        self.tol: float | None = None  # the stopping tolerance, set by the fit
 
     def restrict(self, li: torch.Tensor, pi: torch.Tensor) -> _Objective:
         """The same objective on layers ``li`` and, per layer, problems ``pi [L', P']``."""
@@ -100,8 +109,10 @@ class _Objective:
             X = _take(self.X, li, pi)
         pre = self.pre.take(li, pi) if self.pre is not None else None
         basis = self.basis if self.basis is None or same else self.basis.index_select(0, li)
-        return _Objective(X, _take(self.Y, li, pi), _take(self.l2, li, pi), self.k,
-                          self.intercept, pre, basis)
+        out = _Objective(X, _take(self.Y, li, pi), _take(self.l2, li, pi), self.k,
+                         self.intercept, pre, basis)
+        out.gradients, out.tol = self.gradients, self.tol
+        return out
 
     @staticmethod
     def take_state(z: torch.Tensor, li: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
@@ -126,49 +137,119 @@ class _Objective:
         if z is None:
             z = self.logits(theta)
         w, _ = self.split(theta)
-        p = torch.sigmoid(z) if self.k == 1 else torch.softmax(z, -1)
-        if self.k == 1:
-            dz = (p - self.Yf.unsqueeze(-1)) / self.n  # [L, P, n, K']
-        else:
-            dz = (p - F.one_hot(self.Y, self.k).to(z.dtype)) / self.n
-        if self.X.dim() == 3:
+        p, dz = self._residual(z)
+        unit, self._unit = self._unit, None
+        if unit is not None and unit[0] is z:  # the line search's pass already made it
+            gw = unit[1]
+        elif self.X.dim() == 3:
             gw = torch.einsum("lnd,lpnk->lpkd", self.X, dz)
         else:
             gw = torch.einsum("lpnd,lpnk->lpkd", self.X, dz)
         gw = gw + self.l2[..., None, None] * w
         gb = dz.sum(-2) if self.intercept else torch.zeros_like(dz[..., 0, :])
+        g = torch.cat([gw, gb.unsqueeze(-1)], -1).flatten(-2)
+        self.gradients += 1
+        if self._newton_pays(g):
+            self.pre = P.ExactNewton.build(self.X, p, self.l2, self.intercept) or self.pre
+            self.precondition = self.pre.apply if self.pre is not None else None
+            self.precondition_scaled = self.pre is not None
         if self.pre is not None:
             self.pre.refresh(p, self.l2)
-        g = torch.cat([gw, gb.unsqueeze(-1)], -1).flatten(-2)
         return (self._value(z, theta) if f is None else f), g, z
 
     def confirm(self, theta: torch.Tensor, g: torch.Tensor, cand: torch.Tensor,
                 tol: float) -> torch.Tensor:
         """Problems whose gradient is also below the tolerance in the original coordinates
         (the rotation changes max-abs norms a little); called only when some problem passes
-        the test in the rotated ones."""
+        the test in the rotated ones. The rotation keeps the Euclidean norm, which bounds the
+        largest entry: only candidates above ``tol`` in that norm are rotated back."""
         if self.basis is None:
             return cand
         gw, gb = self.split(g)
-        orig = torch.einsum("ldr,lpkr->lpkd", self.basis, gw)
-        return torch.maximum(orig.abs().amax((-1, -2)), gb.abs().amax(-1)) < tol
+        need = cand & (gw.pow(2).sum((-1, -2)) >= tol * tol)
+        if not bool(need.any()):
+            return cand
+        li = torch.nonzero(need.any(1)).flatten()
+        orig = torch.einsum("ldr,lpkr->lpkd", self.basis.index_select(0, li),
+                            gw.index_select(0, li))
+        out = cand.clone()
+        out[li] = cand[li] & (torch.maximum(orig.abs().amax((-1, -2)),
+                                            gb.index_select(0, li).abs().amax(-1)) < tol)
+        return out
+
+    def _newton_pays(self, g: torch.Tensor) -> bool:
+        """Whether to replace the model by the exact Hessians of the problems left
+        (:class:`precondition.ExactNewton`): binary problems on a small basis, once the run
+        has gone on for a while, every gradient is within ``NEWTON_NEAR`` times the
+        tolerance (near the optimum, where the Hessian no longer changes much: built earlier,
+        on separable data, it went stale and cost iterations), and building the Hessians
+        costs less than the iterations so far (floating-point operations, plus the fixed cost
+        of an iteration's ~500 small operations, which dominates for small problems). On the
+        bundled probe workload it cuts the slow tail of the weakly regularised problems from
+        53 iterations to 24."""
+        if (isinstance(self.pre, P.ExactNewton) or self.k != 1 or self.X.dim() != 3
+                or self.gradients < NEWTON_AFTER or self.d + 1 > NEWTON_MAX_DIM
+                or self.tol is None or float(g.abs().amax()) > NEWTON_NEAR * self.tol):
+            return False
+        L, n, r = self.X.shape
+        count = L * self.l2.shape[1]
+        hessians = count * (2.0 * n * (r + 1) ** 2 + (r + 1) ** 3 / 3)
+        iteration = count * 4.0 * n * r + ITERATION_FLOPS
+        return hessians <= self.gradients * iteration
+
+    def _residual(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and the gradient of the mean loss w.r.t. the logits."""
+        p = torch.sigmoid(z) if self.k == 1 else torch.softmax(z, -1)
+        if self.k == 1:
+            return p, (p - self.Yf.unsqueeze(-1)) / self.n  # [L, P, n, K']
+        return p, (p - F.one_hot(self.Y, self.k).to(z.dtype)) / self.n
 
     def line_start(self, theta: torch.Tensor, z: torch.Tensor, delta: torch.Tensor):
-        zd = self.logits(delta)
         w, _ = self.split(theta)
-        dw, _ = self.split(delta)
+        dw, db = self.split(delta)
         reg = (w.pow(2).sum((-1, -2)), (w * dw).sum((-1, -2)), dw.pow(2).sum((-1, -2)))
-        return z, zd, reg
+        if not self.fused:
+            return z, self.logits(delta), reg, None
+        zd, gw = self._fused_pass(z, dw, db)
+        return z, zd, reg, (gw, (delta == 0).all(-1))
+
+    def _fused_pass(self, z: torch.Tensor, dw: torch.Tensor, db: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the direction and, in the same sweep over the rows, the data gradient
+        at the unit step ``theta + delta``: block by block, so that each block of ``X`` is
+        read from memory once instead of twice (the usual step is the unit one)."""
+        L, P, K, d = dw.shape
+        n = self.n
+        zd = torch.empty_like(z)
+        gw = torch.zeros_like(dw)
+        block = max(32, FUSE_BLOCK // (d * self.X.element_size()))
+        onehot = F.one_hot(self.Y, self.k).to(z.dtype) if self.k > 1 else None
+        for li in range(L):
+            wl = dw[li].reshape(P * K, d)
+            for s in range(0, n, block):
+                xb = self.X[li, s:s + block]  # [b, d]
+                zdb = (wl @ xb.T).view(P, K, -1).transpose(1, 2) + db[li].unsqueeze(1)
+                zd[li, :, s:s + block] = zdb
+                zt = z[li, :, s:s + block] + zdb  # [P, b, K]
+                if self.k == 1:
+                    r = torch.sigmoid(zt) - self.Yf[li, :, s:s + block].unsqueeze(-1)
+                else:
+                    r = torch.softmax(zt, -1) - onehot[li, :, s:s + block]
+                gw[li].view(P * K, d).addmm_(r.transpose(1, 2).reshape(P * K, -1), xb,
+                                             alpha=1.0 / n)
+        return zd, gw
 
     def line_value(self, ls, t: torch.Tensor) -> torch.Tensor:
-        z, zd, (ww, wd, dd) = ls
+        z, zd, (ww, wd, dd), _ = ls
         reg = 0.5 * self.l2 * (ww + 2 * t * wd + t * t * dd)
         return data_loss(z + t[..., None, None] * zd, self.Y, self.Yf) + reg
 
-    @staticmethod
-    def line_state(ls, t: torch.Tensor) -> torch.Tensor:
-        z, zd, _ = ls
-        return z + t[..., None, None] * zd
+    def line_state(self, ls, t: torch.Tensor) -> torch.Tensor:
+        z, zd, _, unit = ls
+        z_new = z + t[..., None, None] * zd
+        if unit is not None and bool(((t == 1) | unit[1]).all()):
+            self._unit = (z_new, unit[0])  # every problem took the unit step (or none)
+        return z_new
 
 
 @dataclass
@@ -193,6 +274,19 @@ def _broadcast_problems(Y: torch.Tensor, l2, L: int) -> tuple[torch.Tensor, torc
     return Y, l2t
 
 
+#: layers whose rows take at least this many bytes (more than a core's caches hold) fuse the
+#: line search's product with the next gradient's, in blocks of about ``FUSE_BLOCK`` bytes
+FUSE_BYTES = 16 * 2**20
+FUSE_BLOCK = 2**20
+
+#: the exact-Hessian preconditioner: considered from this many gradients on, up to this many
+#: coordinates, with an iteration's fixed cost counted as this many floating-point operations
+#: (~1.5 ms of small operations at ~100 GFLOP/s)
+NEWTON_AFTER = 10
+NEWTON_NEAR = 100.0
+NEWTON_MAX_DIM = 1025
+ITERATION_FLOPS = 1.5e8
+
 #: ``precondition="auto"`` rotates into the full eigenbasis up to this many columns
 #: (``min(n, d)``), above it uses the low-rank model (:func:`precondition.top_eigen`)
 EIGEN_MAX = 1024
@@ -211,7 +305,7 @@ class Prepared:
 
     def preconditioner(self, intercept: bool):
         if self.kind == "eigen":
-            return P.EigenDiagonal(self.parts[0], intercept)
+            return P.EigenDiagonal(*self.parts[:1], intercept, *self.parts[1:])
         if self.kind == "lowrank":
             return P.LowRank(*self.parts, intercept)
         return None
@@ -226,9 +320,11 @@ def prepare(X: torch.Tensor, precondition: bool | str = "auto", rank: int | None
         return Prepared(kind, X)
     L, n, d = X.shape
     with _threads.for_work("matmul", 2.0 * n * d * min(n, d), threads):
-        if kind == "eigen":
+        if kind == "eigen" and n < d:  # solve in the n-dimensional row space
             Xr, lam, V = P.eigen_rotation(X)
             return Prepared(kind, Xr, V, (lam,))
+        if kind == "eigen":  # the model rotates, the rows stay
+            return Prepared(kind, X, None, P.eigen_basis(X))
         if kind == "lowrank":
             return Prepared(kind, X, None, P.top_eigen(X, rank or P.default_rank(d)))
     raise ValueError(f"unknown preconditioner {kind!r}: choose auto, eigen, lowrank or none")
@@ -278,9 +374,14 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
     Y, l2t = _broadcast_problems(Y.long().to(Xr.device), l2, L)
     P_ = Y.shape[1]
     flops = 2.0 * L * n * r * (P_ if Xr.dim() == 4 else max(P_ * k, 8))
-    with _threads.for_work("matmul", flops, threads):
-        return _fit(prep, Y, l2t.to(dtype=dtype, device=Xr.device), k, intercept, max_iter,
-                    tol, memory, monitor, compact, init)
+    with _threads.for_work("matmul", flops, threads), torch.inference_mode():
+        fit = _fit(prep, Y, l2t.to(dtype=dtype, device=Xr.device), k, intercept, max_iter,
+                   tol, memory, monitor, compact, init)
+    # inference mode skips autograd's bookkeeping on the ~500 small operations of an
+    # iteration (about 10% of a fit); the results leave it as ordinary tensors
+    return LogisticFit(fit.weight.clone(), fit.bias.clone(), fit.converged.clone(),
+                       fit.iterations, {k2: v.clone() for k2, v in fit.curves.items()},
+                       {k2: v.clone() if torch.is_tensor(v) else v for k2, v in fit.info.items()})
 
 
 def _fit(prep: Prepared, Y, l2t, k, intercept, max_iter, tol, memory, monitor,
@@ -289,6 +390,7 @@ def _fit(prep: Prepared, Y, l2t, k, intercept, max_iter, tol, memory, monitor,
     dtype = Xr.dtype
     L, P_ = Y.shape[0], Y.shape[1]
     obj = _Objective(Xr, Y, l2t, k, intercept, prep.preconditioner(intercept), V)
+    obj.tol = tol
     r = Xr.shape[-1]
     theta0 = torch.zeros(L, P_, k * (r + 1), dtype=dtype, device=Xr.device)
     if init is not None:  # warm start from weights in the original coordinates
