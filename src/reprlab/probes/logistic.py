@@ -217,26 +217,30 @@ class _Objective:
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the direction and, in the same sweep over the rows, the data gradient
         at the unit step ``theta + delta``: block by block, so that each block of ``X`` is
-        read from memory once instead of twice (the usual step is the unit one)."""
+        read from memory once instead of twice (the usual step is the unit one). Each layer
+        works on ``[P K, rows]`` copies of its logits and labels."""
         L, P, K, d = dw.shape
-        n = self.n
+        n, PK = self.n, P * K
         zd = torch.empty_like(z)
-        gw = torch.zeros_like(dw)
-        block = max(32, FUSE_BLOCK // (d * self.X.element_size()))
+        gw = torch.empty_like(dw, memory_format=torch.contiguous_format)
+        block = max(8, FUSE_BLOCK // (d * self.X.element_size()))
         onehot = F.one_hot(self.Y, self.k).to(z.dtype) if self.k > 1 else None
         for li in range(L):
-            wl = dw[li].reshape(P * K, d)
+            wl = dw[li].reshape(PK, d)
+            wt = wl.T.contiguous() if PK > 3 else None  # X W^T is faster beyond 3 rows
+            zl = z[li].transpose(1, 2).reshape(PK, n) + db[li].reshape(PK, 1)
+            tl = (self.Yf[li] if self.k == 1 else onehot[li].transpose(1, 2)).reshape(PK, n)
+            zdl = torch.empty(PK, n, dtype=z.dtype, device=z.device)
+            gl = gw[li].view(PK, d).zero_()
             for s in range(0, n, block):
                 xb = self.X[li, s:s + block]  # [b, d]
-                zdb = (wl @ xb.T).view(P, K, -1).transpose(1, 2) + db[li].unsqueeze(1)
-                zd[li, :, s:s + block] = zdb
-                zt = z[li, :, s:s + block] + zdb  # [P, b, K]
-                if self.k == 1:
-                    r = torch.sigmoid(zt) - self.Yf[li, :, s:s + block].unsqueeze(-1)
-                else:
-                    r = torch.softmax(zt, -1) - onehot[li, :, s:s + block]
-                gw[li].view(P * K, d).addmm_(r.transpose(1, 2).reshape(P * K, -1), xb,
-                                             alpha=1.0 / n)
+                zdb = (xb @ wt).T if wt is not None else wl @ xb.T  # [P K, b]
+                zdl[:, s:s + block] = zdb
+                zt = zl[:, s:s + block] + zdb
+                p = torch.sigmoid(zt) if K == 1 else torch.softmax(zt.view(P, K, -1), 1).view(
+                    PK, -1)
+                gl.addmm_(p.sub_(tl[:, s:s + block]), xb, alpha=1.0 / n)
+            zd[li] = zdl.view(P, K, n).transpose(1, 2) + db[li].unsqueeze(1)
         return zd, gw
 
     def line_value(self, ls, t: torch.Tensor) -> torch.Tensor:
@@ -277,7 +281,7 @@ def _broadcast_problems(Y: torch.Tensor, l2, L: int) -> tuple[torch.Tensor, torc
 #: layers whose rows take at least this many bytes (more than a core's caches hold) fuse the
 #: line search's product with the next gradient's, in blocks of about ``FUSE_BLOCK`` bytes
 FUSE_BYTES = 16 * 2**20
-FUSE_BLOCK = 2**20
+FUSE_BLOCK = 2**19
 
 #: the exact-Hessian preconditioner: considered from this many gradients on, up to this many
 #: coordinates, with an iteration's fixed cost counted as this many floating-point operations
