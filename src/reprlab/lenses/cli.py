@@ -49,8 +49,12 @@ def run_logit(cfg: LogitCommand) -> int:
 class TunedTrainCommand:
     """Train a tuned lens (one affine translator per layer) and compare it with the logit lens.
 
-    Example:
+    Examples:
       reprlab lens tuned train --model toy --data builtin:toy-text --out runs/tuned
+      torchrun --nproc_per_node 2 -m reprlab lens tuned train --model toy --out runs/tuned
+
+    Under torchrun / accelerate launch the processes split every micro-batch (--batch-size
+    and --tokens-per-step stay global) and end with the lens of one process.
     """
 
     model: str = opt("toy", help="causal LM: alias, local path or hub name")
@@ -90,6 +94,8 @@ def run_tuned_train(cfg: TunedTrainCommand) -> int:
     res = tuned_lens_run(cfg.model, cfg.data, cfg.out, cfg=cfg.train_config(),
                          eval_frac=cfg.eval_frac, limit=cfg.limit or None, device=cfg.device,
                          progress=not cfg.no_progress)
+    if res is None:  # another rank of a torchrun job
+        return 0
     print(console_tuned(res["layers"], ["logit", "tuned"]))
     print(f"report: {Path(cfg.out) / 'report.html'}")
     return 0
@@ -135,7 +141,10 @@ class TalkTrainCommand:
 
     Examples:
       reprlab lens talk train --model toy --site layers.2 --tokens 4 --out runs/talk
-      torchrun --nproc_per_node 2 $(which reprlab) lens talk train --model toy --site layers.2
+      torchrun --nproc_per_node 2 -m reprlab lens talk train --model toy --site layers.2
+
+    Under torchrun / accelerate launch the processes split every step's --batch-size samples
+    and end with the lens of one process.
     """
 
     model: str = opt("toy", help="target causal LM (frozen)")
@@ -147,7 +156,8 @@ class TalkTrainCommand:
                      "(default: <out>/data)")
     position: str = opt("random", help="token position per text: random or an index")
     steps: int = opt(200, help="optimizer steps")
-    batch_size: int = opt(16, help="samples per step and rank")
+    batch_size: int = opt(16, help="samples per step (split over the processes of a "
+                          "torchrun job)")
     lr: float = opt(1e-4, help="AdamW learning rate of the decoder and encoder LMs")
     proj_lr: float = opt(1e-3, help="learning rate of the projections and soft prompts")
     tau: str = opt("cosine:1.0:0.1", help="Gumbel temperature schedule (floored at 0.1)")

@@ -74,19 +74,41 @@ def _split(texts: list[str], eval_frac: float, seed: int) -> tuple[list[str], li
 def tuned_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/tuned", *,
                    cfg: TunedTrainConfig | None = None, eval_frac: float = 0.1,
                    limit: int | None = None, device: str = "cpu", progress: bool = True,
-                   **overrides: Any) -> dict[str, Any]:
+                   **overrides: Any) -> dict[str, Any] | None:
     """Train a tuned lens, evaluate it against the logit lens, write a run directory.
 
-    ``overrides`` set :class:`TunedTrainConfig` fields (``steps=50, optimizer="adam"``).
+    Under ``torchrun`` / ``accelerate launch`` the processes split every micro-batch and end
+    with the lens of one process; rank 0 alone evaluates and writes the run. Returns the
+    results on rank 0 and ``None`` elsewhere. ``overrides`` set :class:`TunedTrainConfig`
+    fields (``steps=50, optimizer="adam"``).
     """
     cfg = replace(cfg or TunedTrainConfig(), **overrides)
-    lm = as_loaded(model, device=device)
+    lm = as_loaded(model, device=dd.rank_device(device))
+    world = dd.init_from_env(lm.device)
+    try:
+        return _tuned_run(lm, model, data, Path(out), cfg, eval_frac, limit, progress, world)
+    finally:
+        dd.shutdown(world)
+
+
+def _tuned_run(lm: LoadedModel, model: Any, data: Any, out: Path, cfg: TunedTrainConfig,
+               eval_frac: float, limit: int | None, progress: bool,
+               world: dd.World) -> dict[str, Any] | None:
     texts, desc = load_texts(data, limit)
     train, held = _split(texts, eval_frac, cfg.seed)
-    run = RunDir.create(out, "lens-tuned", config={**asdict(cfg), "eval_frac": eval_frac},
-                        inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
-    lens, history = train_tuned(lm, train, cfg, state_path=run.path / "train_state.safetensors",
-                                progress=progress)
+    run = None
+    if world.main:
+        config = {**asdict(cfg), "eval_frac": eval_frac}
+        if world.size > 1:
+            config["world_size"] = world.size
+            logger.info("data-parallel over %d processes (%s)", world.size, lm.device)
+        run = RunDir.create(out, "lens-tuned", config=config,
+                            inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
+    dd.barrier(world)  # the directory exists before any rank looks for a saved state
+    lens, history = train_tuned(lm, train, cfg, state_path=out / "train_state.safetensors",
+                                progress=progress, world=world)
+    if not world.main:
+        return None
     lens.save(run.path / "lens")
     run.files += ["lens.safetensors", "lens.json", "train_state.safetensors"]
     rows = evaluate_lenses(lm, {"logit": LogitLens.fit(lm), "tuned": lens}, held,
@@ -182,8 +204,9 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
                   tuned: str | Path | None = None, **overrides: Any) -> dict[str, Any] | None:
     """Dump activations (or reuse a dump), train, evaluate, write a run directory.
 
-    Under ``torchrun`` every rank trains on its shard; rank 0 writes the run. Returns the
-    results on rank 0 and ``None`` elsewhere. ``overrides`` set :class:`TalkConfig` fields
+    Under ``torchrun`` / ``accelerate launch`` the processes split every step's batch and end
+    with the lens of one process; rank 0 writes the run. Returns the results on rank 0 and
+    ``None`` elsewhere. ``overrides`` set :class:`TalkConfig` fields
     (``site="layers.2", tokens=4, steps=300``).
     """
     cfg = replace(cfg or TalkConfig(), **overrides)

@@ -1,5 +1,15 @@
 """Fit a tuned lens (KL(final ‖ lens) summed over layers, a tokens-per-step budget, SGD with
-Nesterov momentum or Adam, resumable) and evaluate logit and tuned lenses layer by layer."""
+Nesterov momentum or Adam, resumable) and evaluate logit and tuned lenses layer by layer.
+
+Data-parallel under ``torchrun`` / ``accelerate launch`` (:mod:`reprlab.distributed`): every
+process walks the same order of texts and the same micro-batches of ``batch_size`` texts, and
+encodes and runs only its contiguous slice of each (:func:`~reprlab.distributed.shard_bounds`).
+The token budget of a step is counted over all processes (one small all-reduce per
+micro-batch), so each takes the same micro-batches a single process would. The loss is a sum
+over tokens divided by the constant ``tokens_per_step``, so the gradients summed over processes
+are one process's gradient, and the logged KL and tokens are those of the whole step. The
+translators start as rank 0's; rank 0 alone writes the training state.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+import reprlab.distributed as dd
 from reprlab.errors import ConfigError, DataError
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.metrics import (
@@ -106,16 +117,35 @@ def _freeze(lm: LoadedModel) -> None:
         p.requires_grad_(False)
 
 
+def _micro_batch(lm: LoadedModel, translators: Translators, texts: list[str],
+                 cfg: TunedTrainConfig) -> tuple[int, float]:
+    """Forward and backward of one (shard of a) micro-batch: its real tokens and its KL sum
+    in nats (nothing to do for an empty shard)."""
+    if not texts:
+        return 0, 0.0
+    batch = lm.encode(texts, padding_side="right", max_length=cfg.max_length)
+    states, final = forward_states(lm, batch)
+    mask = batch["attention_mask"]
+    loss = tuned_loss(lm, translators, states, final, mask)
+    (loss / cfg.tokens_per_step).backward()
+    return int(mask.sum()), float(loss.detach())
+
+
 def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None = None, *,
                 state_path: str | Path | None = None, progress: bool = True,
-                stop_after: int | None = None) -> tuple[TunedLens, list[dict]]:
+                stop_after: int | None = None, world: dd.World | None = None
+                ) -> tuple[TunedLens, list[dict]]:
     """Fit translators on ``texts``; returns the lens and the loss history per step.
 
     With ``state_path`` the run checkpoints every ``cfg.checkpoint_every`` steps and resumes
     from the file when it exists. ``stop_after`` (a test aid; also ``REPRLAB_STOP_AFTER``)
-    interrupts the run after that step's checkpoint.
+    interrupts the run after that step's checkpoint. With a ``world`` of several processes
+    (:func:`reprlab.distributed.init_from_env`) every rank calls this with the same texts and
+    settings; each runs its slice of every micro-batch, all return the same lens and history,
+    and only rank 0 writes ``state_path``.
     """
     cfg = cfg or TunedTrainConfig()
+    world = world or dd.World()
     if not texts:
         raise DataError("no texts to train the tuned lens on; pass a dataset with text rows")
     if stop_after is None and os.environ.get("REPRLAB_STOP_AFTER"):
@@ -138,6 +168,9 @@ def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None 
             step, epoch, cursor = info["step"], info["epoch"], info["cursor"]
             history = info["history"]
             logger.info("resuming the tuned lens at step %d", step)
+    params = list(translators.parameters())
+    dd.broadcast_parameters(params, world)
+    dd.barrier(world)  # every rank has read the saved state before rank 0 writes it again
 
     def order(ep: int) -> list[int]:
         g = torch.Generator().manual_seed(cfg.seed * 1000003 + ep)
@@ -145,7 +178,7 @@ def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None 
 
     perm = order(epoch)
     bar = tqdm(total=cfg.steps, initial=step, desc="tuned lens", unit="step",
-               disable=not progress)
+               disable=not progress or not world.main)
     try:
         while step < cfg.steps:
             opt.zero_grad(set_to_none=True)
@@ -156,28 +189,30 @@ def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None 
                     perm = order(epoch)
                 idx = perm[cursor:cursor + cfg.batch_size]
                 cursor += len(idx)
-                batch = lm.encode([texts[i] for i in idx], padding_side="right",
-                                  max_length=cfg.max_length)
-                states, final = forward_states(lm, batch)
-                mask = batch["attention_mask"]
-                loss = tuned_loss(lm, translators, states, final, mask)
-                (loss / cfg.tokens_per_step).backward()
-                tokens += int(mask.sum())
-                loss_sum += float(loss.detach())
+                lo, hi = dd.shard_bounds(len(idx), world.rank, world.size)
+                n, kl = _micro_batch(lm, translators, [texts[i] for i in idx[lo:hi]], cfg)
+                # the budget counts every process's tokens, so all take the same micro-batches
+                tokens += int(round(dd.all_sum(n, world, lm.device)))
+                loss_sum += kl
+            if world.size > 1:
+                dd.sum_gradients(params, world)
+                loss_sum = dd.all_sum(loss_sum, world, lm.device)
             opt.step()
             sched.step()
             step += 1
             history.append({"step": step, "kl_sum_bits": loss_sum / tokens / LN2,
                             "tokens": tokens, "lr": sched.get_last_lr()[0]})
-            report_step(step, **{k: v for k, v in history[-1].items() if k != "step"})
+            if world.main:
+                report_step(step, **{k: v for k, v in history[-1].items() if k != "step"})
             bar.update(1)
             bar.set_postfix(kl=f"{history[-1]['kl_sum_bits']:.3f}")
-            if state_path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps
-                                           or step == stop_after):
+            if state_path is not None and world.main and (
+                    step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after):
                 save_train_state(state_path, translators, opt, sched,
                                  {"step": step, "epoch": epoch, "cursor": cursor,
                                   "history": history, "config": asdict(cfg)})
             if stop_after is not None and step == stop_after and step < cfg.steps:
+                dd.barrier(world)
                 raise KeyboardInterrupt
     finally:
         bar.close()
