@@ -1,4 +1,5 @@
-"""Slow lens checks: two torchrun processes end with identical weights; a SIGKILL mid-run
+"""Slow lens checks: two torchrun processes end with identical weights, those of one process
+on the same global batch (8 samples a step, 3 steps); a SIGKILL mid-run
 and a restart end with the weights of an uninterrupted run; on the mini toy model the tuned
 lens beats the logit lens and the talkative lens beats the shuffled-token baseline."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,16 +32,31 @@ def _talk(model, out, steps, extra=()):
             "--checkpoint-every", "1", "--no-progress", *extra]
 
 
-def test_torchrun_two_processes_agree(toy_mini, tmp_path):
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_agree_with_one(toy_mini, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "reprlab", *_talk(toy_mini.base, out, 3)]
+           "--master_port", str(_port()), "-m", "reprlab", *_talk(toy_mini.base, out, 3)]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads((out / "results.json").read_text())
     checks = r["facts"]["rank_checksums"]
     assert r["facts"]["world_size"] == 2 and len(checks) == 2 and checks[0] == checks[1]
     assert len(r["history"]) == 3
+    assert main(_talk(toy_mini.base, tmp_path / "one", 3)) == 0
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    for ra, rb in zip(one["history"], r["history"], strict=True):
+        for k in ("loss", "loss_mse", "loss_kl", "fve_batch"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), k
+    a = load_file(str(tmp_path / "one" / "lens.safetensors"))
+    b = load_file(str(out / "lens.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
 
 
 def test_sigkill_and_resume_equals_uninterrupted(toy_mini, tmp_path):

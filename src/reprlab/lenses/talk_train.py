@@ -1,6 +1,13 @@
 """Train a talkative lens: the target model is frozen; the decoder/encoder pair, its
 projections and soft prompts learn from scheduled losses (see :mod:`talk_losses`). Resumable
-(one training-state file) and data-parallel under ``torchrun``."""
+(one training-state file).
+
+Data-parallel under ``torchrun`` / ``accelerate launch``: every process draws the batch a single
+process would draw at that step (the same epoch order) and the Gumbel noise of the whole batch
+(seeded by the step, one row per sample), then runs its contiguous slice of the rows
+(:func:`~reprlab.distributed.shard_bounds`). Every loss is a mean over the batch's rows, so each
+process weighs its losses by its share of the rows and the gradients are summed: the step, the
+clipping and the logged losses are those of one process on the whole batch."""
 
 from __future__ import annotations
 
@@ -16,7 +23,6 @@ from tqdm.auto import tqdm
 import reprlab.distributed as dd
 from reprlab.cliutil import require
 from reprlab.errors import ConfigError
-from reprlab.lenses.metrics import fve
 from reprlab.lenses.schedules import parse_tau, parse_weight
 from reprlab.lenses.talk import (
     TalkativeLens,
@@ -26,7 +32,7 @@ from reprlab.lenses.talk import (
     site_layer,
     splice_logits,
 )
-from reprlab.lenses.talk_data import LensData, shard
+from reprlab.lenses.talk_data import LensData
 from reprlab.lenses.talk_losses import LOSSES, combine, resample_splice
 from reprlab.lenses.talk_model import TalkModule, gumbel_noise
 from reprlab.models import LoadedModel
@@ -161,6 +167,17 @@ def _optimizer(module: TalkModule, cfg: TalkConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
 
 
+def step_batch(batch_size: int, n_train: int, world_size: int = 1) -> int:
+    """The global batch of a step (``batch_size``, at most the training samples); one line
+    when it cannot give every process at least one row."""
+    batch = max(1, min(batch_size, n_train))
+    if batch < world_size:
+        raise ConfigError(f"a step's batch of {batch} samples cannot be split over "
+                          f"{world_size} processes; give --batch-size {world_size} or more "
+                          f"(and at least {world_size} training samples)")
+    return batch
+
+
 def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
                state_path: str | Path | None = None, progress: bool = True,
                stop_after: int | None = None, world: dd.World | None = None
@@ -180,6 +197,7 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
                           f"{site.name}; use another --store")
     n_eval = min(cfg.eval_rows, max(0, len(data) - 1))
     train_idx = list(range(len(data) - n_eval))
+    batch = step_batch(cfg.batch_size, len(train_idx), world.size)
     torch.manual_seed(cfg.seed)
     module = build_module(lm, spec)
     module.eval()  # no dropout: the pair is deterministic given the Gumbel noise
@@ -187,14 +205,12 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
     dd.broadcast_parameters(params, world)
     opt = _optimizer(module, cfg)
     tau_s, w_s = cfg.schedules()
-    mine = shard(train_idx, world.rank, world.size)
-    per_rank = max(1, min(cfg.batch_size, len(mine)))
-    steps_per_epoch = max(1, len(mine) // per_rank)
+    steps_per_epoch = max(1, len(train_idx) // batch)
     step, history = 0, []
     if state_path is not None and Path(state_path).exists():
         info = load_train_state(state_path, module, opt, None, rng=False)
         if info is not None:
-            if info.get("config") != asdict(cfg) or info.get("world") != world.size:
+            if info.get("config") != asdict(cfg):
                 raise ConfigError(f"{state_path} holds a run with other settings; use another "
                                   "--out or delete it to start over")
             step, history = info["step"], info["history"]
@@ -207,28 +223,33 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
         while step < cfg.steps:
             epoch, k = divmod(step, steps_per_epoch)
             g = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
-            order = torch.randperm(len(mine), generator=g)
-            idx = torch.tensor(mine)[order[k * per_rank:(k + 1) * per_rank]]
+            order = torch.randperm(len(train_idx), generator=g)
+            rows = torch.tensor(train_idx)[order[k * batch:(k + 1) * batch]]
+            lo, hi = dd.shard_bounds(len(rows), world.rank, world.size)
+            share = (hi - lo) / len(rows)
+            idx = rows[lo:hi]
             tau = max(TAU_FLOOR, tau_s(step, cfg.steps, steps_per_epoch))
             weights = {n: s(step, cfg.steps, steps_per_epoch) for n, s in w_s.items()}
-            gn = torch.Generator().manual_seed(cfg.seed * 7919 + step * 104729 + world.rank)
-            noise = gumbel_noise((len(idx), cfg.tokens, vocab), gn)
-            noise2 = gumbel_noise((len(idx), cfg.tokens, vocab), gn) \
+            # the whole batch's noise on every rank (seeded by the step), sliced to its rows
+            gn = torch.Generator().manual_seed(cfg.seed * 7919 + step * 104729)
+            noise = gumbel_noise((len(rows), cfg.tokens, vocab), gn)[lo:hi]
+            noise2 = gumbel_noise((len(rows), cfg.tokens, vocab), gn)[lo:hi] \
                 if cfg.resample_ablation else None
             values, a_hat = step_losses(lm, module, data, idx, cfg, tau, weights, noise, noise2,
                                         site, prefix)
             total = combine(values, weights)
             opt.zero_grad(set_to_none=True)
-            total.backward()
-            dd.average_gradients(params, world)
+            if world.size > 1:
+                (total * share).backward()  # a mean over rows: the shares' sum is the batch's
+                dd.sum_gradients(params, world)
+            else:
+                total.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             step += 1
-            a = data.a[idx]
-            row = {"step": step, "loss": dd.all_sum(float(total.detach()), world, lm.device) / world.size,
-                   "tau": tau, "fve_batch": float(fve(a_hat.detach().cpu(), a, data.mean))}
-            row.update({f"loss_{n}": float(v.detach()) for n, v in values.items()})
+            m = _step_metrics(total, values, a_hat, data, idx, share, world, lm.device)
+            row = {"step": step, "loss": m["loss"], "tau": tau, **m}
             row.update({f"w_{n}": w for n, w in weights.items()})
             history.append(row)
             if world.main:
@@ -254,6 +275,23 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
              "rank_checksums": checks, "world_size": world.size,
              "steps_per_epoch": steps_per_epoch}
     return lens, history, facts
+
+
+def _step_metrics(total: torch.Tensor, values: dict[str, torch.Tensor], a_hat: torch.Tensor,
+                  data: LensData, idx: torch.Tensor, share: float, world: dd.World,
+                  device: Any) -> dict[str, float]:
+    """The whole batch's loss, per-loss values and FVE: share-weighted losses and the FVE's
+    two sums added over processes (one all-reduce)."""
+    a = data.a[idx].double()
+    err = float(((a_hat.detach().cpu().double() - a) ** 2).sum())
+    spread = float(((a - data.mean.double()) ** 2).sum())
+    names = list(values)
+    local = [float(total.detach()) * share, *(float(values[n].detach()) * share for n in names),
+             err, spread]
+    got = dd.all_sum_list(local, world, device)
+    out = {"loss": got[0], "fve_batch": 1.0 - got[-2] / max(got[-1], 1e-30)}
+    out.update({f"loss_{n}": v for n, v in zip(names, got[1:-2], strict=True)})
+    return out
 
 
 def _model_summary(lm: LoadedModel) -> dict:
