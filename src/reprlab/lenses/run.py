@@ -22,7 +22,7 @@ from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import loss_figure, tuned_figure
 from reprlab.lenses.talk import TalkativeLens, read_activation
-from reprlab.lenses.talk_data import describe, dump
+from reprlab.lenses.talk_data import describe, dump, load_dump
 from reprlab.lenses.talk_eval import evaluate_talk
 from reprlab.lenses.talk_train import TalkConfig, train_talk
 from reprlab.lenses.tuned import TunedLens
@@ -221,10 +221,8 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
                          position=position, seed=cfg.seed, max_length=max_length,
                          progress=progress)
         dd.barrier(world)
-        if not world.main:
-            data_ = dump(lm, texts, resolve_sites(lm, cfg.site)[0].name, dump_dir,
-                         position=position, seed=cfg.seed, max_length=max_length,
-                         progress=False)
+        if not world.main:  # read what rank 0 dumped, writing nothing
+            data_ = load_dump(dump_dir, lm)
         run = RunDir.create(out, "lens-talk", config={**asdict(cfg), "position": position,
                                                        "max_length": max_length,
                                                        "best_of": best_of},
