@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import platform
@@ -83,11 +84,46 @@ def rotate(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int =
             for k, v in runs.items()}
 
 
+#: thread counts reprlab's policy chose (``for_work``) for the work run under ``threads(None)``
+POLICY_CHOICES: collections.Counter = collections.Counter()
+
+
+@contextlib.contextmanager
+def _recording_policy() -> Iterator[None]:
+    from reprlab import _threads
+
+    real = _threads.for_work
+
+    @contextlib.contextmanager
+    def recorded(kind, flops=None, threads=None):
+        with real(kind, flops, threads) as n:
+            POLICY_CHOICES[n] += 1
+            yield n
+
+    _threads.for_work = recorded
+    try:
+        yield
+    finally:
+        _threads.for_work = real
+
+
+def policy_summary() -> str:
+    """What the policy chose since the last call (``"1 thread for 40 of 52 forwards, ..."``),
+    then forget it."""
+    total = sum(POLICY_CHOICES.values())
+    if not total:
+        return "reprlab's policy chose nothing (no reprlab forward ran under the default)"
+    parts = [f"{n} thread{'s' if n > 1 else ''} for {c} of {total}"
+             for n, c in sorted(POLICY_CHOICES.items())]
+    POLICY_CHOICES.clear()
+    return "reprlab's policy at the default: " + ", ".join(parts) + " scoped forwards"
+
+
 @contextlib.contextmanager
 def threads(n: int | None) -> Iterator[None]:
     """Both sides at ``n`` threads: torch (reprlab's policy via ``set_threads``; ``None``
-    leaves reprlab's own choice) and every BLAS / OpenMP pool (threadpoolctl) that
-    scikit-learn, NumPy and POT use."""
+    leaves reprlab's own choice, recorded in :data:`POLICY_CHOICES`) and every BLAS / OpenMP
+    pool (threadpoolctl) that scikit-learn, NumPy and POT use."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -98,7 +134,7 @@ def threads(n: int | None) -> Iterator[None]:
     if n:
         torch.set_num_threads(n)
     try:
-        with threadpool_limits(limits=n) if n else contextlib.nullcontext():
+        with threadpool_limits(limits=n) if n else _recording_policy():
             yield
     finally:
         _threads.set_threads(None)

@@ -11,10 +11,16 @@
     ``--batch-sizes`` is timed for every variant (each side's best is what to compare).
 
 All variants run in rotation at one thread (medians of CPU time and wall time, load
-printed), then at two threads and at the default (torch's, for both: capture has no thread
-policy of its own).
+printed), then at two threads and at the default. The default is what a user gets without
+setting anything: `reprlab.capture` applies reprlab's thread policy to each batch
+(`reprlab._threads.for_forward`: one thread unless the batch's largest linear product is big
+enough, then the cores the load leaves free); the plain forward, nnsight and the bare
+`hooks.record` of part (a) run at torch's own default (every core). Part (b) times each
+side's best batch size at one thread, two threads and the default in one rotation, and
+prints what the policy chose.
 
-    python benchmarks/capture.py [--rows 512] [--repeats 3] [--models minilm] [--parts a,b]
+    python benchmarks/capture.py [--rows 512] [--repeats 3] [--repeats-threads N]
+                                 [--models minilm] [--parts a,b]
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, mixed_texts, rotate, table, threads  # noqa: E402
+from _common import machine, mixed_texts, policy_summary, rotate, table, threads  # noqa: E402
 
 from reprlab import hooks  # noqa: E402
 from reprlab.capture import capture  # noqa: E402
@@ -107,7 +113,8 @@ def identical_batches(lm: LoadedModel, texts: list[str], batch: int, repeats: in
         print(table(list(times.items()), ref=next(iter(times))))
 
 
-def end_to_end(lm: LoadedModel, texts: list[str], sizes: list[int], repeats: int) -> None:
+def end_to_end(lm: LoadedModel, texts: list[str], sizes: list[int], repeats: int,
+               repeats_threads: int) -> None:
     from nnsight import NNsight
     from safetensors.torch import save_file
 
@@ -164,17 +171,20 @@ def end_to_end(lm: LoadedModel, texts: list[str], sizes: list[int], repeats: int
     print(table(list(times.items()), ref=best["reprlab"]))
     pick = {side: int(k.split("batch ")[1].split(",")[0]) for side, k in best.items()}
     fns, setups = {}, {}
-    for t in (2, None):
-        tag = "default" if t is None else "2 threads"
+    for t in (1, 2, None):
+        tag = {1: "1 thread", 2: "2 threads", None: "default"}[t]
         f, s_ = variants(t, tag, sorted(set(pick.values())))
         keep = {k: v for k, v in f.items()
                 if any(k.startswith(side) and f"batch {pick[side]}," in k for side in pick)}
         fns.update(keep)
         setups.update({k: s_[k] for k in keep})
-    times2 = rotate(fns, repeats=1, warmup=0, setups=setups)
-    print("  each variant at its best batch size, two threads and default, one round:")
-    print(table([(best["reprlab"], times[best["reprlab"]])] + list(times2.items()),
-                ref=best["reprlab"]))
+    policy_summary()  # forget choices made before this rotation
+    times2 = rotate(fns, repeats=repeats_threads, warmup=0, setups=setups)
+    print(f"  each variant at its best batch size at one thread, two threads and the default "
+          f"(reprlab: its policy; nnsight: torch's), {repeats_threads} round(s) in rotation; "
+          "ratios to reprlab at one thread:")
+    print(table(list(times2.items()), ref=best["reprlab"]))
+    print("  " + policy_summary())
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -185,6 +195,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="part (a)")
     ap.add_argument("--batch-sizes", default="16,32,64", help="part (b), every variant")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats-threads", type=int, default=0,
+                    help="rounds of part (b)'s 1 / 2 / default rotation (0: --repeats)")
     ap.add_argument("--models", default="minilm", help="minilm,gpt2-small-random")
     ap.add_argument("--parts", default="a,b", help="a: identical batches; b: end to end")
     args = ap.parse_args()
@@ -206,7 +218,7 @@ def main() -> None:
             print(f"\n== {name}: (b) end to end, {args.rows} mixed-length rows -> last + mean "
                   "of every block on disk ==")
             end_to_end(lm, mixed_texts(args.rows), [int(b) for b in args.batch_sizes.split(",")],
-                       args.repeats)
+                       args.repeats, args.repeats_threads or args.repeats)
 
 
 if __name__ == "__main__":

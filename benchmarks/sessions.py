@@ -7,9 +7,12 @@ session (64 texts, batch 16, 3 epochs, forward stopped after the probed layer).
 
     python benchmarks/sessions.py [--k 16] [--repeats 5]
 
-Both backends run in rotation at one thread, then at two threads and at each side's default
-(reprlab's thread policy; torch's own default for nnsight), and the script prints the medians of
-CPU time and wall time, the load average and the ratio nnsight / local.
+Both backends run in rotation at one thread, then at one, two threads and the default, and the
+script prints the medians of CPU time and wall time, the load average and the ratio
+nnsight / local. The default is what a user of `reprlab.session` gets without setting
+anything: both backends run here apply reprlab's thread policy (the local one per forward,
+the nnsight one once per session, sized by its largest forward); the script prints what the
+policy chose.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, rotate, table, threads  # noqa: E402
+from _common import machine, policy_summary, rotate, table, threads  # noqa: E402
 
 
 def small_model():
@@ -66,7 +69,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--repeats-threads", type=int, default=3,
-                    help="rounds at two threads / default")
+                    help="rounds of the one / two threads / default rotation")
     args = ap.parse_args()
     print(machine())
     lm = small_model()
@@ -77,16 +80,19 @@ def main() -> None:
         ("probe session, 64 texts x 3 epochs", lambda be: probe_session(lm, be)),
     ):
         print(f"\n== {name} ==")
-        for rows, reps in (([1], args.repeats), ([2, None], args.repeats_threads)):
+        for rows, reps in (([1], args.repeats), ([1, 2, None], args.repeats_threads)):
             fns, setups = {}, {}
             for t in rows:
                 tag = "default" if t is None else f"{t} thread{'s' if t > 1 else ''}"
                 for be in ("local", "nnsight"):
                     fns[f"{be}, {tag}"] = lambda fn=fn, be=be: fn(be)
                     setups[f"{be}, {tag}"] = lambda t=t: threads(t)
+            policy_summary()  # forget the warm-up of earlier rounds
             times = rotate(fns, repeats=reps, setups=setups)
             print(f"medians of {reps} rounds in rotation")
             print(table(list(times.items()), ref=next(iter(times))))
+            if None in rows:
+                print(policy_summary())
 
 
 if __name__ == "__main__":

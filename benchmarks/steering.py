@@ -10,7 +10,10 @@ Fair set-up: steering-vectors gets the base model without the language-model hea
 forward stops after the deepest requested block, so the head would be work only the peer
 does; ``--peer-head`` times the peer with the head, as users usually call it), every batch
 size in ``--batch-sizes`` is timed for both sides (pairs per batch; each side's best is
-compared), one thread on both sides, then two threads and each side's default.
+compared), one thread on both sides, then each side at its best batch size at one thread, two
+threads and its default in one rotation: reprlab's default is its thread policy (per batch,
+`reprlab._threads.for_forward`; the script prints what it chose), steering-vectors' is torch's
+(every core).
 
     python benchmarks/steering.py --repeats 3
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, rotate, table, threads  # noqa: E402
+from _common import machine, policy_summary, rotate, table, threads  # noqa: E402
 
 
 def build_model(hidden: int, layers: int, seed: int = 0):
@@ -46,7 +49,8 @@ def build_model(hidden: int, layers: int, seed: int = 0):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--repeats-threads", type=int, default=1)
+    ap.add_argument("--repeats-threads", type=int, default=2,
+                    help="rounds of the one / two threads / default rotation")
     ap.add_argument("--batch-sizes", default="16,60", help="pairs per batch, both sides")
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--layers", type=int, default=12)
@@ -85,7 +89,7 @@ def main() -> None:
         print(f"\n== {name} ({method} vs steering-vectors {name}_aggregator), "
               f"{len(pairs)} pairs, random GPT-2 {args.hidden}d x {args.layers} ==")
         best: dict[str, int] = {}
-        for rows, reps in (([1], args.repeats), ([2, None], args.repeats_threads)):
+        for rows, reps in (([1], args.repeats), ([1, 2, None], args.repeats_threads)):
             fns, setups = {}, {}
             for t in rows:
                 tag = "default" if t is None else f"{t} thread{'s' if t > 1 else ''}"
@@ -103,11 +107,17 @@ def main() -> None:
                         lambda bs=sizes[0]: theirs("mean", bs, lm.model))
                     setups[f"steering-vectors with LM head, batch {sizes[0]}, {tag}"] = (
                         lambda t=t: threads(t))
+            policy_summary()  # forget earlier rounds
             times = rotate(fns, repeats=reps, warmup=1 if reps > 1 else 0, setups=setups)
             ref = min((k for k in times if k.startswith("reprlab")),
                       key=lambda k: times[k]["cpu"])
-            print(f"medians of {reps} round(s) in rotation; ratios to the best reprlab row")
+            if best:  # the thread rotation: ratios to reprlab at one thread
+                ref = next(k for k in times if k.startswith("reprlab") and "1 thread" in k)
+            print(f"medians of {reps} round(s) in rotation; ratios to "
+                  f"{'reprlab at one thread' if best else 'the best reprlab row'}")
             print(table(list(times.items()), ref=ref))
+            if None in rows:
+                print(policy_summary())
             if not best:
                 for side in ("reprlab", "steering-vectors"):
                     k = min((k for k in times if k.startswith(side + ", batch")),
