@@ -167,6 +167,7 @@ def test_fused_line_search_pass_gives_the_same_fit(monkeypatch, n_classes):
     # sweep over the rows; forced on for small data here, it must change nothing but speed
     import reprlab.probes.logistic as LG
 
+    monkeypatch.setattr(LG, "NEWTON_AFTER", 10**9)  # (wide layers never use it)
     X, y = correlated(600, 50, layers=2, seed=6)
     Y = torch.stack([y, y.flip(0)]) if n_classes == 2 else torch.stack([y + (y.flip(0) & y)])
     kw = {"n_classes": n_classes, "l2": 1e-3, "tol": 1e-7, "max_iter": 2000,

@@ -80,10 +80,13 @@ class _Objective:
 
     ``pre``: an optional preconditioner (:mod:`reprlab.probes.precondition`), refreshed from
     the logits at every gradient; ``basis [L, d, r]``: the orthonormal basis ``X`` was rotated
-    into, used to confirm convergence in the original coordinates."""
+    into, used to confirm convergence in the original coordinates. ``layers``: for layers
+    too big for the caches (``fused``), which layers of ``X`` the batch holds: they are
+    worked on one at a time, so packing never copies the rows."""
 
     def __init__(self, X: torch.Tensor, Y: torch.Tensor, l2: torch.Tensor, k: int,
-                 intercept: bool, pre=None, basis: torch.Tensor | None = None) -> None:
+                 intercept: bool, pre=None, basis: torch.Tensor | None = None,
+                 layers: torch.Tensor | None = None) -> None:
         self.X, self.k, self.intercept = X, k, intercept
         self.d = X.shape[-1]
         self.n = X.shape[-2]
@@ -96,21 +99,25 @@ class _Objective:
         self.precondition_scaled = pre is not None
         self.reuses_line_value = True  # line_value is exactly the objective (see lbfgs)
         self.fused = X.dim() == 3 and X[0].numel() * X.element_size() >= FUSE_BYTES
+        self.layers = layers if self.fused else None
         self._unit: tuple[torch.Tensor, torch.Tensor] | None = None  # (state, X^T dz) at t=1
         self.gradients = 0  # evaluated so far (carried over by restrict)
         self.tol: float | None = None  # the stopping tolerance, set by the fit
 
     def restrict(self, li: torch.Tensor, pi: torch.Tensor) -> _Objective:
         """The same objective on layers ``li`` and, per layer, problems ``pi [L', P']``."""
-        same = li.numel() == self.X.shape[0]  # every layer stays (in order): keep X as is
-        if self.X.dim() == 3:
+        same = li.numel() == self.Y.shape[0]  # every layer stays (in order): keep X as is
+        layers = None
+        if self.fused:
+            X, layers = self.X, self._layer_ids()[li]
+        elif self.X.dim() == 3:
             X = self.X if same else self.X.index_select(0, li)
         else:
             X = _take(self.X, li, pi)
         pre = self.pre.take(li, pi) if self.pre is not None else None
         basis = self.basis if self.basis is None or same else self.basis.index_select(0, li)
         out = _Objective(X, _take(self.Y, li, pi), _take(self.l2, li, pi), self.k,
-                         self.intercept, pre, basis)
+                         self.intercept, pre, basis, layers)
         out.gradients, out.tol = self.gradients, self.tol
         return out
 
@@ -122,8 +129,20 @@ class _Objective:
         t = theta.view(*theta.shape[:-1], self.k, self.d + 1)
         return t[..., : self.d], t[..., self.d]
 
+    def _layer_ids(self) -> torch.Tensor:
+        if self.layers is None:
+            return torch.arange(self.Y.shape[0], device=self.X.device)
+        return self.layers
+
+    def _rows(self, i: int) -> torch.Tensor:
+        """The rows ``[n, d]`` of the batch's layer ``i`` (a view)."""
+        return self.X[int(self.layers[i])] if self.layers is not None else self.X[i]
+
     def logits(self, theta: torch.Tensor) -> torch.Tensor:
         w, b = self.split(theta)
+        if self.fused:
+            return torch.cat([linear_logits(self._rows(i)[None], w[i:i + 1], b[i:i + 1])
+                              for i in range(w.shape[0])])
         return linear_logits(self.X, w, b)
 
     def _value(self, z: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -141,6 +160,9 @@ class _Objective:
         unit, self._unit = self._unit, None
         if unit is not None and unit[0] is z:  # the line search's pass already made it
             gw = unit[1]
+        elif self.fused:
+            gw = torch.stack([torch.einsum("nd,pnk->pkd", self._rows(i), dz[i])
+                              for i in range(dz.shape[0])])
         elif self.X.dim() == 3:
             gw = torch.einsum("lnd,lpnk->lpkd", self.X, dz)
         else:
@@ -188,6 +210,7 @@ class _Objective:
         bundled probe workload it cuts the slow tail of the weakly regularised problems from
         53 iterations to 24."""
         if (isinstance(self.pre, P.ExactNewton) or self.k != 1 or self.X.dim() != 3
+                or self.fused
                 or self.gradients < NEWTON_AFTER or self.d + 1 > NEWTON_MAX_DIM
                 or self.tol is None or float(g.abs().amax()) > NEWTON_NEAR * self.tol):
             return False
@@ -226,6 +249,7 @@ class _Objective:
         block = max(8, FUSE_BLOCK // (d * self.X.element_size()))
         onehot = F.one_hot(self.Y, self.k).to(z.dtype) if self.k > 1 else None
         for li in range(L):
+            rows = self._rows(li)
             wl = dw[li].reshape(PK, d)
             wt = wl.T.contiguous() if PK > 3 else None  # X W^T is faster beyond 3 rows
             zl = z[li].transpose(1, 2).reshape(PK, n) + db[li].reshape(PK, 1)
@@ -233,7 +257,7 @@ class _Objective:
             zdl = torch.empty(PK, n, dtype=z.dtype, device=z.device)
             gl = gw[li].view(PK, d).zero_()
             for s in range(0, n, block):
-                xb = self.X[li, s:s + block]  # [b, d]
+                xb = rows[s:s + block]  # [b, d]
                 zdb = (xb @ wt).T if wt is not None else wl @ xb.T  # [P K, b]
                 zdl[:, s:s + block] = zdb
                 zt = zl[:, s:s + block] + zdb
