@@ -55,6 +55,12 @@ def mixed_texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
+#: seconds of idleness before each timed run: BLAS and OpenMP worker threads keep spinning
+#: for a while after a multi-threaded call (OpenBLAS ~0.1 s), and that CPU would otherwise
+#: be charged to whichever variant runs next (it added ~0.1 CPU s to a 0.13 s probe fit)
+SETTLE = 0.5
+
+
 def rotate(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
            setups: dict[str, Callable[[], contextlib.AbstractContextManager]] | None = None
            ) -> dict[str, dict[str, float]]:
@@ -66,6 +72,7 @@ def rotate(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int =
     none = contextlib.nullcontext
 
     def once(name: str) -> tuple[float, float, float]:
+        time.sleep(SETTLE)
         with setups.get(name, none)():
             c0, w0 = time.process_time(), time.perf_counter()
             fns[name]()
