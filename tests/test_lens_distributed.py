@@ -7,14 +7,11 @@ killed mid-way resumes on two processes and ends with the uninterrupted run's le
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launchers import files, launch
 from safetensors.torch import load_file
 
 from reprlab.cli import main
@@ -30,37 +27,6 @@ TALK = ["--data", "builtin:toy-text", "--limit", "40", "--site", "layers.0", "--
         "--steps", "3", "--batch-size", "5", "--eval-rows", "8", "--best-of", "1",
         "--resample-ablation", "--w-lm", "0.5", "--w-ent", "0.1", "--lr", "1e-3",
         "--proj-lr", "1e-2", "--checkpoint-every", "2", "--no-progress"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(home: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "REPRLAB_HOME": str(home),
-            "HF_HOME": str(home / "hf"), "MPLBACKEND": "Agg"}
-
-
-def _launch(argv: list[str], home: Path, cwd: Path, launcher: str = "torchrun"):
-    if launcher == "torchrun":
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(_port())]
-    else:  # accelerate's multi-process launcher (torchrun underneath; gloo on CPU)
-        head = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no", "--main_process_port", str(_port())]
-    cwd.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run([*head, "-m", "reprlab", *argv], env=_env(home), cwd=cwd,
-                         capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
-    return res
-
-
-def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
 def _history(run: Path) -> list[dict]:
@@ -87,7 +53,7 @@ def _same_history(one: Path, two: Path, keys: tuple[str, ...], steps: int) -> No
 def _wrote_only_the_run(work: Path, run: Path, one: Path, home: Path) -> None:
     # the run directory holds exactly what a one-process run writes; nothing else appeared
     # in the working directory or the home
-    assert _files(run) == _files(one)
+    assert files(run) == files(one)
     assert sorted(p.name for p in work.iterdir()) == [run.name]
     assert not home.exists() or not [p for p in home.rglob("*") if p.is_file()]
 
@@ -97,7 +63,7 @@ def tuned(toy_mini, tmp_path_factory):
     root = tmp_path_factory.mktemp("tuned-dp")
     model = ["lens", "tuned", "train", "--model", str(toy_mini.base)]
     assert main([*model, *TUNED, "--out", str(root / "one")]) == 0
-    res = _launch([*model, *TUNED, "--out", "two"], root / "home", root / "work")
+    res = launch([*model, *TUNED, "--out", "two"], root / "home", root / "work")
     return root, res, model
 
 
@@ -138,7 +104,7 @@ def test_tuned_killed_one_process_run_resumes_on_two(tuned, monkeypatch):
     monkeypatch.delenv("REPRLAB_STOP_AFTER")
     assert not (cut / "manifest.json").exists() and (cut / "train_state.safetensors").exists()
     launcher = "accelerate" if _has("accelerate") else "torchrun"
-    _launch([*model, *TUNED, "--out", str(cut)], root / "home2", root / "work2", launcher)
+    launch([*model, *TUNED, "--out", str(cut)], root / "home2", root / "work2", launcher)
     _same_lens(root / "one", cut)
     _same_history(root / "one", cut, ("kl_sum_bits", "tokens", "lr"), 3)
 
@@ -148,7 +114,7 @@ def talk(toy_mini, tmp_path_factory):
     root = tmp_path_factory.mktemp("talk-dp")
     model = ["lens", "talk", "train", "--model", str(toy_mini.base)]
     assert main([*model, *TALK, "--out", str(root / "one")]) == 0
-    res = _launch([*model, *TALK, "--out", "two"], root / "home", root / "work")
+    res = launch([*model, *TALK, "--out", "two"], root / "home", root / "work")
     return root, res
 
 

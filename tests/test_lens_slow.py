@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+from launchers import free_port
 from safetensors.torch import load_file
 
 from reprlab.cli import main
@@ -32,16 +32,10 @@ def _talk(model, out, steps, extra=()):
             "--checkpoint-every", "1", "--no-progress", *extra]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_processes_agree_with_one(toy_mini, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_port()), "-m", "reprlab", *_talk(toy_mini.base, out, 3)]
+           "--master_port", str(free_port()), "-m", "reprlab", *_talk(toy_mini.base, out, 3)]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads((out / "results.json").read_text())

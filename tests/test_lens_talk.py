@@ -17,7 +17,7 @@ from reprlab.lenses import load_lens
 from reprlab.lenses.metrics import fve, normalised_rmse, token_usage
 from reprlab.lenses.schedules import parse_schedule, parse_tau
 from reprlab.lenses.talk import TalkativeLens
-from reprlab.lenses.talk_data import dump, shard
+from reprlab.lenses.talk_data import dump
 from reprlab.lenses.talk_eval import original_tokens
 from reprlab.lenses.talk_losses import combine, normalised_mse, resample_splice
 from reprlab.lenses.talk_model import TalkModule, gumbel_noise, straight_through
@@ -148,7 +148,6 @@ def test_dump_is_reused_without_a_forward_and_checks_the_model(lm, tmp_path):
     other = make_tiny("llama", hidden=32, layers=2, seed=5)
     with pytest.raises(StoreError, match="captured from"):
         dump(other, TEXTS, "layers.1", tmp_path / "d", progress=False)
-    assert shard(list(range(7)), 1, 2) == [1, 3, 5]
     ids = original_tokens(d1, torch.tensor([0]), 3)
     p = int(d1.pos[0])
     assert ids[0, -1] == d1.input_ids[0, p]

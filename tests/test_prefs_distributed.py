@@ -6,14 +6,11 @@ killed resumes under torchrun; a ReprPO method with a trained transform agrees t
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launchers import files, launch
 from safetensors.torch import load_file
 
 from reprlab.cli import main
@@ -27,39 +24,8 @@ COMMON = ["--data", "builtin:toy-prefs", "--limit", "16", "--batch-size", "5",
           "--lora-targets", "all-linear", "--no-progress"]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(home: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "REPRLAB_HOME": str(home),
-            "HF_HOME": str(home / "hf"), "MPLBACKEND": "Agg"}
-
-
-def _launch(argv: list[str], home: Path, cwd: Path, launcher: str = "torchrun"):
-    if launcher == "torchrun":
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(_port())]
-    else:  # accelerate's multi-process launcher (torchrun underneath; gloo on CPU)
-        head = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no", "--main_process_port", str(_port())]
-    cwd.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run([*head, "-m", "reprlab", *argv], env=_env(home), cwd=cwd,
-                         capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
-    return res
-
-
 def _log(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
-
-
-def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
 def _assert_same_run(one: Path, two: Path, steps: int) -> float:
@@ -86,8 +52,8 @@ def dpo(toy_mini, tmp_path_factory):
     assert main(["prefs", "train", *model, *COMMON, "--ref-cache", str(root / "cache1"),
                  "--out", str(root / "one")]) == 0
     work = root / "work"
-    res = _launch(["prefs", "train", *model, *COMMON, "--ref-cache", str(work / "cache"),
-                   "--out", str(work / "two")], root / "home", work)
+    res = launch(["prefs", "train", *model, *COMMON, "--ref-cache", str(work / "cache"),
+                  "--out", str(work / "two")], root / "home", work)
 
     from reprlab.prefs import train
 
@@ -103,8 +69,8 @@ def dpo(toy_mini, tmp_path_factory):
     with pytest.raises(Killed):
         train(str(toy_mini.sft), out=root / "cut", on_step=kill, **kw)
     assert not (root / "cut" / "manifest.json").exists()
-    resumed = _launch(["prefs", "train", *model, *COMMON, "--ref-cache", str(root / "cache1"),
-                       "--out", str(root / "cut")], root / "home", root)
+    resumed = launch(["prefs", "train", *model, *COMMON, "--ref-cache", str(root / "cache1"),
+                      "--out", str(root / "cut")], root / "home", root)
     return root, res, resumed
 
 
@@ -126,7 +92,7 @@ def test_rank_zero_alone_writes(dpo):
     work, one = root / "work", root / "one"
     # the run directory holds exactly what a one-process run writes, and nothing else
     # appeared in the working directory or the home: no second log, state or cache entry
-    assert _files(work / "two") == _files(one)
+    assert files(work / "two") == files(one)
     assert len((work / "two" / "train_log.jsonl").read_text().splitlines()) == 4
     entries = [p.name for p in (work / "cache").iterdir()]
     assert len(entries) == 1 and not entries[0].startswith(".")  # rank 0 built it, no temp
@@ -151,7 +117,7 @@ def test_reprpo_with_a_trained_transform_matches_one_process(toy_mini, tmp_path)
             "--method", "innerdpo", "--method-options", "sites=layers.1,transform=etherplus",
             "--ref-cache", str(tmp_path / "cache")]
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
-    _launch([*argv, "--out", str(tmp_path / "two")], tmp_path / "home", tmp_path, launcher)
+    launch([*argv, "--out", str(tmp_path / "two")], tmp_path / "home", tmp_path, launcher)
     _assert_same_run(tmp_path / "one", tmp_path / "two", 2)
     sa = load_file(str(tmp_path / "one" / "state.safetensors"))
     sb = load_file(str(tmp_path / "two" / "state.safetensors"))

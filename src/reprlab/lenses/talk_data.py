@@ -148,11 +148,6 @@ def load_dump(out: str | Path, lm: LoadedModel | None = None, cache_hit: bool = 
                     cache_hit=cache_hit, texts=list(store.texts or []))
 
 
-def shard(indices: list[int], rank: int, world: int) -> list[int]:
-    """This rank's share of the sample indices (every ``world``-th, starting at ``rank``)."""
-    return indices[rank::world]
-
-
 def describe(data: LensData) -> dict[str, Any]:
     return {"path": str(data.path), "site": data.site, "samples": len(data),
             "cache_hit": data.cache_hit, "variance": float(data.variance)}
