@@ -184,6 +184,7 @@ def test_forward_flops_reads_the_config_and_big_batches_get_the_free_cores(monke
     assert _threads.forward_flops(make_tiny("gpt2"), 10) == 2 * 10 * 32 * 128  # 4 x hidden
     assert _threads.forward_flops(768, 100) == 2 * 100 * 768 * 3072
     monkeypatch.setattr(_threads, "cores", lambda: 8)
+    monkeypatch.setattr(_threads, "own_load", lambda: 1.0)
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     with _threads.for_forward(768, 16) as n:  # 7.5e7 flops per product: one thread
         assert n == 1 and torch.get_num_threads() == 1

@@ -22,6 +22,7 @@ def _clean(monkeypatch):
 
 def test_small_work_runs_on_one_thread_large_work_on_the_free_cores(monkeypatch):
     monkeypatch.setattr(_threads, "cores", lambda: 8)
+    monkeypatch.setattr(_threads, "own_load", lambda: 1.0)  # this process: one busy thread
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (2.2, 2.0, 2.0))
     assert _threads.free_cores() == 7  # 8 cores, load 2.2 of which one is ours
     assert _threads.choose("matmul", 1e6) == 1
@@ -30,6 +31,30 @@ def test_small_work_runs_on_one_thread_large_work_on_the_free_cores(monkeypatch)
     assert _threads.choose() == 1
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (30.0, 30.0, 30.0))
     assert _threads.choose("matmul", 1e12) == 1  # a saturated machine: never oversubscribe
+
+
+def test_this_process_own_recent_threads_do_not_count_as_another_jobs(monkeypatch):
+    # a process that ran on both cores for the last minute sees load 2.0 on 2 cores: that
+    # load is its own, so the cores are still free to it; another job's load is not
+    clock = {"wall": 1000.0, "cpu": 50.0}
+    monkeypatch.setattr(_threads.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(_threads.time, "process_time", lambda: clock["cpu"])
+    monkeypatch.setattr(_threads, "_own", {"t": 1000.0, "cpu": 50.0, "avg": 1.0})
+    monkeypatch.setattr(_threads, "cores", lambda: 2)
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    assert _threads.free_cores() == 1  # nothing known yet: one thread of it is ours
+    for _ in range(24):  # two busy threads for two minutes, sampled every 5 s
+        clock["wall"] += 5.0
+        clock["cpu"] += 10.0
+        _threads.own_load()
+    assert 1.8 < _threads.own_load() <= 2.0
+    assert _threads.free_cores() == 2 and _threads.choose("matmul", 1e12) == 2
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    assert _threads.free_cores() == 1  # one more runnable thread is another job's
+    for _ in range(60):  # five idle minutes: its own part fades to the asking thread
+        clock["wall"] += 5.0
+        _threads.own_load()
+    assert _threads.own_load() == 1.0
 
 
 def test_overrides_take_precedence(monkeypatch):

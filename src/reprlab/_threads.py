@@ -4,7 +4,8 @@ Policy (:func:`choose`): many small batched operations (probe fits on a few hund
 dimensions, Sinkhorn iterations, small models) run on **one** thread, where extra threads
 only add synchronisation and, on a busy machine, lose several-fold to oversubscription; an
 operation large enough to keep several cores busy (a big matrix product or
-eigendecomposition) gets the cores that the load average says are free.
+eigendecomposition) gets the cores that the load average says are free of other jobs
+(:func:`free_cores`).
 
 Users override it, in this order of precedence:
 
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,14 +71,32 @@ def configured() -> int | None:
     return max(1, n)
 
 
+_own = {"t": time.monotonic(), "cpu": time.process_time(), "avg": 1.0}
+
+
+def own_load() -> float:
+    """This process's own part of the 1-minute load average: its CPU rate (all its threads),
+    averaged over about a minute as the kernel's load average is; at least 1, the thread
+    asking. Without it, a process that has just run on two threads would read its own load
+    as another job's and drop to one thread."""
+    now, cpu = time.monotonic(), time.process_time()
+    dt = now - _own["t"]
+    if dt >= 0.5:
+        w = math.exp(-dt / 60.0)
+        _own["avg"] = w * _own["avg"] + (1.0 - w) * (cpu - _own["cpu"]) / dt
+        _own.update(t=now, cpu=cpu)
+    return max(1.0, _own["avg"])
+
+
 def free_cores() -> int:
-    """Cores the 1-minute load average leaves free, counting this process's own thread."""
+    """Cores the 1-minute load average leaves free to this process (its own load counted
+    as its own: :func:`own_load`)."""
     n = cores()
     try:
         load = os.getloadavg()[0]
     except OSError:  # pragma: no cover
         return n
-    return max(1, min(n, int(n - load + 1.5)))
+    return max(1, min(n, int(n - load + own_load() + 0.5)))
 
 
 def choose(kind: str = "small", flops: float | None = None) -> int:
