@@ -394,8 +394,8 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
     intercept, in the coordinates of ``X``) is below ``tol`` - scikit-learn's lbfgs rule on
     the same objective (:func:`l2_from_C`). With shared features (``X [L, n, d]``)
     ``precondition`` chooses the inverse-Hessian model that seeds L-BFGS
-    (:mod:`reprlab.probes.precondition`): ``"eigen"`` rotates each layer into the eigenbasis
-    of its Gram matrix (solving in the row space when ``n < d``), ``"lowrank"`` keeps the
+    (:mod:`reprlab.probes.precondition`): ``"eigen"`` models the Hessian in the eigenbasis
+    of each layer's Gram matrix (solving in the row space when ``n < d``), ``"lowrank"`` keeps the
     top ``rank`` eigenpairs, ``"auto"`` (or True) picks eigen up to ``EIGEN_MAX`` columns,
     ``"none"``/False plain L-BFGS. ``compact`` drops converged problems from the batch.
     ``threads``: torch threads (default: :func:`reprlab._threads.choose` for the size of one

@@ -6,16 +6,21 @@ Gram matrix ``G = X^T X / n`` serves all of them. The Hessian of a problem is
 (recomputed from the current probabilities at every gradient, at no matrix product) gives the
 inverse-Hessian model ``(s G + l2 I)^-1``, which is exact when ``S`` is constant.
 
-Two ways to apply it:
+Three ways to apply it:
 
-- :func:`eigen_rotation` + :class:`EigenDiagonal`: rotate ``X`` once into the eigenbasis of
-  ``G`` (one symmetric eigendecomposition of ``min(n, d)`` rows per layer; when ``n < d`` the
-  problem is solved exactly in the ``n``-dimensional row space, since an L2-penalised
-  solution lies there). The model is then diagonal: ``1 / (s lambda_j + l2)``.
+- :func:`eigen_basis` + :class:`EigenDiagonal` with ``V``: one symmetric eigendecomposition
+  of ``G`` per layer; the model ``1 / (s lambda_j + l2)`` is diagonal in the eigenbasis and is
+  applied as ``V diag V^T``, so the rows stay in their own coordinates.
+- :func:`eigen_rotation` + :class:`EigenDiagonal`: when ``n < d``, rotate ``X`` into the
+  ``n``-dimensional row space (from the ``n x n`` kernel) and solve there exactly, since an
+  L2-penalised solution lies in it; the model is then diagonal.
 - :func:`top_eigen` + :class:`LowRank`: for wide layers where a full eigendecomposition
   costs more than the fit, the top ``k`` eigenpairs from randomised subspace iteration and
   one scalar for the rest of the spectrum (the ``k``-th eigenvalue, as in randomised Nystrom
   preconditioning, Frangella, Tropp & Udell 2023).
+
+Near the optimum, :class:`ExactNewton` replaces the model by each remaining problem's exact
+Hessian when that pays (small bases; see ``logistic._Objective._newton_pays``).
 """
 
 from __future__ import annotations
