@@ -98,7 +98,9 @@ class _Objective:
         self.precondition = pre.apply if pre is not None else None
         self.precondition_scaled = pre is not None
         self.reuses_line_value = True  # line_value is exactly the objective (see lbfgs)
-        self.fused = X.dim() == 3 and X[0].numel() * X.element_size() >= FUSE_BYTES
+        # (on a GPU two large products beat thousands of small launches: CPU only)
+        self.fused = (X.dim() == 3 and X.device.type == "cpu"
+                      and X[0].numel() * X.element_size() >= FUSE_BYTES)
         self.layers = layers if self.fused else None
         self._unit: tuple[torch.Tensor, torch.Tensor] | None = None  # (state, X^T dz) at t=1
         self.gradients = 0  # evaluated so far (carried over by restrict)
@@ -302,8 +304,9 @@ def _broadcast_problems(Y: torch.Tensor, l2, L: int) -> tuple[torch.Tensor, torc
     return Y, l2t
 
 
-#: layers whose rows take at least this many bytes (more than a core's caches hold) fuse the
-#: line search's product with the next gradient's, in blocks of about ``FUSE_BLOCK`` bytes
+#: on the CPU, layers whose rows take at least this many bytes (more than a core's caches
+#: hold) fuse the line search's product with the next gradient's, in blocks of about
+#: ``FUSE_BLOCK`` bytes
 FUSE_BYTES = 16 * 2**20
 FUSE_BLOCK = 2**19
 
