@@ -1,4 +1,5 @@
-"""Shared helpers of the preference-training tests: tiny chat models and TRL trainers."""
+"""Shared helpers of the preference-training tests: tiny chat models, TRL trainers and a
+simulated crash."""
 
 from __future__ import annotations
 
@@ -11,6 +12,18 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
     "{% if add_generation_prompt %}assistant : {% endif %}"
 )
+
+
+class Killed(Exception):  # noqa: N818 - stands for the crash it simulates
+    """Raised from a training run's ``on_step`` callback: the run stops as a crash would."""
+
+
+def kill_at(step: int):
+    """An ``on_step`` callback that raises :class:`Killed` once the run reports ``step``."""
+    def on_step(rec: dict) -> None:
+        if rec["step"] == step:
+            raise Killed
+    return on_step
 
 
 def chat_tiny(seed: int = 0, hidden: int = 32, layers: int = 2, template: bool = True):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from launchers import files, launch
+from prefs_helpers import Killed, kill_at
 from safetensors.torch import load_file
 
 from reprlab.cli import main
@@ -57,17 +58,11 @@ def dpo(toy_mini, tmp_path_factory):
 
     from reprlab.prefs import train
 
-    class Killed(Exception):
-        pass
-
-    def kill(rec):
-        if rec["step"] == 3:
-            raise Killed
     kw = dict(data="builtin:toy-prefs", limit=16, batch_size=5, grad_accum=2, lr=1e-2,
               schedule="constant", save_every=2, lora_targets=("all-linear",), steps=4,
               progress=False, ref_cache=str(root / "cache1"))
     with pytest.raises(Killed):
-        train(str(toy_mini.sft), out=root / "cut", on_step=kill, **kw)
+        train(str(toy_mini.sft), out=root / "cut", on_step=kill_at(3), **kw)
     assert not (root / "cut" / "manifest.json").exists()
     resumed = launch(["prefs", "train", *model, *COMMON, "--ref-cache", str(root / "cache1"),
                       "--out", str(root / "cut")], root / "home", root)

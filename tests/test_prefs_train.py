@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prefs_helpers import chat_tiny, trl_dpo_trainer
+from prefs_helpers import Killed, chat_tiny, kill_at, trl_dpo_trainer
 
 from reprlab.prefs import train
 from reprlab.prefs.tokenize import tokenize_prefs
@@ -128,14 +128,8 @@ def test_kill_and_resume_ends_with_the_same_adapter(tmp_path):
               warmup_steps=1, grad_accum=2, **FAST)
     full = train(chat_tiny(), ROWS, out=tmp_path / "full", **kw)
 
-    class Killed(Exception):
-        pass
-
-    def kill(rec):
-        if rec["step"] == 3:
-            raise Killed
     with pytest.raises(Killed):
-        train(chat_tiny(), ROWS, out=tmp_path / "cut", on_step=kill, **kw)
+        train(chat_tiny(), ROWS, out=tmp_path / "cut", on_step=kill_at(3), **kw)
     assert not (tmp_path / "cut" / "manifest.json").exists()
     resumed = train(chat_tiny(), ROWS, out=tmp_path / "cut", **kw)
     assert resumed.resumed_from == 2

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from prefs_helpers import chat_tiny
+from prefs_helpers import Killed, chat_tiny, kill_at
 
 from reprlab.errors import ConfigError
 from reprlab.prefs.methods import MethodOptions, available_methods, build_method
@@ -176,14 +176,8 @@ def test_kill_and_resume_restores_the_transform(tmp_path):
               transform="etherplus", transform_n_blocks=4, transform_lr=0.05)
     full = train(chat_tiny(layers=3), ROWS, out=tmp_path / "full", **kw)
 
-    class Killed(Exception):
-        pass
-
-    def kill(rec):
-        if rec["step"] == 3:
-            raise Killed
     with pytest.raises(Killed):
-        train(chat_tiny(layers=3), ROWS, out=tmp_path / "cut", on_step=kill, **kw)
+        train(chat_tiny(layers=3), ROWS, out=tmp_path / "cut", on_step=kill_at(3), **kw)
     resumed = train(chat_tiny(layers=3), ROWS, out=tmp_path / "cut", **kw)
     assert resumed.resumed_from == 2
     assert resumed.losses == pytest.approx(full.losses, rel=1e-6, abs=1e-7)
