@@ -86,7 +86,9 @@ def broadcast_parameters(params: list[torch.Tensor], world: World) -> None:
                 dist.broadcast(p.data, 0)
 
 
-def _reduce_gradients(params: list[torch.Tensor], world: World, mean: bool) -> None:
+def sum_gradients(params: list[torch.Tensor], world: World) -> None:
+    """Replace each parameter's gradient by the sum over ranks (missing grads count as 0):
+    for losses each rank already weighted by its share of the global batch."""
     if world.size <= 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -101,25 +103,12 @@ def _reduce_gradients(params: list[torch.Tensor], world: World, mean: bool) -> N
     flat = torch.cat([g.reshape(-1).to(dtype) for g in grads] + [had])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     counts = flat[-len(params):].tolist()
-    if mean:
-        flat /= world.size
     offset = 0
     for p, count in zip(params, counts, strict=True):
         n = p.numel()
         p.grad = (flat[offset:offset + n].view_as(p).to(p.dtype, copy=True) if count > 0
                   else None)
         offset += n
-
-
-def average_gradients(params: list[torch.Tensor], world: World) -> None:
-    """Replace each parameter's gradient by the mean over ranks (missing grads count as 0)."""
-    _reduce_gradients(params, world, mean=True)
-
-
-def sum_gradients(params: list[torch.Tensor], world: World) -> None:
-    """Replace each parameter's gradient by the sum over ranks (missing grads count as 0):
-    for losses each rank already weighted by its share of the global batch."""
-    _reduce_gradients(params, world, mean=False)
 
 
 def all_sum(value: float, world: World, device: torch.device | str | None = None) -> float:
@@ -161,6 +150,6 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["World", "all_sum", "all_sum_list", "average_gradients", "barrier",
+__all__ = ["World", "all_sum", "all_sum_list", "barrier",
            "broadcast_parameters", "checksum", "gather_strings", "init_from_env", "launched",
            "rank_device", "shard_bounds", "shutdown", "sum_gradients"]

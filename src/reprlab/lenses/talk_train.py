@@ -239,11 +239,8 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
                                         site, prefix)
             total = combine(values, weights)
             opt.zero_grad(set_to_none=True)
-            if world.size > 1:
-                (total * share).backward()  # a mean over rows: the shares' sum is the batch's
-                dd.sum_gradients(params, world)
-            else:
-                total.backward()
+            (total * share).backward()  # a mean over rows: the shares' sum is the batch's
+            dd.sum_gradients(params, world)  # (one process: share 1, nothing to sum)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()

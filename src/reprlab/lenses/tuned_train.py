@@ -194,9 +194,8 @@ def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None 
                 # the budget counts every process's tokens, so all take the same micro-batches
                 tokens += int(round(dd.all_sum(n, world, lm.device)))
                 loss_sum += kl
-            if world.size > 1:
-                dd.sum_gradients(params, world)
-                loss_sum = dd.all_sum(loss_sum, world, lm.device)
+            dd.sum_gradients(params, world)  # (no-ops in one process)
+            loss_sum = dd.all_sum(loss_sum, world, lm.device)
             opt.step()
             sched.step()
             step += 1

@@ -112,20 +112,15 @@ def _metrics(policy: SeqOutputs, ref: SeqOutputs | None, beta: float) -> dict[st
     return m
 
 
-def _mean_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for p in parts for k in p}
-    return {k: sum(p[k] for p in parts if k in p) / sum(1 for p in parts if k in p) for k in keys}
-
-
 def _scalar(v: Any) -> float:
     return float(v.detach().item()) if torch.is_tensor(v) else float(v)
 
 
 def _global_metrics(parts: list[tuple[dict[str, float], float]], tokens: int, world: dd.World,
                     device: Any) -> tuple[dict[str, float], int]:
-    """Per-micro-batch metrics of every rank, each weighted by the rank's share of the rows,
-    summed over ranks (one all-reduce), then averaged over micro-batches as
-    :func:`_mean_metrics` does; and the tokens of all ranks."""
+    """Per-micro-batch metrics of every rank, each weighted by the rank's share of the rows
+    (1 in one process), summed over ranks (one all-reduce) and averaged over the micro-batches
+    that report them; and the tokens of all ranks."""
     keys = sorted({k for m, _ in parts for k in m})
     counts = [sum(1 for m, _ in parts if k in m) for k in keys]
     local = [sum(w * m[k] for m, w in parts if k in m) for k in keys] + [float(tokens)]
@@ -238,21 +233,15 @@ class _Run:
             ctx = StepContext(step, micro, micro == cfg.grad_accum - 1, self.peft, self.params,
                               policy, ref, out, self.state)
             self.method.before_backward(ctx)
-            if world.size > 1:
-                (out.loss * share / cfg.grad_accum).backward()
-                if ctx.last_micro_batch:
-                    self.sync_gradients()
-            else:
-                (out.loss / cfg.grad_accum).backward()
+            (out.loss * share / cfg.grad_accum).backward()  # share: 1 in one process
+            if world.size > 1 and ctx.last_micro_batch:
+                self.sync_gradients()
             self.method.after_backward(ctx)
             m = {"loss": out.loss.detach().item(),
                  **_metrics(policy, ref, getattr(self.method, "beta", cfg.beta))}
             m.update({k: _scalar(v) for k, v in out.metrics.items()})
             parts.append((m, share))
-        if world.size > 1:
-            metrics, tokens = _global_metrics(parts, tokens, world, lm.device)
-        else:
-            metrics = _mean_metrics([m for m, _ in parts])
+        metrics, tokens = _global_metrics(parts, tokens, world, lm.device)
         grads = [p for _, p in self.params if p.grad is not None]
         gnorm = torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm) if grads else torch.zeros(())
         lr = self.sched.get_last_lr()[0]
