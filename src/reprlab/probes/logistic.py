@@ -37,12 +37,17 @@ def n_logits(n_classes: int) -> int:
     return 1 if n_classes == 2 else n_classes
 
 
+#: up to this many rows of weights a product runs as ``W X^T`` (about 2.5x faster in MKL on
+#: skinny products), beyond it as ``X W^T`` (faster from 4 rows on)
+FEW_ROWS = 3
+
+
 def linear_logits(X: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``X [L, n, d]`` or ``[L, P, n, d]``, ``weight [L, P, K', d]``, ``bias [L, P, K']``
     -> logits ``[L, P, n, K']``."""
     if X.dim() == 3:
         L, P, K, d = weight.shape
-        if P * K <= 3:  # a few rows of weights: stream X as W X^T (about 2.5x faster, MKL)
+        if P * K <= FEW_ROWS:  # stream X as W X^T
             z = torch.bmm(weight.reshape(L, P * K, d), X.transpose(1, 2))
             z = z.view(L, P, K, -1).transpose(-1, -2)
         else:
@@ -253,7 +258,7 @@ class _Objective:
         for li in range(L):
             rows = self._rows(li)
             wl = dw[li].reshape(PK, d)
-            wt = wl.T.contiguous() if PK > 3 else None  # X W^T is faster beyond 3 rows
+            wt = wl.T.contiguous() if PK > FEW_ROWS else None  # else W X^T
             zl = z[li].transpose(1, 2).reshape(PK, n) + db[li].reshape(PK, 1)
             tl = (self.Yf[li] if self.k == 1 else onehot[li].transpose(1, 2)).reshape(PK, n)
             zdl = torch.empty(PK, n, dtype=z.dtype, device=z.device)
