@@ -87,11 +87,11 @@ def sklearn_fit(Xs, y, y_ctl, tr, va, te, grid, *, warm: bool, max_iter: int, to
     return out
 
 
-def reprlab_fit(Xs, Y, std, tr, va, options=None):
+def reprlab_fit(Xs, Y, std, tr, va, tol):
     from reprlab.probes.fitters import fit_family
 
     return fit_family("logistic", Xs[:, tr], Y[:, tr], n_classes=2, scale=std,
-                      X_val=Xs[:, va], Y_val=Y[:, va], options=options or {})
+                      X_val=Xs[:, va], Y_val=Y[:, va], options={"tol": tol})
 
 
 def reprlab_scores(fit, Xs, Y, tr, va, te, grid):
@@ -137,7 +137,7 @@ def compare_fits(name, Xs, y, y_ctl, tr, va, te, args, thread_rows, skl_repeats)
         return run
 
     def ours():
-        res["reprlab"] = reprlab_fit(Xs, Y, std, tr, va)
+        res["reprlab"] = reprlab_fit(Xs, Y, std, tr, va, tol)
 
     def variants(rows, sk_rows):
         fns, setups = {}, {}
