@@ -54,11 +54,13 @@ def standardise(X: torch.Tensor, tr: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def sklearn_fit(Xs, y, y_ctl, tr, va, te, grid, *, warm: bool, max_iter: int, tol: float):
     """Per layer: every strength, choose on validation, control at the chosen strength.
-    Returns test accuracy at the chosen strength and at every strength, iterations, choice."""
+    Returns test accuracy at the chosen strength and at every strength, iterations, choice,
+    and every solution (``fits``: layer, strength, labels, weight, intercept) so that their
+    gradients can be checked outside the timed run (:func:`largest_gradient`)."""
     from sklearn.linear_model import LogisticRegression
 
     n = len(tr)
-    out = {"acc": [], "acc_each": [], "iters": [], "chosen": []}
+    out = {"acc": [], "acc_each": [], "iters": [], "chosen": [], "fits": []}
     order = sorted(grid, reverse=True) if warm else list(grid)
     for layer in range(Xs.shape[0]):
         A = Xs[layer].numpy()
@@ -71,6 +73,7 @@ def sklearn_fit(Xs, y, y_ctl, tr, va, te, grid, *, warm: bool, max_iter: int, to
             m.set_params(C=1.0 / (l2 * n))
             m.fit(A[tr], y[tr])
             out["iters"].append(int(m.n_iter_[0]))
+            out["fits"].append((layer, l2, 0, m.coef_[0].copy(), float(m.intercept_[0])))
             p = m.predict_proba(A[va])
             acc = (p.argmax(1) == y[va]).mean()
             ll = -np.log(np.clip(p[np.arange(len(va)), y[va]], 1e-7, None)).mean()
@@ -81,9 +84,24 @@ def sklearn_fit(Xs, y, y_ctl, tr, va, te, grid, *, warm: bool, max_iter: int, to
         ctl = LogisticRegression(C=1.0 / (best[1] * n), max_iter=max_iter, tol=tol)
         ctl.fit(A[tr], y_ctl[tr])
         out["iters"].append(int(ctl.n_iter_[0]))
+        out["fits"].append((layer, best[1], 1, ctl.coef_[0].copy(), float(ctl.intercept_[0])))
         out["acc"].append(accs[best[1]])
         out["acc_each"].append([accs[v] for v in grid])
         out["chosen"].append(best[1])
+    return out
+
+
+def largest_gradient(Xs, Y, tr, fits) -> float:
+    """Largest gradient entry (weights and intercept) of the objective both sides minimise,
+    ``mean log-loss + l2 / 2 ||w||^2``, over ``fits``: (layer, l2, label row, w, b)."""
+    n, out = len(tr), 0.0
+    for layer in sorted({f[0] for f in fits}):
+        Xt = Xs[layer, tr].double()  # one layer at a time: 32 layers in float64 take 3 GB
+        for _, l2, row, w, b in (f for f in fits if f[0] == layer):
+            w = torch.as_tensor(w, dtype=torch.float64)
+            r = torch.sigmoid(Xt @ w + b) - Y[row, tr].double()
+            g = Xt.T @ r / n + l2 * w
+            out = max(out, float(g.abs().max()), abs(float(r.mean())))
     return out
 
 
@@ -105,15 +123,9 @@ def reprlab_scores(fit, Xs, Y, tr, va, te, grid):
     h = select_setting(linear_logits(Xs[:, va], W[:, 0], B[:, 0]), Y[0, va])
     z = linear_logits(Xs[:, te], W[:, 0], B[:, 0])[..., 0]  # [L, H, m]
     acc_each = ((z > 0).long() == Y[0, te]).double().mean(-1)
-    grad = 0.0
-    Xt = Xs[:, tr].double()
-    n = len(tr)
-    for p in range(Y.shape[0]):
-        for j, l2 in enumerate(grid):
-            w, b = W[:, p, j, 0].double(), B[:, p, j, 0].double()
-            r = torch.sigmoid(torch.einsum("lnd,ld->ln", Xt, w) + b[:, None]) - Y[p, tr].double()
-            g = torch.einsum("lnd,ln->ld", Xt, r) / n + l2 * w
-            grad = max(grad, float(g.abs().max()), float(r.mean(1).abs().max()))
+    grad = largest_gradient(Xs, Y, tr, [(layer, l2, p, W[layer, p, j, 0], float(B[layer, p, j, 0]))
+                                        for layer in range(L) for p in range(Y.shape[0])
+                                        for j, l2 in enumerate(grid)])
     return {"acc": acc_each[torch.arange(L), h].tolist(), "acc_each": acc_each.tolist(),
             "chosen": [grid[i] for i in h.tolist()], "grad": grad}
 
@@ -181,7 +193,8 @@ def compare_fits(name, Xs, y, y_ctl, tr, va, te, args, thread_rows, skl_repeats)
         print(f"  vs {key}: max |test acc diff| over layers {gap:.4f} at the chosen strength "
               f"(same choice on {same}/{len(s['chosen'])} layers), {gap_each:.4f} at equal "
               f"strength; its iterations {min(s['iters'])}-{max(s['iters'])} (sum "
-              f"{sum(s['iters'])}; cap {cap}: {'hit' if max(s['iters']) >= cap else 'not hit'})")
+              f"{sum(s['iters'])}; cap {cap}: {'hit' if max(s['iters']) >= cap else 'not hit'}); "
+              f"its largest gradient entry {largest_gradient(Xs, Y, tr, s['fits']):.2e}")
     info = res["reprlab"].info
     print(f"  reprlab: {info.get('iterations')} iterations, converged share "
           f"{info.get('converged'):.3f}, largest gradient entry {ours_s['grad']:.2e} "
