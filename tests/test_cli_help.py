@@ -57,3 +57,33 @@ def test_steer_help_starts_with_plain_words(capsys):
     out = capsys.readouterr().out
     description = out.split("\n\n")[1]
     assert description.startswith("reprlab steer: fit")
+
+
+def test_commands_that_are_not_data_parallel_refuse_to_run_under_a_launcher(
+        monkeypatch, tmp_path, capsys):
+    """Under torchrun's WORLD_SIZE a one-process command exits with one line and writes
+    nothing; the data-parallel ones are marked as such and get past the check."""
+    from reprlab.cli import DATA_PARALLEL, build_parser, main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    assert main(["probe", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "launcher started 2" in err and "prefs train" in err
+    assert not out.exists()
+    marked = {words for words, parser in _leaves(build_parser())
+              if parser._defaults.get("_data_parallel")}
+    assert marked == set(DATA_PARALLEL)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["probe", "--data", "builtin:nonexistent", "--out", str(out)]) == 2
+    assert "launcher" not in capsys.readouterr().err
+
+
+def _leaves(parser: argparse.ArgumentParser, words: str = ""):
+    """(command words, parser) of every runnable subcommand under ``parser``."""
+    if "_handler" in parser._defaults:
+        yield words, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _leaves(sub, f"{words} {name}".strip())

@@ -131,12 +131,15 @@ def build(cls: type, ns: argparse.Namespace) -> Any:
 
 
 def subcommand(sub: argparse._SubParsersAction, name: str, cls: type,
-               run: Callable[[Any], int | None], help: str) -> argparse.ArgumentParser:
-    """Register ``name`` whose arguments come from ``cls`` and which calls ``run(config)``."""
+               run: Callable[[Any], int | None], help: str,
+               data_parallel: bool = False) -> argparse.ArgumentParser:
+    """Register ``name`` whose arguments come from ``cls`` and which calls ``run(config)``.
+    ``data_parallel``: the command shares its work among the processes of ``torchrun`` or
+    ``accelerate launch``; the others refuse to run under them (:mod:`reprlab.cli`)."""
     parser = sub.add_parser(name, help=help, description=plain(cls.__doc__ or help),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass(parser, cls)
-    parser.set_defaults(_handler=lambda ns: run(build(cls, ns)))
+    parser.set_defaults(_handler=lambda ns: run(build(cls, ns)), _data_parallel=data_parallel)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -46,6 +47,19 @@ SUMMARIES: dict[str, str] = {
     "lens": "read hidden states: logit, tuned and talkative lenses",
     "sweep": "search a workflow's options with Optuna (local, SLURM or Ray)",
 }
+
+
+#: the commands that share their work among the processes of ``torchrun`` or ``accelerate
+#: launch`` (registered with ``data_parallel=True``); every other one refuses to run under them
+DATA_PARALLEL = ("prefs train", "lens tuned train", "lens talk train")
+
+
+def _launched_processes() -> int:
+    """``WORLD_SIZE`` as a launcher sets it (1 when absent or unreadable)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def _module_present(module_name: str) -> bool:
@@ -141,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0 if args.command is None else 2
+    processes = _launched_processes()
+    if processes > 1 and not getattr(args, "_data_parallel", False):
+        print(f"error: this command runs in one process, but a launcher started {processes} "
+              "(WORLD_SIZE): each would repeat the same work and write the same files. Run it "
+              "without torchrun / accelerate launch; data-parallel commands: "
+              f"{', '.join(DATA_PARALLEL)}", file=sys.stderr)
+        return 2
     try:
         return int(handler(args) or 0)
     except ReprlabError as exc:

@@ -277,9 +277,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lens = _group(subparsers, "lens", "read hidden states: logit, tuned and talkative lenses")
     subcommand(lens, "logit", LogitCommand, run_logit, "top tokens per layer (logit lens)")
     tuned = _group(lens, "tuned", "tuned lens: train, eval")
-    subcommand(tuned, "train", TunedTrainCommand, run_tuned_train, "train a tuned lens")
+    subcommand(tuned, "train", TunedTrainCommand, run_tuned_train, "train a tuned lens",
+               data_parallel=True)
     subcommand(tuned, "eval", TunedEvalCommand, run_tuned_eval, "evaluate a tuned lens")
     talk = _group(lens, "talk", "talkative lens: train, explain")
-    subcommand(talk, "train", TalkTrainCommand, run_talk_train, "train a talkative lens")
+    subcommand(talk, "train", TalkTrainCommand, run_talk_train, "train a talkative lens",
+               data_parallel=True)
     subcommand(talk, "explain", TalkExplainCommand, run_talk_explain,
                "put activations into words")

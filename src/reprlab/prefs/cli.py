@@ -209,7 +209,8 @@ def register(subparsers) -> None:
                                    description="Preference training with adapters, evaluation "
                                    "across shifts with a coherence guard, and comparisons.")
     nested = parser.add_subparsers(dest="prefs_command", metavar="{train,eval,compare}")
-    subcommand(nested, "train", TrainCommand, run_train, help="train a preference adapter")
+    subcommand(nested, "train", TrainCommand, run_train, help="train a preference adapter",
+               data_parallel=True)
     subcommand(nested, "eval", EvalCommand, run_eval, help="evaluate a run across shifts")
     cmp = nested.add_parser("compare", help="compare methods over seeds",
                             description=(CompareCommand.__doc__ or "").strip(),
