@@ -134,6 +134,8 @@ def test_talk_two_processes_match_one(talk, toy_mini):
     r = json.loads((two / "results.json").read_text())
     checks = r["facts"]["rank_checksums"]
     assert r["facts"]["world_size"] == 2 and len(checks) == 2 and checks[0] == checks[1]
+    assert json.loads((two / "manifest.json").read_text())["config"]["world_size"] == 2
+    assert "world_size" not in json.loads((one / "manifest.json").read_text())["config"]
     assert res.stdout.count("report:") == 1
     _wrote_only_the_run(root / "work", two, one, root / "home")
 

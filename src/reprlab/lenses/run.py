@@ -223,11 +223,15 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
         dd.barrier(world)
         if not world.main:  # read what rank 0 dumped, writing nothing
             data_ = load_dump(dump_dir, lm)
-        run = RunDir.create(out, "lens-talk", config={**asdict(cfg), "position": position,
-                                                       "max_length": max_length,
-                                                       "best_of": best_of},
-                            inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed) \
-            if world.main else None
+        run = None
+        if world.main:
+            config = {**asdict(cfg), "position": position, "max_length": max_length,
+                      "best_of": best_of}
+            if world.size > 1:
+                config["world_size"] = world.size
+                logger.info("data-parallel over %d processes (%s)", world.size, lm.device)
+            run = RunDir.create(out, "lens-talk", config=config,
+                                inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
         lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,
                                           state_path=out / "train_state.safetensors")
         if not world.main:
