@@ -395,3 +395,30 @@ parameters:
     assert not (out / "trials" / f"{cut.number:04d}").exists()
     done = sorted(t.params["x"] for t in trials if t.state.name == "COMPLETE")
     assert done == [0.1, 0.7]
+
+
+def test_worker_killed_between_asking_and_recording_itself(tmp_path, toy_cli):
+    """A worker that died right after the study handed it a trial, before it wrote its host
+    and pid on it, leaves a RUNNING trial no one owns: resuming runs that point again."""
+    from reprlab.sweeps.run import resolve
+    from reprlab.sweeps.study import enqueue_grid, init_sweep_dir, open_study
+
+    spec_path = _write(tmp_path, """
+command: toyobj --steps 1
+method: grid
+metric: {name: score, goal: maximize}
+parameters:
+  x: {values: [0.1, 0.4, 0.7]}
+""")
+    spec, out = resolve(spec_path, out=tmp_path / "sweep")
+    study = open_study(out, init_sweep_dir(out, spec, None))
+    enqueue_grid(study, spec)
+    orphan = study.ask()  # what claim() does first; the worker died before recording itself
+    assert orphan.params == {} and "worker" not in orphan.user_attrs
+    assert cli.main(["sweep", str(spec_path), "--out", str(out), "--workers", "1",
+                     "--no-progress", "--no-report"]) == 0
+    trials = _trials(out)
+    done = sorted(t.params["x"] for t in trials if t.state.name == "COMPLETE")
+    assert done == [0.1, 0.4, 0.7]
+    assert [t.number for t in trials if t.user_attrs.get("stale")] == [orphan.number]
+    assert not any(t.state.name == "RUNNING" for t in trials)

@@ -169,6 +169,10 @@ def read_meta(sweep_dir: Path) -> dict:
     return read_json(path)
 
 
+#: the lock under which a worker asks for a trial and records itself on it
+CLAIM_LOCK = ".claim.lock"
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,20 +195,25 @@ def _alive(pid: int) -> bool:
 
 
 def requeue_stale(study: Any, sweep_dir: Path) -> int:
-    """Trials left RUNNING by a worker on this host that no longer exists: mark them failed
+    """Trials left RUNNING by a worker on this host that no longer exists, or by a worker
+    that died between asking for the trial and recording itself on it: mark them failed
     (``stale``), remove their half-written run directory and enqueue their parameters again.
-    Returns how many were put back."""
+    Returns how many were put back.
+
+    :func:`claim` asks and records its worker under the claim lock, which this holds too: a
+    RUNNING trial without a worker seen here belongs to no live process, on any host."""
     from optuna.trial import TrialState
 
     host = socket.gethostname()
     n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        w = info(t)
-        if w.get("host") != host or _alive(int(w.get("pid", -1))):
-            continue
-        if not _salvage(study, t, sweep_dir):
-            requeue_trial(study, t, sweep_dir)
-            n += 1
+    with file_lock(sweep_dir / CLAIM_LOCK):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            w = info(t)
+            if "pid" in w and (w.get("host") != host or _alive(int(w["pid"]))):
+                continue
+            if not _salvage(study, t, sweep_dir):
+                requeue_trial(study, t, sweep_dir)
+                n += 1
     return n
 
 
@@ -232,8 +241,9 @@ def requeue_trial(study: Any, t: Any, sweep_dir: Path) -> None:
     study._storage.set_trial_user_attr(t._trial_id, "stale", True)
     study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
     shutil.rmtree(sweep_dir / "trials" / f"{t.number:04d}", ignore_errors=True)
-    study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number},
-                        skip_if_exists=False)
+    # a trial cut off before its parameters were suggested still has its queued grid point
+    params = dict(t.params) or dict(t.system_attrs.get("fixed_params", {}))
+    study.enqueue_trial(params, user_attrs={"requeued_from": t.number}, skip_if_exists=False)
     logger.info("trial %d was cut off; its parameters are queued again", t.number)
 
 
@@ -275,7 +285,7 @@ def counted(study: Any) -> tuple[int, int]:
 def claim(study: Any, spec: SweepSpec, sweep_dir: Path) -> Any | None:
     """Ask the study for the next trial (queued ones first) unless the budget is spent; the
     check and the ask happen under one lock so parallel workers never overshoot."""
-    with file_lock(sweep_dir / ".claim.lock"):
+    with file_lock(sweep_dir / CLAIM_LOCK):
         n, waiting = counted(study)
         if not waiting and (spec.method == "grid" or n >= spec.trials):
             return None
