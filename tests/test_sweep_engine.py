@@ -422,3 +422,28 @@ parameters:
     assert done == [0.1, 0.4, 0.7]
     assert [t.number for t in trials if t.user_attrs.get("stale")] == [orphan.number]
     assert not any(t.state.name == "RUNNING" for t in trials)
+
+
+def test_unrecorded_trial_of_a_shared_study_is_left_to_its_worker_for_a_while(
+        tmp_path, toy_cli, monkeypatch):
+    """With ``--storage`` other directories' workers claim under their own locks: a trial just
+    asked for there and not yet recorded is not taken for a cut-off one until it is old."""
+    from reprlab.sweeps import study as S
+    from reprlab.sweeps.run import resolve
+
+    spec_path = _write(tmp_path, """
+command: toyobj --steps 1
+method: grid
+metric: {name: score, goal: maximize}
+parameters:
+  x: {values: [0.1, 0.7]}
+""")
+    spec, out = resolve(spec_path, out=tmp_path / "sweep")
+    study = S.open_study(out, S.init_sweep_dir(out, spec, f"sqlite:///{tmp_path / 'shared.db'}"))
+    S.enqueue_grid(study, spec)
+    fresh = study.ask()
+    assert S.requeue_stale(study, out) == 0
+    assert study.get_trials()[fresh.number].state.name == "RUNNING"
+    monkeypatch.setattr(S, "ORPHAN_AFTER_S", 0.0)
+    assert S.requeue_stale(study, out) == 1
+    assert study.get_trials()[fresh.number].user_attrs.get("stale") is True

@@ -201,20 +201,39 @@ def requeue_stale(study: Any, sweep_dir: Path) -> int:
     Returns how many were put back.
 
     :func:`claim` asks and records its worker under the claim lock, which this holds too: a
-    RUNNING trial without a worker seen here belongs to no live process, on any host."""
+    RUNNING trial without a worker seen here belongs to no live process, on any host. A
+    study shared with other sweep directories (``--storage``) is also claimed from under
+    their locks, so there such a trial counts as cut off only once it is ``ORPHAN_AFTER_S``
+    old."""
     from optuna.trial import TrialState
 
     host = socket.gethostname()
+    shared = bool(read_meta(sweep_dir).get("storage"))
     n = 0
     with file_lock(sweep_dir / CLAIM_LOCK):
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             w = info(t)
             if "pid" in w and (w.get("host") != host or _alive(int(w["pid"]))):
                 continue
+            if "pid" not in w and shared and _age_s(t) < ORPHAN_AFTER_S:
+                continue
             if not _salvage(study, t, sweep_dir):
                 requeue_trial(study, t, sweep_dir)
                 n += 1
     return n
+
+
+#: seconds after which a RUNNING trial of a shared study that no worker has recorded itself
+#: on counts as cut off (a live worker records itself within milliseconds of asking)
+ORPHAN_AFTER_S = 60.0
+
+
+def _age_s(t: Any) -> float:
+    """Seconds since the trial was asked for (Optuna stamps it in local time)."""
+    import datetime
+
+    start = t.datetime_start
+    return (datetime.datetime.now() - start).total_seconds() if start else float("inf")
 
 
 def _salvage(study: Any, t: Any, sweep_dir: Path) -> bool:
