@@ -12,11 +12,14 @@ by hand because one training step may call the model several times before its ba
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,15 @@ def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
     base, extra = divmod(n, size)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
+
+
+def with_world(config: dict, world: World, device: object) -> dict:
+    """A run's manifest config: ``config`` plus ``world_size`` when the run is spread over
+    several processes (logged once, with the device)."""
+    if world.size > 1:
+        logger.info("data-parallel over %d processes (%s)", world.size, device)
+        return {**config, "world_size": world.size}
+    return config
 
 
 def barrier(world: World) -> None:

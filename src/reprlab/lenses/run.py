@@ -98,10 +98,7 @@ def _tuned_run(lm: LoadedModel, model: Any, data: Any, out: Path, cfg: TunedTrai
     train, held = _split(texts, eval_frac, cfg.seed)
     run = None
     if world.main:
-        config = {**asdict(cfg), "eval_frac": eval_frac}
-        if world.size > 1:
-            config["world_size"] = world.size
-            logger.info("data-parallel over %d processes (%s)", world.size, lm.device)
+        config = dd.with_world({**asdict(cfg), "eval_frac": eval_frac}, world, lm.device)
         run = RunDir.create(out, "lens-tuned", config=config,
                             inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
     dd.barrier(world)  # the directory exists before any rank looks for a saved state
@@ -225,11 +222,9 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
             data_ = load_dump(dump_dir, lm)
         run = None
         if world.main:
-            config = {**asdict(cfg), "position": position, "max_length": max_length,
-                      "best_of": best_of}
-            if world.size > 1:
-                config["world_size"] = world.size
-                logger.info("data-parallel over %d processes (%s)", world.size, lm.device)
+            config = dd.with_world({**asdict(cfg), "position": position,
+                                    "max_length": max_length, "best_of": best_of},
+                                   world, lm.device)
             run = RunDir.create(out, "lens-talk", config=config,
                                 inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
         lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,

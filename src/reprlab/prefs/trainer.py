@@ -353,10 +353,7 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
     identity = lm.identity()
     rundir = None
     if world.main:
-        config = cfg.numeric() | {"out": str(out)}
-        if world.size > 1:
-            config["world_size"] = world.size
-            logger.info("data-parallel over %d processes (%s)", world.size, lm.device)
+        config = dd.with_world(cfg.numeric() | {"out": str(out)}, world, lm.device)
         rundir = RunDir.create(out, "prefs-train", config,
                                inputs={"model": {**identity, "spec": cfg.model},
                                        "data": prefs.describe()}, seed=cfg.seed)
