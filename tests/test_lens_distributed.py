@@ -58,13 +58,18 @@ def _wrote_only_the_run(work: Path, run: Path, one: Path, home: Path) -> None:
     assert not home.exists() or not [p for p in home.rglob("*") if p.is_file()]
 
 
+def _one_and_two(root: Path, argv: list[str]):
+    """``argv`` in this process into ``root/one`` and on two processes into
+    ``root/work/two``; the launch's result."""
+    assert main([*argv, "--out", str(root / "one")]) == 0
+    return launch([*argv, "--out", "two"], root / "home", root / "work")
+
+
 @pytest.fixture(scope="module")
 def tuned(toy_mini, tmp_path_factory):
     root = tmp_path_factory.mktemp("tuned-dp")
     model = ["lens", "tuned", "train", "--model", str(toy_mini.base)]
-    assert main([*model, *TUNED, "--out", str(root / "one")]) == 0
-    res = launch([*model, *TUNED, "--out", "two"], root / "home", root / "work")
-    return root, res, model
+    return root, _one_and_two(root, [*model, *TUNED]), model
 
 
 def test_tuned_two_processes_match_one(tuned, toy_mini):
@@ -113,9 +118,7 @@ def test_tuned_killed_one_process_run_resumes_on_two(tuned, monkeypatch):
 def talk(toy_mini, tmp_path_factory):
     root = tmp_path_factory.mktemp("talk-dp")
     model = ["lens", "talk", "train", "--model", str(toy_mini.base)]
-    assert main([*model, *TALK, "--out", str(root / "one")]) == 0
-    res = launch([*model, *TALK, "--out", "two"], root / "home", root / "work")
-    return root, res
+    return root, _one_and_two(root, [*model, *TALK])
 
 
 def test_talk_two_processes_match_one(talk, toy_mini):

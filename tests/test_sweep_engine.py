@@ -83,6 +83,25 @@ def _trials(sweep: Path) -> list:
     return load(sweep)[3].get_trials()
 
 
+def _grid_study(tmp_path: Path, values: str, storage: str | None = None):
+    """A grid sweep over ``x`` (``values``: a YAML list) made ready by hand, grid queued:
+    (spec path, spec, sweep directory, study)."""
+    from reprlab.sweeps.run import resolve
+    from reprlab.sweeps.study import enqueue_grid, init_sweep_dir, open_study
+
+    spec_path = _write(tmp_path, f"""
+command: toyobj --steps 1
+method: grid
+metric: {{name: score, goal: maximize}}
+parameters:
+  x: {{values: {values}}}
+""")
+    spec, out = resolve(spec_path, out=tmp_path / "sweep")
+    study = open_study(out, init_sweep_dir(out, spec, storage))
+    enqueue_grid(study, spec)
+    return spec_path, spec, out, study
+
+
 def test_tpe_finds_the_optimum_region(tmp_path, toy_cli):
     spec = _write(tmp_path, """
 command: toyobj --steps 2
@@ -365,22 +384,11 @@ trials: 3
 
 def test_preempted_submitit_job_requeues_its_trial(tmp_path, toy_cli, monkeypatch):
     from reprlab.sweeps.executors import TrialJob
-    from reprlab.sweeps.run import resolve
-    from reprlab.sweeps.study import claim, enqueue_grid, init_sweep_dir, open_study
+    from reprlab.sweeps.study import claim
     from reprlab.sweeps.worker import work
 
-    spec_path = _write(tmp_path, """
-command: toyobj --steps 1
-method: grid
-metric: {name: score, goal: maximize}
-parameters:
-  x: {values: [0.1, 0.7]}
-""")
     monkeypatch.chdir(tmp_path)  # the job changes to the sweep's working directory
-    spec, out = resolve(spec_path, out=tmp_path / "sweep")
-    meta = init_sweep_dir(out, spec, None)
-    study = open_study(out, meta)
-    enqueue_grid(study, spec)
+    _, spec, out, study = _grid_study(tmp_path, "[0.1, 0.7]")
     cut = claim(study, spec, out)  # a job took this trial, then SLURM preempted it
     (out / "trials" / f"{cut.number:04d}").mkdir(parents=True)
     job = TrialJob(str(out), ("jsonl",), {}, str(tmp_path))
@@ -400,19 +408,7 @@ parameters:
 def test_worker_killed_between_asking_and_recording_itself(tmp_path, toy_cli):
     """A worker that died right after the study handed it a trial, before it wrote its host
     and pid on it, leaves a RUNNING trial no one owns: resuming runs that point again."""
-    from reprlab.sweeps.run import resolve
-    from reprlab.sweeps.study import enqueue_grid, init_sweep_dir, open_study
-
-    spec_path = _write(tmp_path, """
-command: toyobj --steps 1
-method: grid
-metric: {name: score, goal: maximize}
-parameters:
-  x: {values: [0.1, 0.4, 0.7]}
-""")
-    spec, out = resolve(spec_path, out=tmp_path / "sweep")
-    study = open_study(out, init_sweep_dir(out, spec, None))
-    enqueue_grid(study, spec)
+    spec_path, _, out, study = _grid_study(tmp_path, "[0.1, 0.4, 0.7]")
     orphan = study.ask()  # what claim() does first; the worker died before recording itself
     assert orphan.params == {} and "worker" not in orphan.user_attrs
     assert cli.main(["sweep", str(spec_path), "--out", str(out), "--workers", "1",
@@ -429,18 +425,8 @@ def test_unrecorded_trial_of_a_shared_study_is_left_to_its_worker_for_a_while(
     """With ``--storage`` other directories' workers claim under their own locks: a trial just
     asked for there and not yet recorded is not taken for a cut-off one until it is old."""
     from reprlab.sweeps import study as S
-    from reprlab.sweeps.run import resolve
 
-    spec_path = _write(tmp_path, """
-command: toyobj --steps 1
-method: grid
-metric: {name: score, goal: maximize}
-parameters:
-  x: {values: [0.1, 0.7]}
-""")
-    spec, out = resolve(spec_path, out=tmp_path / "sweep")
-    study = S.open_study(out, S.init_sweep_dir(out, spec, f"sqlite:///{tmp_path / 'shared.db'}"))
-    S.enqueue_grid(study, spec)
+    _, _, out, study = _grid_study(tmp_path, "[0.1, 0.7]", f"sqlite:///{tmp_path / 'shared.db'}")
     fresh = study.ask()
     assert S.requeue_stale(study, out) == 0
     assert study.get_trials()[fresh.number].state.name == "RUNNING"
