@@ -30,6 +30,7 @@ class LbfgsResult:
     grad_norm: torch.Tensor  # [*B] max-abs gradient at the end
     history: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     steps: torch.Tensor | None = None  # [*B] iterations each problem ran
+    stalled: torch.Tensor | None = None  # [*B] bool: stopped short of tol (see stall_after)
 
 
 @dataclass
@@ -76,7 +77,7 @@ def _take(t: torch.Tensor, li: torch.Tensor, pi: torch.Tensor, lead: int = 0) ->
 def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
              tol: float = 1e-5, memory: int = 10, c1: float = 1e-4, max_backtrack: int = 30,
              callback: Callable[..., None] | None = None,
-             compact: bool = True) -> LbfgsResult:
+             compact: bool = True, stall_after: int | None = None) -> LbfgsResult:
     """Minimise every problem in the batch.
 
     ``objective`` provides ``value_and_grad(theta, state=None) -> (f [*B], g [*B, M], state)``,
@@ -88,9 +89,13 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
     (scaled by ``s.y / y.My`` unless the objective sets ``precondition_scaled``: its
     preconditioner already carries the right scale); good preconditioners cut the iteration
     count several-fold.
-    A problem stops once ``max|g| < tol`` (and, where the objective provides
-    ``confirm(theta, g, candidates, tol) -> bool mask``, once it confirms: e.g. the gradient in
-    another basis); the loop stops when all have.
+    A problem stops once ``max|g| < tol``; an objective solved in another basis than the one
+    its tolerance refers to provides ``screen(g) -> [*B]``, a lower bound of that largest
+    entry, and ``confirm(theta, g, candidates, tol) -> bool mask``, which decides for the
+    problems whose bound is below ``tol``. The loop stops when all have.
+    With ``stall_after``, a problem whose gradient (its ``screen``, where it has one) has not
+    fallen below 0.9 of its smallest value so far for that many iterations stops, marked
+    ``stalled``: rounding in the working precision then sets a floor above ``tol``.
     With ``compact`` and an objective that implements ``restrict(layers, problems)`` (batch
     ``[L, P]``), finished problems leave the batch. ``callback(iteration, theta, state,
     packing)`` runs after every iteration (training curves) on the current, possibly packed
@@ -114,6 +119,10 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
     g_full = g.abs().amax(-1)
     steps_full = torch.zeros(batch, dtype=torch.long, device=theta.device)
     steps = steps_full.clone()
+    best = _measure(objective, g)  # smallest gradient so far, and when it was reached
+    since = torch.zeros(batch, dtype=torch.long, device=theta.device)
+    stalled = torch.zeros(batch, dtype=torch.bool, device=theta.device)
+    stalled_full = stalled.clone()
     it = 0
     head = 0
     for it in range(1, max_iter + 1):
@@ -129,7 +138,9 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
                 pk.scatter(done_full, done)
                 pk.scatter(g_full, g.abs().amax(-1))
                 pk.scatter(steps_full, steps)
-                steps = _take(steps, li, pi)
+                pk.scatter(stalled_full, stalled)
+                steps, stalled = _take(steps, li, pi), _take(stalled, li, pi)
+                best, since = _take(best, li, pi), _take(since, li, pi)
                 objective = objective.restrict(li, pi)
                 theta, g, f = _take(theta, li, pi), _take(g, li, pi), _take(f, li, pi)
                 done, gamma = _take(done, li, pi), _take(gamma, li, pi)
@@ -193,6 +204,14 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
         was = done
         done = _converged(objective, theta, g, tol, done)
         steps = torch.where(was, steps, it)
+        if stall_after is not None:
+            now = _measure(objective, g)
+            better = now < 0.9 * best
+            best = torch.where(better, now, best)
+            since = torch.where(better, 0, since + 1)
+            stuck = (since >= stall_after) & ~done
+            if bool(stuck.any()):
+                stalled, done = stalled | stuck, done | stuck
         if callback is not None:
             callback(it, theta, state, Packing(layers, probs) if can_pack else None)
     if can_pack:
@@ -201,18 +220,24 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
         pk.scatter(done_full, done)
         pk.scatter(g_full, g.abs().amax(-1))
         pk.scatter(steps_full, steps)
-        return LbfgsResult(theta=theta_full, converged=done_full, iterations=it,
-                           grad_norm=g_full, steps=steps_full)
-    return LbfgsResult(theta=theta, converged=done, iterations=it, grad_norm=g.abs().amax(-1),
-                       steps=steps)
+        pk.scatter(stalled_full, stalled)
+        return LbfgsResult(theta=theta_full, converged=done_full & ~stalled_full,
+                           iterations=it, grad_norm=g_full, steps=steps_full,
+                           stalled=stalled_full)
+    return LbfgsResult(theta=theta, converged=done & ~stalled, iterations=it,
+                       grad_norm=g.abs().amax(-1), steps=steps, stalled=stalled)
+
+
+def _measure(objective: object, g: torch.Tensor) -> torch.Tensor:
+    screen = getattr(objective, "screen", None)
+    return screen(g) if screen is not None else g.abs().amax(-1)
 
 
 def _converged(objective: object, theta: torch.Tensor, g: torch.Tensor, tol: float,
                done: torch.Tensor) -> torch.Tensor:
-    """``done`` plus the problems whose gradient is below ``tol`` (and that the objective's
-    ``confirm`` accepts, when it has one)."""
-    cand = (g.abs().amax(-1) < tol) & ~done
-    confirm = getattr(objective, "confirm", None)
-    if confirm is not None and bool(cand.any()):
-        cand = cand & confirm(theta, g, cand, tol)
+    """``done`` plus the problems whose gradient is below ``tol`` (or, for an objective with
+    ``screen`` and ``confirm``, that ``confirm`` accepts among those its screen lets pass)."""
+    cand = (_measure(objective, g) < tol) & ~done
+    if getattr(objective, "screen", None) is not None and bool(cand.any()):
+        cand = cand & objective.confirm(theta, g, cand, tol)
     return done | cand

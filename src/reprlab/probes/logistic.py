@@ -186,14 +186,29 @@ class _Objective:
             self.pre.refresh(p, self.l2)
         return (self._value(z, theta) if f is None else f), g, z
 
+    @property
+    def screen(self):
+        """With a basis (rows rotated into their ``r``-dimensional row space): a lower bound
+        of the largest gradient entry in the original ``D`` coordinates, where the tolerance
+        applies. The rotation keeps the Euclidean norm, so that entry is at least
+        ``||g_w|| / sqrt(K D)``. The largest entry in the rotated coordinates is no bound: it
+        concentrates the norm on ``r`` coordinates, and with ``r << D`` its float32 rounding
+        alone (the rotated rows are ``sqrt(D / r)`` times larger) stayed above tolerances the
+        original coordinates met, so that such problems ran to the iteration cap."""
+        if self.basis is None:
+            return None
+        scale = 1.0 / (self.k * self.basis.shape[-2]) ** 0.5
+
+        def bound(g: torch.Tensor) -> torch.Tensor:
+            gw, gb = self.split(g)
+            return torch.maximum(gw.pow(2).sum((-1, -2)).sqrt() * scale, gb.abs().amax(-1))
+        return bound
+
     def confirm(self, theta: torch.Tensor, g: torch.Tensor, cand: torch.Tensor,
                 tol: float) -> torch.Tensor:
-        """Problems whose gradient is also below the tolerance in the original coordinates
-        (the rotation changes max-abs norms a little); called only when some problem passes
-        the test in the rotated ones. The rotation keeps the Euclidean norm, which bounds the
-        largest entry: only candidates above ``tol`` in that norm are rotated back."""
-        if self.basis is None:
-            return cand
+        """Candidates (see :attr:`screen`) whose gradient is below the tolerance in the
+        original coordinates. Those below it in the Euclidean norm, which bounds the largest
+        entry, need no rotating back."""
         gw, gb = self.split(g)
         need = cand & (gw.pow(2).sum((-1, -2)) >= tol * tol)
         if not bool(need.any()):
@@ -323,6 +338,12 @@ NEWTON_NEAR = 100.0
 NEWTON_MAX_DIM = 1025
 ITERATION_FLOPS = 1.5e8
 
+#: a problem whose gradient has not fallen below 0.9 of its smallest value for this many
+#: iterations has stalled (:func:`fit_logistic`); float64 finishes hold at most this many
+#: bytes of rows at a time
+STALL_AFTER = 40
+POLISH_BYTES = 2**30
+
 #: ``precondition="auto"`` rotates into the full eigenbasis up to this many columns
 #: (``min(n, d)``), above it uses the low-rank model (:func:`precondition.top_eigen`)
 EIGEN_MAX = 1024
@@ -338,6 +359,8 @@ class Prepared:
     X: torch.Tensor
     V: torch.Tensor | None = None
     parts: tuple = ()
+    source: torch.Tensor | None = None  # the rows as given (for a float64 finish)
+    rank: int | None = None
 
     def preconditioner(self, intercept: bool):
         if self.kind == "eigen":
@@ -350,10 +373,10 @@ class Prepared:
 def prepare(X: torch.Tensor, precondition: bool | str = "auto", rank: int | None = None,
             dtype: torch.dtype | None = None, threads: int | None = None) -> Prepared:
     """Rotate / factorise ``X [L, n, d]`` for ``precondition`` (see :func:`fit_logistic`)."""
-    X = X.to(dtype or X.dtype)
+    source, X = X, X.to(dtype or X.dtype)
     kind = _kind(precondition, X)
     if kind == "none":
-        return Prepared(kind, X)
+        return Prepared(kind, X, source=source)
     L, n, d = X.shape
     # at the thread count the fit will take (see _product_flops): a fit that switched from
     # two threads for its set-up to one leaves the idle thread spinning, which cost 80% more
@@ -361,11 +384,12 @@ def prepare(X: torch.Tensor, precondition: bool | str = "auto", rank: int | None
     with _threads.for_work("matmul", _product_flops(L, n, min(n, d), 8), threads):
         if kind == "eigen" and n < d:  # solve in the n-dimensional row space
             Xr, lam, V = P.eigen_rotation(X)
-            return Prepared(kind, Xr, V, (lam,))
+            return Prepared(kind, Xr, V, (lam,), source)
         if kind == "eigen":  # the model rotates, the rows stay
-            return Prepared(kind, X, None, P.eigen_basis(X))
+            return Prepared(kind, X, None, P.eigen_basis(X), source)
         if kind == "lowrank":
-            return Prepared(kind, X, None, P.top_eigen(X, rank or P.default_rank(d)))
+            return Prepared(kind, X, None, P.top_eigen(X, rank or P.default_rank(d)), source,
+                            rank)
     raise ValueError(f"unknown preconditioner {kind!r}: choose auto, eigen, lowrank or none")
 
 
@@ -389,14 +413,20 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
                  dtype: torch.dtype | None = None, precondition: bool | str = "auto",
                  rank: int | None = None, threads: int | None = None,
                  compact: bool = True,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LogisticFit:
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 polish: bool = True) -> LogisticFit:
     """Fit every (layer, problem) logistic regression together.
 
     ``X [L, n, d]`` (or ``[L, P, n, d]``), ``Y [n]`` / ``[P, n]`` / ``[L, P, n]`` class indices,
     ``l2`` scalar / ``[P]`` / ``[L, P]``. ``monitor=(X_eval, Y_eval)`` records loss and accuracy
     on held-out rows at every iteration (``curves``: train_loss, train_acc, eval_loss,
     eval_acc, each ``[L, P, T]``; a problem's values stay flat once it has converged).
-    ``dtype`` (default: X's) is the compute precision.
+    ``dtype`` (default: X's) is the compute precision. A problem whose gradient stops
+    falling short of ``tol`` for ``STALL_AFTER`` iterations has met the floor that rounding
+    sets; with ``polish`` (and a precision below float64) its layer's problems are finished
+    in float64 from where they stopped, a layer's rows at a time (``info["polished"]``
+    counts them; training curves end where they stopped). Otherwise it stops unconverged
+    (``info["stalled"] [L, P]``).
 
     A problem has converged when the largest absolute entry of its gradient (weights and
     intercept, in the coordinates of ``X``) is below ``tol`` - scikit-learn's lbfgs rule on
@@ -422,6 +452,8 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
     with _threads.for_work("matmul", flops, threads), torch.inference_mode():
         fit = _fit(prep, Y, l2t.to(dtype=dtype, device=Xr.device), k, intercept, max_iter,
                    tol, memory, monitor, compact, init)
+        if polish and dtype != torch.float64 and bool(fit.info["stalled"].any()):
+            fit = _polish(fit, prep, Y, l2t, k, intercept, max_iter, tol, memory, compact)
     # inference mode skips autograd's bookkeeping on the ~500 small operations of an
     # iteration (about 10% of a fit); the results leave it as ordinary tensors
     return LogisticFit(fit.weight.clone(), fit.bias.clone(), fit.converged.clone(),
@@ -492,11 +524,38 @@ def _fit(prep: Prepared, Y, l2t, k, intercept, max_iter, tol, memory, monitor,
     if monitor is not None:
         record(0, theta0)
     res = lbfgs.minimize(obj, theta0, max_iter=max_iter, tol=tol, memory=memory,
-                         callback=record if monitor is not None else None, compact=compact)
+                         callback=record if monitor is not None else None, compact=compact,
+                         stall_after=STALL_AFTER)
     w, b = obj.split(res.theta)
     if V is not None:
         w = torch.einsum("lpke,lde->lpkd", w, V)
-    info = {"preconditioner": prep.kind, "steps": res.steps}
+    info = {"preconditioner": prep.kind, "steps": res.steps, "stalled": res.stalled}
     return LogisticFit(weight=w.contiguous(), bias=b.contiguous(), converged=res.converged,
                        iterations=res.iterations,
                        curves={k2: torch.stack(v, -1) for k2, v in curves.items() if v}, info=info)
+
+
+def _polish(fit: LogisticFit, prep: Prepared, Y, l2t, k, intercept, max_iter, tol, memory,
+            compact) -> LogisticFit:
+    """Finish in float64 the layers with stalled problems (see :func:`fit_logistic`), from
+    the stalled solutions, with the basis or model prepared again in float64 from the rows
+    as given; at most ``POLISH_BYTES`` of float64 rows at a time."""
+    layers = torch.nonzero(fit.info["stalled"].any(1)).flatten()
+    n, d = prep.source.shape[-2:]
+    chunk = max(1, POLISH_BYTES // (8 * n * d))
+    weight, bias, conv = fit.weight.clone(), fit.bias.clone(), fit.converged.clone()
+    steps, stalled = fit.info["steps"].clone(), fit.info["stalled"].clone()
+    iterations = fit.iterations
+    for s in range(0, len(layers), chunk):
+        li = layers[s:s + chunk].to(prep.source.device)
+        sub = prepare(prep.source.index_select(0, li), prep.kind, prep.rank, torch.float64)
+        out = _fit(sub, Y.index_select(0, li), l2t.index_select(0, li).to(
+            dtype=torch.float64, device=sub.X.device), k, intercept, max_iter, tol, memory, None,
+            compact, (weight[li], bias[li]))
+        weight[li], bias[li] = out.weight.to(weight.dtype), out.bias.to(bias.dtype)
+        conv[li], stalled[li] = out.converged, out.info["stalled"]
+        steps[li] += out.info["steps"]
+        iterations += out.iterations
+    info = dict(fit.info, steps=steps, stalled=stalled,
+                polished=int(fit.info["stalled"].sum()))
+    return LogisticFit(weight, bias, conv, iterations, fit.curves, info)
