@@ -89,10 +89,10 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
     (scaled by ``s.y / y.My`` unless the objective sets ``precondition_scaled``: its
     preconditioner already carries the right scale); good preconditioners cut the iteration
     count several-fold.
-    A problem stops once ``max|g| < tol``; an objective solved in another basis than the one
-    its tolerance refers to provides ``screen(g) -> [*B]``, a lower bound of that largest
-    entry, and ``confirm(theta, g, candidates, tol) -> bool mask``, which decides for the
-    problems whose bound is below ``tol``. The loop stops when all have.
+    A problem stops once ``max|g| < tol``. An objective solved in another basis than the one
+    its tolerance refers to may provide ``screen(g) -> [*B]``, a lower bound of the largest
+    entry there, and ``confirm(theta, g, candidates, tol) -> bool mask``, which decides for
+    the problems whose bound is below ``tol``. The loop stops when all have.
     With ``stall_after``, a problem whose gradient (its ``screen``, where it has one) has not
     fallen below 0.9 of its smallest value so far for that many iterations stops, marked
     ``stalled``: rounding in the working precision then sets a floor above ``tol``.
@@ -235,9 +235,10 @@ def _measure(objective: object, g: torch.Tensor) -> torch.Tensor:
 
 def _converged(objective: object, theta: torch.Tensor, g: torch.Tensor, tol: float,
                done: torch.Tensor) -> torch.Tensor:
-    """``done`` plus the problems whose gradient is below ``tol`` (or, for an objective with
-    ``screen`` and ``confirm``, that ``confirm`` accepts among those its screen lets pass)."""
+    """``done`` plus the problems whose gradient (``screen``) is below ``tol`` and that the
+    objective's ``confirm`` accepts, when it has one."""
     cand = (_measure(objective, g) < tol) & ~done
-    if getattr(objective, "screen", None) is not None and bool(cand.any()):
-        cand = cand & objective.confirm(theta, g, cand, tol)
+    confirm = getattr(objective, "confirm", None)
+    if confirm is not None and bool(cand.any()):
+        cand = cand & confirm(theta, g, cand, tol)
     return done | cand

@@ -186,29 +186,27 @@ class _Objective:
             self.pre.refresh(p, self.l2)
         return (self._value(z, theta) if f is None else f), g, z
 
-    @property
-    def screen(self):
-        """With a basis (rows rotated into their ``r``-dimensional row space): a lower bound
-        of the largest gradient entry in the original ``D`` coordinates, where the tolerance
-        applies. The rotation keeps the Euclidean norm, so that entry is at least
-        ``||g_w|| / sqrt(K D)``. The largest entry in the rotated coordinates is no bound: it
-        concentrates the norm on ``r`` coordinates, and with ``r << D`` its float32 rounding
-        alone (the rotated rows are ``sqrt(D / r)`` times larger) stayed above tolerances the
-        original coordinates met, so that such problems ran to the iteration cap."""
+    def screen(self, g: torch.Tensor) -> torch.Tensor:
+        """A lower bound of each problem's largest gradient entry in the original ``D``
+        coordinates, where the tolerance applies. With a basis (rows rotated into their
+        ``r``-dimensional row space) it is ``||g_w|| / sqrt(K D)``, since the rotation keeps
+        the Euclidean norm. The largest rotated entry is no bound: it concentrates the norm
+        on ``r`` coordinates, and with ``r << D`` its float32 rounding alone (the rotated rows
+        are ``sqrt(D / r)`` times larger) stayed above tolerances the original coordinates
+        met, so that such problems ran to the iteration cap."""
         if self.basis is None:
-            return None
-        scale = 1.0 / (self.k * self.basis.shape[-2]) ** 0.5
-
-        def bound(g: torch.Tensor) -> torch.Tensor:
-            gw, gb = self.split(g)
-            return torch.maximum(gw.pow(2).sum((-1, -2)).sqrt() * scale, gb.abs().amax(-1))
-        return bound
+            return g.abs().amax(-1)
+        gw, gb = self.split(g)
+        norm = gw.pow(2).sum((-1, -2)).sqrt() / (self.k * self.basis.shape[-2]) ** 0.5
+        return torch.maximum(norm, gb.abs().amax(-1))
 
     def confirm(self, theta: torch.Tensor, g: torch.Tensor, cand: torch.Tensor,
                 tol: float) -> torch.Tensor:
-        """Candidates (see :attr:`screen`) whose gradient is below the tolerance in the
+        """Candidates (see :meth:`screen`) whose gradient is below the tolerance in the
         original coordinates. Those below it in the Euclidean norm, which bounds the largest
         entry, need no rotating back."""
+        if self.basis is None:
+            return cand
         gw, gb = self.split(g)
         need = cand & (gw.pow(2).sum((-1, -2)) >= tol * tol)
         if not bool(need.any()):
@@ -309,7 +307,8 @@ class LogisticFit:
     converged: torch.Tensor  # [L, P]
     iterations: int
     curves: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [L, P, T]
-    info: dict = field(default_factory=dict)  # preconditioner, steps [L, P] per problem
+    # preconditioner; steps and stalled [L, P] per problem; polished (float64 finishes)
+    info: dict = field(default_factory=dict)
 
 
 def _broadcast_problems(Y: torch.Tensor, l2, L: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,7 +451,8 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
     with _threads.for_work("matmul", flops, threads), torch.inference_mode():
         fit = _fit(prep, Y, l2t.to(dtype=dtype, device=Xr.device), k, intercept, max_iter,
                    tol, memory, monitor, compact, init)
-        if polish and dtype != torch.float64 and bool(fit.info["stalled"].any()):
+        if (polish and dtype != torch.float64 and prep.source is not None
+                and bool(fit.info["stalled"].any())):
             fit = _polish(fit, prep, Y, l2t, k, intercept, max_iter, tol, memory, compact)
     # inference mode skips autograd's bookkeeping on the ~500 small operations of an
     # iteration (about 10% of a fit); the results leave it as ordinary tensors
