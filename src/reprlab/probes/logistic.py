@@ -338,9 +338,10 @@ NEWTON_MAX_DIM = 1025
 ITERATION_FLOPS = 1.5e8
 
 #: a problem whose gradient has not fallen below 0.9 of its smallest value for this many
-#: iterations has stalled (:func:`fit_logistic`); float64 finishes hold at most this many
-#: bytes of rows at a time
-STALL_AFTER = 40
+#: iterations has stalled (:func:`fit_logistic`): soon where a float64 finish follows,
+#: late where the stop is final; float64 finishes hold at most this many bytes of rows
+STALL_AFTER = 20
+STALL_FINAL = 100
 POLISH_BYTES = 2**30
 
 #: ``precondition="auto"`` rotates into the full eigenbasis up to this many columns
@@ -421,11 +422,11 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
     on held-out rows at every iteration (``curves``: train_loss, train_acc, eval_loss,
     eval_acc, each ``[L, P, T]``; a problem's values stay flat once it has converged).
     ``dtype`` (default: X's) is the compute precision. A problem whose gradient stops
-    falling short of ``tol`` for ``STALL_AFTER`` iterations has met the floor that rounding
+    falling short of ``tol`` (for ``STALL_AFTER`` iterations) has met the floor that rounding
     sets; with ``polish`` (and a precision below float64) its layer's problems are finished
     in float64 from where they stopped, a layer's rows at a time (``info["polished"]``
-    counts them; training curves end where they stopped). Otherwise it stops unconverged
-    (``info["stalled"] [L, P]``).
+    counts them; training curves end where they stopped). Otherwise, after
+    ``STALL_FINAL`` iterations, it stops unconverged (``info["stalled"] [L, P]``).
 
     A problem has converged when the largest absolute entry of its gradient (weights and
     intercept, in the coordinates of ``X``) is below ``tol`` - scikit-learn's lbfgs rule on
@@ -449,10 +450,11 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
     P_ = Y.shape[1]
     flops = _product_flops(L, n, r, P_ if Xr.dim() == 4 else max(P_ * k, 8))
     with _threads.for_work("matmul", flops, threads), torch.inference_mode():
+        finish = polish and dtype != torch.float64 and prep.source is not None
         fit = _fit(prep, Y, l2t.to(dtype=dtype, device=Xr.device), k, intercept, max_iter,
-                   tol, memory, monitor, compact, init)
-        if (polish and dtype != torch.float64 and prep.source is not None
-                and bool(fit.info["stalled"].any())):
+                   tol, memory, monitor, compact, init,
+                   STALL_AFTER if finish else STALL_FINAL)
+        if finish and bool(fit.info["stalled"].any()):
             fit = _polish(fit, prep, Y, l2t, k, intercept, max_iter, tol, memory, compact)
     # inference mode skips autograd's bookkeeping on the ~500 small operations of an
     # iteration (about 10% of a fit); the results leave it as ordinary tensors
@@ -462,7 +464,7 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
 
 
 def _fit(prep: Prepared, Y, l2t, k, intercept, max_iter, tol, memory, monitor,
-         compact, init) -> LogisticFit:
+         compact, init, stall_after: int) -> LogisticFit:
     Xr, V = prep.X, prep.V
     dtype = Xr.dtype
     L, P_ = Y.shape[0], Y.shape[1]
@@ -525,7 +527,7 @@ def _fit(prep: Prepared, Y, l2t, k, intercept, max_iter, tol, memory, monitor,
         record(0, theta0)
     res = lbfgs.minimize(obj, theta0, max_iter=max_iter, tol=tol, memory=memory,
                          callback=record if monitor is not None else None, compact=compact,
-                         stall_after=STALL_AFTER)
+                         stall_after=stall_after)
     w, b = obj.split(res.theta)
     if V is not None:
         w = torch.einsum("lpke,lde->lpkd", w, V)
@@ -551,7 +553,7 @@ def _polish(fit: LogisticFit, prep: Prepared, Y, l2t, k, intercept, max_iter, to
         sub = prepare(prep.source.index_select(0, li), prep.kind, prep.rank, torch.float64)
         out = _fit(sub, Y.index_select(0, li), l2t.index_select(0, li).to(
             dtype=torch.float64, device=sub.X.device), k, intercept, max_iter, tol, memory, None,
-            compact, (weight[li], bias[li]))
+            compact, (weight[li], bias[li]), STALL_FINAL)
         weight[li], bias[li] = out.weight.to(weight.dtype), out.bias.to(bias.dtype)
         conv[li], stalled[li] = out.converged, out.info["stalled"]
         steps[li] += out.info["steps"]
