@@ -27,6 +27,8 @@ recipe that reruns the model for every layer and epoch (slow; extrapolated).
 
     python benchmarks/probe_sweep.py                       # both parts
     python benchmarks/probe_sweep.py --parts large --large-layers 4
+    python benchmarks/probe_sweep.py --parts large --large-layers 80 --large-dims 8192 \
+        --large-rows 1030 --large-train 30    # few rows in many dims (a 70B model's probes)
 """
 
 from __future__ import annotations
@@ -52,18 +54,22 @@ def standardise(X: torch.Tensor, tr: torch.Tensor) -> tuple[torch.Tensor, torch.
     return (X - Xtr.mean(1, keepdim=True)) / std, std[:, 0]
 
 
-def sklearn_fit(Xs, y, y_ctl, tr, va, te, grid, *, warm: bool, max_iter: int, tol: float):
+def sklearn_fit(parts, y, y_ctl, grid, *, warm: bool, max_iter: int, tol: float):
     """Per layer: every strength, choose on validation, control at the chosen strength.
-    Returns test accuracy at the chosen strength and at every strength, iterations, choice,
-    and every solution (``fits``: layer, strength, labels, weight, intercept) so that their
+    ``parts``: the training, validation and test rows ``[L, rows, d]`` and their labels'
+    indices, split once outside the timed run as a careful user splits them (both sides get
+    them so). Returns test accuracy at the chosen strength and at every strength,
+    iterations, choice, and every solution (``fits``: layer, strength, labels, weight, intercept) so that their
     gradients can be checked outside the timed run (:func:`largest_gradient`)."""
     from sklearn.linear_model import LogisticRegression
 
+    (Xtr, tr), (Xva, va), (Xte, te) = parts
+    tr, va, te = tr.numpy(), va.numpy(), te.numpy()
     n = len(tr)
     out = {"acc": [], "acc_each": [], "iters": [], "chosen": [], "fits": []}
     order = sorted(grid, reverse=True) if warm else list(grid)
-    for layer in range(Xs.shape[0]):
-        A = Xs[layer].numpy()
+    for layer in range(Xtr.shape[0]):
+        A, V, T = Xtr[layer].numpy(), Xva[layer].numpy(), Xte[layer].numpy()
         best = None
         accs = {}
         m = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=warm)
@@ -71,18 +77,18 @@ def sklearn_fit(Xs, y, y_ctl, tr, va, te, grid, *, warm: bool, max_iter: int, to
             if not warm:
                 m = LogisticRegression(max_iter=max_iter, tol=tol)
             m.set_params(C=1.0 / (l2 * n))
-            m.fit(A[tr], y[tr])
+            m.fit(A, y[tr])
             out["iters"].append(int(m.n_iter_[0]))
             out["fits"].append((layer, l2, 0, m.coef_[0].copy(), float(m.intercept_[0])))
-            p = m.predict_proba(A[va])
+            p = m.predict_proba(V)
             acc = (p.argmax(1) == y[va]).mean()
             ll = -np.log(np.clip(p[np.arange(len(va)), y[va]], 1e-7, None)).mean()
-            accs[l2] = float((m.predict(A[te]) == y[te]).mean())
+            accs[l2] = float((m.predict(T) == y[te]).mean())
             key = acc - 1e-6 * ll
             if best is None or key > best[0]:
                 best = (key, l2)
         ctl = LogisticRegression(C=1.0 / (best[1] * n), max_iter=max_iter, tol=tol)
-        ctl.fit(A[tr], y_ctl[tr])
+        ctl.fit(A, y_ctl[tr])
         out["iters"].append(int(ctl.n_iter_[0]))
         out["fits"].append((layer, best[1], 1, ctl.coef_[0].copy(), float(ctl.intercept_[0])))
         out["acc"].append(accs[best[1]])
@@ -105,11 +111,12 @@ def largest_gradient(Xs, Y, tr, fits) -> float:
     return out
 
 
-def reprlab_fit(Xs, Y, std, tr, va, tol):
+def reprlab_fit(parts, Y, std, tol):
     from reprlab.probes.fitters import fit_family
 
-    return fit_family("logistic", Xs[:, tr], Y[:, tr], n_classes=2, scale=std,
-                      X_val=Xs[:, va], Y_val=Y[:, va], options={"tol": tol})
+    (Xtr, tr), (Xva, va), _ = parts
+    return fit_family("logistic", Xtr, Y[:, tr], n_classes=2, scale=std,
+                      X_val=Xva, Y_val=Y[:, va], options={"tol": tol})
 
 
 def reprlab_scores(fit, Xs, Y, tr, va, te, grid):
@@ -136,7 +143,8 @@ def compare_fits(name, Xs, y, y_ctl, tr, va, te, args, thread_rows, skl_repeats)
     grid = list(L2_GRID)
     Y = torch.stack([torch.as_tensor(y), torch.as_tensor(y_ctl)])
     Xs, std = standardise(Xs, tr)
-    yn, cn, trn, van, ten = (t.numpy() for t in (Y[0], Y[1], tr, va, te))
+    yn, cn = Y[0].numpy(), Y[1].numpy()
+    parts = [(Xs[:, i].contiguous(), i) for i in (tr, va, te)]
     tol = args.tol
     res: dict[str, object] = {}
 
@@ -144,12 +152,12 @@ def compare_fits(name, Xs, y, y_ctl, tr, va, te, args, thread_rows, skl_repeats)
         def run():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res[key] = sklearn_fit(Xs, yn, cn, trn, van, ten, grid, warm=warm,
-                                       max_iter=max_iter, tol=tol)
+                res[key] = sklearn_fit(parts, yn, cn, grid, warm=warm, max_iter=max_iter,
+                                       tol=tol)
         return run
 
     def ours():
-        res["reprlab"] = reprlab_fit(Xs, Y, std, tr, va, tol)
+        res["reprlab"] = reprlab_fit(parts, Y, std, tol)
 
     def variants(rows, sk_rows):
         fns, setups = {}, {}
@@ -197,7 +205,8 @@ def compare_fits(name, Xs, y, y_ctl, tr, va, te, args, thread_rows, skl_repeats)
               f"its largest gradient entry {largest_gradient(Xs, Y, tr, s['fits']):.2e}")
     info = res["reprlab"].info
     print(f"  reprlab: {info.get('iterations')} iterations, converged share "
-          f"{info.get('converged'):.3f}, largest gradient entry {ours_s['grad']:.2e} "
+          f"{info.get('converged'):.3f} ({info.get('polished', 0)} problems finished in "
+          f"float64), largest gradient entry {ours_s['grad']:.2e} "
           f"(original coordinates; tol {tol:g})")
     print("  test accuracy per layer (reprlab / sklearn loop or path): " + ", ".join(
         f"{a:.3f}/{b:.3f}" for a, b in zip(ours_s["acc"], res.get(
@@ -230,9 +239,10 @@ def bundled(args) -> None:
         notebook_part(args, ds, y, tr, te)
 
 
-def synthetic(L: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic(L: int, n: int, d: int, seed: int = 0, signal: float = 1.5
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows with eigenvalues ~ 1/i (a random mixing of power-law scaled noise) plus a
-    planted direction ``u`` separating the classes by 0 (first layer) to 1.5 standard
+    planted direction ``u`` separating the classes by 0 (first layer) to ``signal`` standard
     deviations of the rows along ``u`` (last layer)."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 2, (n,), generator=g)
@@ -243,18 +253,23 @@ def synthetic(L: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torc
     for layer in range(L):
         A = torch.randn(d, d, generator=g) / d ** 0.5
         X = (torch.randn(n, d, generator=g) * scales) @ A + 0.02 * torch.randn(n, d, generator=g)
-        alpha = 1.5 * layer / max(1, L - 1)
+        alpha = signal * layer / max(1, L - 1)
         out[layer] = X + alpha * (X @ u).std() * (2 * y[:, None].float() - 1) * u
     return out, y
 
 
 def large(args) -> None:
     with threads(1):
-        X, y = synthetic(args.large_layers, args.large_rows, args.large_dims)
+        X, y = synthetic(args.large_layers, args.large_rows, args.large_dims,
+                         signal=args.large_signal)
     n = len(y)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(1))
-    tr, va, te = perm[: int(0.6 * n)].sort().values, perm[int(0.6 * n): int(0.8 * n)].sort(
-        ).values, perm[int(0.8 * n):].sort().values
+    a = args.large_train or int(0.6 * n)
+    if not 0 < a < n - 1:
+        sys.exit(f"error: --large-train {a} leaves no validation or test rows of "
+                 f"--large-rows {n}; give fewer training rows or more rows")
+    b = a + (n - a) // 2
+    tr, va, te = (perm[i:j].sort().values for i, j in ((0, a), (a, b), (b, n)))
     ctl = y[torch.randperm(n, generator=torch.Generator().manual_seed(2))]
     compare_fits("large", X, y.numpy(), ctl.numpy(), tr, va, te, args, [1, 2, None],
                  args.large_repeats)
@@ -304,6 +319,12 @@ def main() -> None:
     ap.add_argument("--large-layers", type=int, default=4)
     ap.add_argument("--large-rows", type=int, default=5000)
     ap.add_argument("--large-dims", type=int, default=4096)
+    ap.add_argument("--large-signal", type=float, default=1.5,
+                    help="the planted direction's separation at the last layer, in standard "
+                         "deviations of the rows along it")
+    ap.add_argument("--large-train", type=int, default=0,
+                    help="training rows of the large part (default 60%%); validation and "
+                         "test split the rest evenly")
     ap.add_argument("--large-repeats", type=int, default=2)
     ap.add_argument("--sklearn-loop", action="store_true",
                     help="large part: also time the cold-start sklearn loop (slow)")
