@@ -211,12 +211,10 @@ class _Objective:
         need = cand & (gw.pow(2).sum((-1, -2)) >= tol * tol)
         if not bool(need.any()):
             return cand
-        li = torch.nonzero(need.any(1)).flatten()
-        orig = torch.einsum("ldr,lpkr->lpkd", self.basis.index_select(0, li),
-                            gw.index_select(0, li))
         out = cand.clone()
-        out[li] = cand[li] & (torch.maximum(orig.abs().amax((-1, -2)),
-                                            gb.index_select(0, li).abs().amax(-1)) < tol)
+        for i in torch.nonzero(need.any(1)).flatten().tolist():  # views of the basis: no copy
+            largest = (gw[i] @ self.basis[i].T).abs().amax((-1, -2))  # [P, K, r] -> [P]
+            out[i] = cand[i] & (torch.maximum(largest, gb[i].abs().amax(-1)) < tol)
         return out
 
     def _newton_pays(self, g: torch.Tensor) -> bool:
@@ -344,10 +342,6 @@ STALL_AFTER = 20
 STALL_FINAL = 100
 POLISH_BYTES = 2**30
 
-#: below float64, rows rotated into a row space of at most this many rows are solved in
-#: float64 (:func:`_row_space`)
-ROW_SPACE_FLOAT64 = 128
-
 #: ``precondition="auto"`` rotates into the full eigenbasis up to this many columns
 #: (``min(n, d)``), above it uses the low-rank model (:func:`precondition.top_eigen`)
 EIGEN_MAX = 1024
@@ -365,7 +359,6 @@ class Prepared:
     parts: tuple = ()
     source: torch.Tensor | None = None  # the rows as given (for a float64 finish)
     rank: int | None = None
-    dtype: torch.dtype | None = None  # of the results (the solver's may be wider)
 
     def preconditioner(self, intercept: bool):
         if self.kind == "eigen":
@@ -381,35 +374,21 @@ def prepare(X: torch.Tensor, precondition: bool | str = "auto", rank: int | None
     source, X = X, X.to(dtype or X.dtype)
     kind = _kind(precondition, X)
     if kind == "none":
-        return Prepared(kind, X, source=source, dtype=X.dtype)
+        return Prepared(kind, X, source=source)
     L, n, d = X.shape
     # at the thread count the fit will take (see _product_flops): a fit that switched from
     # two threads for its set-up to one leaves the idle thread spinning, which cost 80% more
     # CPU on the bundled workload for no gain in wall time
     with _threads.for_work("matmul", _product_flops(L, n, min(n, d), 8), threads):
         if kind == "eigen" and n < d:  # solve in the n-dimensional row space
-            Xr, lam, V = _row_space(X)
-            return Prepared(kind, Xr, V, (lam,), source, dtype=X.dtype)
+            Xr, lam, V = P.eigen_rotation(X)
+            return Prepared(kind, Xr, V, (lam,), source)
         if kind == "eigen":  # the model rotates, the rows stay
-            return Prepared(kind, X, None, P.eigen_basis(X), source, dtype=X.dtype)
+            return Prepared(kind, X, None, P.eigen_basis(X), source)
         if kind == "lowrank":
             return Prepared(kind, X, None, P.top_eigen(X, rank or P.default_rank(d)), source,
-                            rank, X.dtype)
+                            rank)
     raise ValueError(f"unknown preconditioner {kind!r}: choose auto, eigen, lowrank or none")
-
-
-def _row_space(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`precondition.eigen_rotation`, in float64 for up to ``ROW_SPACE_FLOAT64`` rows
-    (a few layers at a time): the rotated problem is then ``n x n`` and float64 costs about
-    nothing, where float32 rounding in the kernel and the rotated gradient stopped 30-row
-    probes in 8,192 dims short of tolerances below about 1e-6 (they needed a float64
-    finish: 0.54 CPU s against 0.14 for 32 layers, 10 problems each, at tol 1e-6)."""
-    L, n, d = X.shape
-    if n > ROW_SPACE_FLOAT64 or X.dtype == torch.float64:
-        return P.eigen_rotation(X)
-    step = max(1, POLISH_BYTES // 4 // (8 * n * d))
-    parts = [P.eigen_rotation(X[s:s + step].double()) for s in range(0, L, step)]
-    return tuple(torch.cat(t) for t in zip(*parts, strict=True))
 
 
 def _product_flops(layers: int, rows: int, dims: int, columns: int) -> float:
@@ -440,9 +419,7 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
     ``l2`` scalar / ``[P]`` / ``[L, P]``. ``monitor=(X_eval, Y_eval)`` records loss and accuracy
     on held-out rows at every iteration (``curves``: train_loss, train_acc, eval_loss,
     eval_acc, each ``[L, P, T]``; a problem's values stay flat once it has converged).
-    ``dtype`` (default: X's) is the compute precision and that of the results; rows rotated
-    into a row space of up to ``ROW_SPACE_FLOAT64`` rows are solved in float64 whatever it
-    is (it costs about nothing there). A problem whose gradient stops
+    ``dtype`` (default: X's) is the compute precision. A problem whose gradient stops
     falling short of ``tol`` (for ``STALL_AFTER`` iterations) has met the floor that rounding
     sets; with ``polish`` (and a precision below float64) its layer's problems are finished
     in float64 from where they stopped, a layer's rows at a time (``info["polished"]``
@@ -479,9 +456,7 @@ def fit_logistic(X: torch.Tensor | Prepared, Y: torch.Tensor, *, n_classes: int,
             fit = _polish(fit, prep, Y, l2t, k, intercept, max_iter, tol, memory, compact)
     # inference mode skips autograd's bookkeeping on the ~500 small operations of an
     # iteration (about 10% of a fit); the results leave it as ordinary tensors
-    out = prep.dtype or dtype
-    return LogisticFit(fit.weight.to(out, copy=True), fit.bias.to(out, copy=True),
-                       fit.converged.clone(),
+    return LogisticFit(fit.weight.clone(), fit.bias.clone(), fit.converged.clone(),
                        fit.iterations, {k2: v.clone() for k2, v in fit.curves.items()},
                        {k2: v.clone() if torch.is_tensor(v) else v for k2, v in fit.info.items()})
 
