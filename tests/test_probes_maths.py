@@ -60,6 +60,18 @@ def test_planted_direction_recovered_and_controls_near_chance():
     assert cos(res.best["direction"], u) > 0.95
 
 
+def test_logistic_fits_cut_off_at_max_iter_are_reported(caplog):
+    store, _, _ = planted(n=400, d=32, strength=(0.0, 1.0, 4.0))
+    with caplog.at_level("WARNING", logger="reprlab.probes.sweep"):
+        sweep(store, probes=["logistic"], progress=False, bootstrap=0)
+    assert not [r for r in caplog.records if "max_iter" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="reprlab.probes.sweep"):
+        sweep(store, probes=["logistic"], progress=False, bootstrap=0,
+              options={"logistic": {"max_iter": 2}})
+    (msg,) = [r.getMessage() for r in caplog.records if "max_iter" in r.getMessage()]
+    assert "at max_iter 2" in msg and "tol 0.0001" in msg and "% of the fits" in msg
+
+
 def test_several_controls_are_averaged_and_the_first_is_the_single_one():
     store, _, _ = planted(n=400, d=16, strength=(0.0, 1.0, 3.0))
     one = sweep(store, probes=["logistic", "mass-mean"], progress=False, bootstrap=0)

@@ -162,6 +162,19 @@ def _pick(fit: FamilyFit, h: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v[ar, :, h] for k, v in fit.params.items()}  # [L, P, ...]
 
 
+def _warn_unconverged(fit: FamilyFit, options: dict) -> None:
+    """One warning when some logistic fits stopped at their iteration cap short of ``tol``
+    (their numbers may still move), saying how to give them more."""
+    share = fit.info.get("converged")
+    if fit.family != "logistic" or share is None or share >= 1.0:
+        return
+    logger.warning("logistic probes: %.1f%% of the fits (layer x strength x labels) stopped "
+                   "before their gradient reached tol %g, at max_iter %d; their numbers may "
+                   "still move: give more with options={'logistic': {'max_iter': N}}",
+                   100 * (1 - share), float(options.get("tol", 1e-4)),
+                   int(options.get("max_iter", 500)))
+
+
 class _Fold:
     """One train/val/test fit of every family for one position."""
 
@@ -179,6 +192,7 @@ class _Fold:
                              X_val=Xs_va, Y_val=Y[:, va],
                              monitor=(Xs_te, Y[:, te]) if curves else None, seed=seed,
                              options=options.get(fam, {}))
+            _warn_unconverged(fit, options.get(fam, {}))
             h = _select_h(fit, Xs_va, Y[0, va])
             params = _pick(fit, h)
             sel = FamilyFit(fit.family, fit.kind, {k: v.unsqueeze(2) for k, v in params.items()},
