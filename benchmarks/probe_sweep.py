@@ -111,15 +111,15 @@ def largest_gradient(Xs, Y, tr, fits) -> float:
     return out
 
 
-def reference_accuracy(parts, y, grid) -> tuple[list[list[float]], float]:
+def reference_accuracy(parts, y, grid) -> tuple[list[list[float]], list[tuple]]:
     """Test accuracy ``[layer][strength]`` of the task's fits converged far past either side's
-    tolerance (scikit-learn's newton-cg in float64 at tol 1e-10), and the largest gradient
-    entry any of them stopped at (outside the timed runs; ``--reference``)."""
+    tolerance (scikit-learn's newton-cg in float64 at tol 1e-10), and those fits in
+    :func:`largest_gradient`'s form (outside the timed runs; ``--reference``)."""
     from sklearn.linear_model import LogisticRegression
 
     (Xtr, tr), _, (Xte, te) = parts
     tr, te = tr.numpy(), te.numpy()
-    out, grads = [], []
+    out, fits = [], []
     for layer in range(Xtr.shape[0]):
         A, T = Xtr[layer].double().numpy(), Xte[layer].double().numpy()
         row = []
@@ -127,10 +127,15 @@ def reference_accuracy(parts, y, grid) -> tuple[list[list[float]], float]:
             m = LogisticRegression(C=1.0 / (l2 * len(tr)), solver="newton-cg", tol=1e-10,
                                    max_iter=10_000).fit(A, y[tr])
             row.append(float((m.predict(T) == y[te]).mean()))
-            r = 1.0 / (1.0 + np.exp(-(A @ m.coef_[0] + m.intercept_[0]))) - y[tr]
-            grads.append(max(np.abs(A.T @ r / len(tr) + l2 * m.coef_[0]).max(), abs(r.mean())))
+            fits.append((layer, l2, 0, m.coef_[0].copy(), float(m.intercept_[0])))
         out.append(row)
-    return out, float(max(grads))
+    return out, fits
+
+
+def largest_gap(a: list[list[float]], b: list[list[float]]) -> float:
+    """The largest difference between two ``[layer][strength]`` tables."""
+    return max(abs(u - v) for ra, rb in zip(a, b, strict=True) for u, v in zip(ra, rb,
+                                                                               strict=True))
 
 
 def reprlab_fit(parts, Y, std, tol):
@@ -217,8 +222,7 @@ def compare_fits(name, Xs, y, y_ctl, tr, va, te, args, thread_rows, skl_repeats)
         s = res[key]
         cap = 100 if key == "usual" else 10_000
         gap = max(abs(a - b) for a, b in zip(ours_s["acc"], s["acc"], strict=True))
-        gap_each = max(abs(a - b) for ra, rb in zip(ours_s["acc_each"], s["acc_each"],
-                                                   strict=True) for a, b in zip(ra, rb))
+        gap_each = largest_gap(ours_s["acc_each"], s["acc_each"])
         same = sum(a == b for a, b in zip(ours_s["chosen"], s["chosen"], strict=True))
         print(f"  vs {key}: max |test acc diff| over layers {gap:.4f} at the chosen strength "
               f"(same choice on {same}/{len(s['chosen'])} layers), {gap_each:.4f} at equal "
@@ -231,14 +235,13 @@ def compare_fits(name, Xs, y, y_ctl, tr, va, te, args, thread_rows, skl_repeats)
           f"float64), largest gradient entry {ours_s['grad']:.2e} "
           f"(original coordinates; tol {tol:g})")
     if args.reference:
-        ref, grad = reference_accuracy(parts, yn, grid)
+        ref, ref_fits = reference_accuracy(parts, yn, grid)
         gaps = {"reprlab": ours_s["acc_each"], **{k: res[k]["acc_each"] for k in (
             "sklearn loop", "sklearn path (warm start)") if k in res}}
         print(f"  vs a converged reference (scikit-learn newton-cg, float64, tol 1e-10; its "
-              f"largest gradient entry {grad:.1e}): largest test-accuracy gap at equal "
-              f"strength: " + ", ".join(
-                  f"{k} {max(abs(a - b) for ra, rb in zip(v, ref, strict=True) for a, b in zip(ra, rb)):.4f}"
-                  for k, v in gaps.items()))
+              f"largest gradient entry {largest_gradient(Xs, Y, tr, ref_fits):.1e}): largest "
+              f"test-accuracy gap at equal strength: "
+              + ", ".join(f"{k} {largest_gap(v, ref):.4f}" for k, v in gaps.items()))
     print("  test accuracy per layer (reprlab / sklearn loop or path): " + ", ".join(
         f"{a:.3f}/{b:.3f}" for a, b in zip(ours_s["acc"], res.get(
             "sklearn path (warm start)", res.get("sklearn loop", {"acc": ours_s["acc"]}))["acc"],

@@ -95,7 +95,8 @@ def _logistic(X, Y, *, n_classes, scale, X_val, Y_val, monitor, seed, options) -
         return FamilyFit("logistic", "linear", params, hyper, curves,
                          {"iterations": fit.iterations, "layers": L,
                           "converged": float(fit.converged.to(torch.float64).mean()),
-                          "polished": fit.info.get("polished", 0)})
+                          "polished": fit.info.get("polished", 0),
+                          "tol": kw["tol"], "max_iter": kw["max_iter"]})
     mon = None if monitor is None else (monitor[0], monitor[1][:1].expand(H, -1))
     task = fit_logistic(X, Y[:1].expand(H, -1), l2=l2_grid, monitor=mon, **kw)  # [L, H]
     h = select_setting(linear_logits(X_val.to(task.weight.dtype), task.weight, task.bias),
@@ -116,6 +117,7 @@ def _logistic(X, Y, *, n_classes, scale, X_val, Y_val, monitor, seed, options) -
                                      "converged": float(conv.mean()),
                                      "polished": task.info.get("polished", 0)
                                      + ctl.info.get("polished", 0),
+                                     "tol": kw["tol"], "max_iter": kw["max_iter"],
                                      "control_at": "chosen strength"})
 
 

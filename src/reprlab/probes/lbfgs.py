@@ -113,13 +113,13 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
     Y = torch.zeros_like(S)
     rho = torch.zeros((memory, *batch), dtype=theta.dtype, device=theta.device)
     gamma = torch.ones(batch, dtype=theta.dtype, device=theta.device)
-    done = _converged(objective, theta, g, tol, torch.zeros(batch, dtype=torch.bool,
-                                                            device=theta.device))
+    best = _measure(objective, g)  # smallest gradient so far (see stall_after)
+    done = _converged(objective, theta, g, best, tol, torch.zeros(batch, dtype=torch.bool,
+                                                                  device=theta.device))
     done_full = done.clone()
     g_full = g.abs().amax(-1)
     steps_full = torch.zeros(batch, dtype=torch.long, device=theta.device)
     steps = steps_full.clone()
-    best = _measure(objective, g)  # smallest gradient so far, and when it was reached
     since = torch.zeros(batch, dtype=torch.long, device=theta.device)
     stalled = torch.zeros(batch, dtype=torch.bool, device=theta.device)
     stalled_full = stalled.clone()
@@ -202,10 +202,10 @@ def minimize(objective: object, theta0: torch.Tensor, *, max_iter: int = 500,
         head = (head + 1) % memory
         f, g = f_new, g_new
         was = done
-        done = _converged(objective, theta, g, tol, done)
+        now = _measure(objective, g)
+        done = _converged(objective, theta, g, now, tol, done)
         steps = torch.where(was, steps, it)
         if stall_after is not None:
-            now = _measure(objective, g)
             better = now < 0.9 * best
             best = torch.where(better, now, best)
             since = torch.where(better, 0, since + 1)
@@ -233,11 +233,11 @@ def _measure(objective: object, g: torch.Tensor) -> torch.Tensor:
     return screen(g) if screen is not None else g.abs().amax(-1)
 
 
-def _converged(objective: object, theta: torch.Tensor, g: torch.Tensor, tol: float,
-               done: torch.Tensor) -> torch.Tensor:
-    """``done`` plus the problems whose gradient (``screen``) is below ``tol`` and that the
-    objective's ``confirm`` accepts, when it has one."""
-    cand = (_measure(objective, g) < tol) & ~done
+def _converged(objective: object, theta: torch.Tensor, g: torch.Tensor, measured: torch.Tensor,
+               tol: float, done: torch.Tensor) -> torch.Tensor:
+    """``done`` plus the problems whose gradient (``measured``: :func:`_measure`) is below
+    ``tol`` and that the objective's ``confirm`` accepts, when it has one."""
+    cand = (measured < tol) & ~done
     confirm = getattr(objective, "confirm", None)
     if confirm is not None and bool(cand.any()):
         cand = cand & confirm(theta, g, cand, tol)

@@ -162,7 +162,7 @@ def _pick(fit: FamilyFit, h: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v[ar, :, h] for k, v in fit.params.items()}  # [L, P, ...]
 
 
-def _warn_unconverged(fit: FamilyFit, options: dict) -> None:
+def _warn_unconverged(fit: FamilyFit) -> None:
     """One warning when some logistic fits stopped at their iteration cap short of ``tol``
     (their numbers may still move), saying how to give them more."""
     share = fit.info.get("converged")
@@ -171,8 +171,7 @@ def _warn_unconverged(fit: FamilyFit, options: dict) -> None:
     logger.warning("logistic probes: %.1f%% of the fits (layer x strength x labels) stopped "
                    "before their gradient reached tol %g, at max_iter %d; their numbers may "
                    "still move: give more with options={'logistic': {'max_iter': N}}",
-                   100 * (1 - share), float(options.get("tol", 1e-4)),
-                   int(options.get("max_iter", 500)))
+                   100 * (1 - share), fit.info["tol"], fit.info["max_iter"])
 
 
 class _Fold:
@@ -192,7 +191,7 @@ class _Fold:
                              X_val=Xs_va, Y_val=Y[:, va],
                              monitor=(Xs_te, Y[:, te]) if curves else None, seed=seed,
                              options=options.get(fam, {}))
-            _warn_unconverged(fit, options.get(fam, {}))
+            _warn_unconverged(fit)
             h = _select_h(fit, Xs_va, Y[0, va])
             params = _pick(fit, h)
             sel = FamilyFit(fit.family, fit.kind, {k: v.unsqueeze(2) for k, v in params.items()},
