@@ -19,9 +19,30 @@ def _f(v: Any, fmt: str = "{:.3f}") -> str:
     return fmt.format(v)
 
 
+def surface_line(result: SweepResult) -> str:
+    """One sentence on the bag-of-words baseline (or why there is none)."""
+    s = result.surface
+    if s is None:
+        return "bag-of-words baseline: none (the store holds no texts)"
+    ci = ""
+    if s.get("test_acc_lo") is not None:
+        ci = f" [{s['test_acc_lo']:.3f}, {s['test_acc_hi']:.3f}]"
+    return (f"bag-of-words baseline {s['test_acc']:.3f}{ci} (logistic on {s['features']} "
+            "words, same rows, strength chosen on validation)")
+
+
+def best_note(result: SweepResult) -> str:
+    """The footnote on how "best" was chosen."""
+    best = result.best
+    return (f"* best: {best['site']} / {best['position']} / {best['family']}, chosen on "
+            f"validation accuracy ({best['val_acc']:.3f}); its test accuracy "
+            f"{best['test_acc']:.3f} played no part in the choice")
+
+
 def console_table(result: SweepResult) -> str:
     """One block per position x family: a row per layer (accuracy with 95% CI, control,
-    selectivity, cosine of probe vs mean-difference direction)."""
+    selectivity, the bag-of-words baseline and the accuracy beyond it, cosine of probe vs
+    mean-difference direction)."""
     lines = []
     best = result.best
     for pos in result.config["positions"]:
@@ -36,7 +57,8 @@ def console_table(result: SweepResult) -> str:
                          f"test {rows[0]['n_test']}")
             lines.append(f"\n{fam} probe, position '{pos}' ({sizes}; majority baseline "
                          f"{rows[0]['majority_acc']:.3f})")
-            head = f"  {'site':<14}{'test acc [95% CI]':<25}{'control':>9}{'select.':>9}{'cos(probe,diff)':>17}"
+            head = (f"  {'site':<14}{'test acc [95% CI]':<25}{'control':>9}{'select.':>9}"
+                    f"{'words':>8}{'beyond':>8}{'cos(probe,diff)':>17}")
             evals = result.config.get("evals") or []
             widths = {e: max(10, len(f"eval {e}") + 2) for e in evals}
             for e in evals:
@@ -49,13 +71,17 @@ def console_table(result: SweepResult) -> str:
                 if r["test_acc_lo"] is not None:
                     ci += f" [{r['test_acc_lo']:.3f}, {r['test_acc_hi']:.3f}]"
                 line = (f"  {r['site']:<14}{ci:<25}{_f(r['control_acc']):>9}"
-                        f"{_f(r['selectivity'], '{:+.3f}'):>9}{_f(r['cos_probe_meandiff']):>17}")
+                        f"{_f(r['selectivity'], '{:+.3f}'):>9}{_f(r.get('surface_acc')):>8}"
+                        f"{_f(r.get('beyond_surface'), '{:+.3f}'):>8}"
+                        f"{_f(r['cos_probe_meandiff']):>17}")
                 for e in evals:
                     line += f"{_f(r.get(f'eval_{e}_acc')):>{widths[e]}}"
                 lines.append(line + mark)
-    lines.append(f"\n* best: {best['site']} / {best['position']} / {best['family']} "
-                 f"(test accuracy {best['test_acc']:.3f}; the linear probe with the highest "
-                 "test accuracy, whose direction --validate steers along)")
+    lines.append(f"\n{best_note(result)}.")
+    lines.append("control: the same probe on random labels; select. = test acc - control; "
+                 f"words: the {surface_line(result)};")
+    lines.append("beyond = test acc - max(words, majority baseline): what the layer holds "
+                 "beyond the words.")
     return "\n".join(lines)
 
 
@@ -88,6 +114,9 @@ def plot_accuracy(result: SweepResult, title: str = "") -> Any:
                         label=f"best ({best['site']})", zorder=5)
         chance = result.rows[0]["chance"]
         ax.axhline(chance, color="#4b5563", lw=1, ls=":", label="chance")
+        if result.surface is not None:
+            ax.axhline(result.surface["test_acc"], color="#9333ea", lw=1, ls="-.",
+                       label="bag of words")
         ax.set_xticks(x, layer_labels(sites))
         ax.set_xlabel("site")
         ax.set_title(f"position: {pos}")
@@ -199,24 +228,34 @@ def write_run(result: SweepResult, out: str | Path, *, inputs: dict[str, Any] | 
                               if r["test_acc_lo"] is not None else "–"),
                    "AUROC": _f(r["test_auroc"]), "control acc": _f(r["control_acc"]),
                    "selectivity": _f(r["selectivity"], "{:+.3f}"),
+                   "words acc": _f(r.get("surface_acc")),
+                   "beyond words": _f(r.get("beyond_surface"), "{:+.3f}"),
+                   "val acc": _f(r["val_acc"]),
                    "cos(probe, mean diff)": _f(r["cos_probe_meandiff"])}
                   for r in result.rows]
     ci = ""
     if best["row"]["test_acc_lo"] is not None:
         ci = f" (95% CI {best['row']['test_acc_lo']:.3f}-{best['row']['test_acc_hi']:.3f})"
-    summary = (f"Best: {best['site']} / {best['position']} / {best['family']} with test accuracy "
+    words = ("" if result.surface is None else
+             f", bag-of-words baseline {result.surface['test_acc']:.3f} (beyond it "
+             f"{_f(best['row'].get('beyond_surface'), '{:+.3f}')})")
+    summary = (f"Best (chosen on validation accuracy {best['val_acc']:.3f}): {best['site']} / "
+               f"{best['position']} / {best['family']} with test accuracy "
                f"{best['test_acc']:.3f}{ci}; control {_f(best['row']['control_acc'])}, "
-               f"selectivity {_f(best['row']['selectivity'], '{:+.3f}')}, majority baseline "
-               f"{best['row']['majority_acc']:.3f}.")
+               f"selectivity {_f(best['row']['selectivity'], '{:+.3f}')}{words}, majority "
+               f"baseline {best['row']['majority_acc']:.3f}.")
     n_ctl = int(result.config.get("controls") or 0)
     ctl = (f"mean of {n_ctl} random-label controls" if n_ctl > 1 else "random-label control")
     run.figure(plot_accuracy(result, title), "accuracy.png", title="Accuracy by layer",
                caption=f"Test accuracy with 95% bootstrap intervals; dashed: {ctl} (same "
-                       "family and budget); dotted: chance; star: best site.")
+                       "family and budget); dash-dot: bag-of-words baseline (same rows); "
+                       "dotted: chance; star: best site (chosen on validation accuracy).")
     run.table("Per-layer results", table_rows,
-              note="* best: the linear probe with the highest test accuracy (the one "
-                   "--validate steers along). selectivity = test accuracy − control accuracy "
-                   "(Hewitt & Liang 2019); cos(probe, mean diff): cosine between the probe's "
+              note=f"{best_note(result)}. selectivity = test accuracy − control accuracy "
+                   "(Hewitt & Liang 2019); words acc: the " + surface_line(result) + "; "
+                   "beyond words = test accuracy − the larger of words acc and the majority "
+                   "baseline, what the layer holds beyond the words (on sets balanced so "
+                   "that no word predicts the label the words score at or below chance); cos(probe, mean diff): cosine between the probe's "
                    "raw-space direction and the difference of class means. All numbers to "
                    "three decimals; layers.csv has them in full.")
     fig = plot_curves(result)

@@ -35,13 +35,16 @@ LINEAR_FAMILIES = ("logistic", "mass-mean", "mass-mean-iid")
 
 
 def _rank(row: dict[str, Any]) -> tuple[float, float]:
-    """How rows compare for "best": test accuracy, then selectivity."""
-    return row["test_acc"], row.get("selectivity") or 0.0
+    """How rows compare for "best": validation accuracy, then validation log-loss (lower
+    first). The test rows play no part in the choice, so the best row's test accuracy is an
+    honest estimate. (A run without validation rows has a single row.)"""
+    acc, loss = row.get("val_acc"), row.get("val_log_loss")
+    return (acc if acc is not None else -1.0), -(loss if loss is not None else 0.0)
 
 
 def pick_linear(rows: list[dict[str, Any]], position: str | None = None,
                 family: str | None = None) -> dict[str, Any]:
-    """The best row (test accuracy) among linear families, narrowed to ``position`` /
+    """The best row (validation accuracy) among linear families, narrowed to ``position`` /
     ``family`` when given."""
     cand = [r for r in rows if r["family"] in LINEAR_FAMILIES
             and (position is None or r["position"] == position)
@@ -68,11 +71,15 @@ class SweepResult:
     directions: dict[tuple[str, str], dict[str, torch.Tensor]] = field(default_factory=dict)
     run_dir: Any = None  # set when a report was written
     validation: dict[str, Any] | None = None  # steering validation, when asked for
+    #: the bag-of-words baseline on the same rows (:mod:`reprlab.probes.surface`), or None
+    #: where the store holds no texts
+    surface: dict[str, Any] | None = None
 
     @property
     def best(self) -> dict[str, Any]:
-        """Best row by test accuracy (ties: selectivity), with its probe and raw unit direction
-        (the probe's for linear families, else the mean difference)."""
+        """Best row by validation accuracy (ties: validation log-loss), with its test
+        accuracy, its probe and raw unit direction (the probe's for linear families, else
+        the mean difference)."""
         row = max(self.rows, key=_rank)
         key = (row["site"], row["position"], row["family"])
         probe = self.probes.get(key)
@@ -80,7 +87,8 @@ class SweepResult:
         if d is None:
             d = self.directions.get((row["site"], row["position"]), {}).get("mean_difference")
         return {"site": row["site"], "position": row["position"], "family": row["family"],
-                "test_acc": row["test_acc"], "direction": d, "probe": probe, "row": row}
+                "val_acc": row["val_acc"], "test_acc": row["test_acc"], "direction": d,
+                "probe": probe, "row": row}
 
     def linear_probes(self, position: str | None = None,
                       family: str | None = None) -> dict[str, Probe]:
@@ -95,8 +103,11 @@ class SweepResult:
                 and (position is None or r["position"] == position)]
 
     def to_dict(self) -> dict[str, Any]:
+        surface = None if self.surface is None else {
+            k: v for k, v in self.surface.items() if k != "probs"}
         return {"config": self.config, "rows": self.rows, "best": {
                     k: v for k, v in self.best.items() if k not in ("direction", "probe")},
+                "surface": surface,
                 "curves": [{"site": s, "position": p, "family": f, **c}
                            for (s, p, f), c in self.curves.items()]}
 
@@ -216,7 +227,7 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
           controls: bool | int = True, bootstrap: int = 1000,
           options: dict[str, dict] | None = None,
           dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
-          progress: bool = True) -> SweepResult:
+          progress: bool = True, surface: bool = True) -> SweepResult:
     """Train probes of every family at every site x position of ``store``.
 
     ``store``: an :class:`~reprlab.store.ActivationStore` (or :class:`TensorStore`) with labels.
@@ -227,7 +238,12 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
     ``options``: per-family options, e.g. ``{"logistic": {"l2": 1e-2}, "mlp": {"width": 32}}``.
     ``controls``: random-label control permutations per layer (``True`` = 1, ``False`` = 0);
     with several, ``control_acc`` is their mean and ``control_acc_each`` lists them.
-    Deterministic for a given ``seed``.
+    ``surface``: fit the bag-of-words baseline (:mod:`reprlab.probes.surface`) on the same
+    rows where the stores hold their texts: ``surface_acc`` per row, and ``beyond_surface``
+    = test accuracy - the larger of it and the majority baseline (on sets balanced so that no
+    word predicts the label, the words score at or below chance).
+    "Best" is chosen on validation accuracy (pooled over folds with ``folds``); its test
+    accuracy is reported. Deterministic for a given ``seed``.
     """
     names = probes.split(",") if isinstance(probes, str) else [q for p in probes for q in p.split(",")]
     families = check_families(names)
@@ -280,6 +296,7 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
     preds: list[dict[str, Any]] = []
     dir_out: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     ids = list(getattr(store, "ids", None) or [str(i) for i in range(N)])
+    surf = _surface(store, test, y_all, plan, mode, K, bootstrap, seed) if surface else None
     layers = [store.layer_of(s) if hasattr(store, "layer_of") else None for s in site_list]
     bar = tqdm(total=len(pos_list) * len(plan), desc="probe sweep", disable=not progress,
                unit="fit")
@@ -318,7 +335,10 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
             ctl_acc = ctl_each.mean(1) if controls else None
             fit0 = first.fits[fam]
             tr_acc = M.accuracy(fit0["probs_train"], Yfull[:, tr0])  # [L, P]
-            va_acc = M.accuracy(fit0["probs_val"][:, 0], Yfull[0, va0])
+            # validation: pooled over folds (one fold's rows with a single split)
+            pv = torch.cat([f.fits[fam]["probs_val"][:, 0] for _, f in fits], 1)  # [L, m, K]
+            yv = Yfull[0, torch.cat([va for _, va, _ in runs])]
+            va_acc, va_loss = M.accuracy(pv, yv), M.log_loss(pv, yv)
             majority = M.majority_baseline(Yfull[0, tr0], y_te, K)
             linear = fit0["kind"] == "linear"
             if linear:
@@ -341,6 +361,7 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
                        "test_log_loss_lo": _num(task["log_loss"]["lo"][li]),
                        "test_log_loss_hi": _num(task["log_loss"]["hi"][li]),
                        "train_acc": float(tr_acc[li, 0]), "val_acc": float(va_acc[li]),
+                       "val_log_loss": float(va_loss[li]),
                        "control_acc": float(ctl_acc[li]) if controls else None,
                        "control_train_acc": (float(tr_acc[li, 1:].mean()) if controls
                                              else None),
@@ -349,6 +370,10 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
                        "selectivity": (_num(task["accuracy"]["value"][li] - ctl_acc[li])
                                        if controls else None),
                        "majority_acc": majority, "chance": 1.0 / K,
+                       "surface_acc": surf["test_acc"] if surf else None,
+                       "beyond_surface": (_num(task["accuracy"]["value"][li]
+                                               - max(surf["test_acc"], majority))
+                                          if surf else None),
                        "cos_probe_meandiff": float(cos_md[li]) if linear else None,
                        "cos_probe_prev": (float(nb_p[li - 1]) if linear and li > 0 else None),
                        "cos_meandiff_prev": float(nb_m[li - 1]) if li > 0 else None,
@@ -396,7 +421,30 @@ def sweep(store: Any, *, sites: str | list[str] | None = None,
     bar.close()
     logger.info("probe sweep: %d sites x %d positions x %d families", len(site_list),
                 len(pos_list), len(families))
-    return SweepResult(rows, probes_out, curves_out, preds, config, dir_out)
+    return SweepResult(rows, probes_out, curves_out, preds, config, dir_out, surface=surf)
+
+
+def _surface(store: Any, test: Any, y_all: torch.Tensor, plan: list, mode: str, K: int,
+             bootstrap: int, seed: int) -> dict[str, Any] | None:
+    """The bag-of-words baseline on the sweep's rows, or None without texts."""
+    from reprlab.probes.surface import surface_baseline
+
+    texts = getattr(store, "texts", None)
+    if not texts:
+        return None
+    if mode == "given-test":
+        test_texts = getattr(test, "texts", None)
+        if not test_texts:
+            return None
+        N = len(texts)
+        texts = list(texts) + list(test_texts)
+        y_all = torch.cat([y_all, _labels_of(test, "test")])
+        plan = [(plan[0][0], plan[0][1], torch.arange(N, N + len(test_texts)))]
+    out = surface_baseline(list(texts), y_all, plan, n_classes=K, bootstrap=bootstrap,
+                           seed=seed)
+    logger.info("bag-of-words baseline: test accuracy %.3f (%d words)", out["test_acc"],
+                out["features"])
+    return out
 
 
 def _num(x: Any) -> float | None:

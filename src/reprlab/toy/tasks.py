@@ -147,17 +147,27 @@ def preference_shifts(world: World | None = None) -> dict[str, PreferenceTriples
 
 
 def truth_dataset(world: World | None = None) -> LabeledDataset:
-    """"The city of X is in Y ." true/false for every city (groups = city)."""
+    """"The city of X is in Y ." true/false for every city (groups = city), balanced so that
+    no word predicts the label: each city is stated once with its country and once with
+    another city's country (:func:`~reprlab.data.builtins.balance.derange`), so every
+    country is as often the object of a false statement as of a true one."""
+    from reprlab.data.builtins.balance import derange
+
     world = world or default_world()
+    cities = list(world.city_country)
+    truths = [world.city_country[c] for c in cities]
+    falses = derange(truths, world._rng("truth-balanced"))
     texts, labels, groups, ids = [], [], [], []
-    for it in world.items:
-        if it.task == "judge":
-            texts.append(it.prompt[: -len(" This is")])
-            labels.append(int(it.meta["statement_true"]))
-            groups.append(it.meta["city"])
-            ids.append(f"{it.meta['city']}-{str(it.meta['statement_true']).lower()}")
+    for city, true, false in zip(cities, truths, falses, strict=True):
+        for country, label in ((true, 1), (false, 0)):
+            texts.append(f"The city of {city} is in {_country_phrase(country)} .")
+            labels.append(label)
+            groups.append(city)
+            ids.append(f"{city}-{'true' if label else 'false'}")
     return LabeledDataset(texts, labels, ids, ["false", "true"], groups, name="toy-truth",
-                          provenance=PROVENANCE + " Truth statements of the judge task.")
+                          provenance=PROVENANCE + " Truth statements about every city: the "
+                          "true country and another city's (a seeded derangement), so each "
+                          "country is as often false as true.")
 
 
 def sentiment_pairs(world: World | None = None) -> ContrastPairs:

