@@ -94,12 +94,16 @@ def test_larger_than():
     assert len(words) == 1000
     ds = load_dataset("builtin:larger_than")
     assert len(ds) == 1000 and ds.class_counts() == {"false": 500, "true": 500}
-    pat = re.compile(r"^(.+) is larger than (.+)\.$")
+    pat = re.compile(r"^(.+) is (larger|smaller) than (.+)\.$")
+    relations = Counter()
     for text, label in zip(ds.texts, ds.labels, strict=True):
-        a, b = pat.match(text).groups()
+        a, relation, b = pat.match(text).groups()
         a, b = words[a[0].lower() + a[1:]], words[b]
         assert 51 <= a <= 99 and 51 <= b <= 99
-        assert (a > b) == bool(label)
+        assert (a > b if relation == "larger" else a < b) == bool(label)
+        relations[relation, label] += 1
+    # both comparisons in equal measure, each half true: the first number alone says nothing
+    assert set(relations.values()) == {250}
     assert larger_than.build().hash() == ds.hash()
 
 
@@ -141,3 +145,70 @@ def test_pairs_and_prefs_builtins():
     with pytest.raises(DataError, match="kind='preferences'"):
         load_dataset("builtin:prefs-tiny")
     assert len(load_dataset("builtin:cities", limit=10)) == 10
+
+
+def test_derange_keeps_the_values_and_moves_every_one():
+    import random
+
+    from reprlab.data.builtins.balance import derange
+
+    truths = ["a"] * 5 + ["b"] * 3 + ["c"] * 2
+    for seed in range(20):
+        out = derange(truths, random.Random(seed))
+        assert sorted(out) == sorted(truths)
+        assert all(o != t for o, t in zip(out, truths, strict=True))
+    assert derange(truths, random.Random(3)) == derange(truths, random.Random(3))
+    with pytest.raises(DataError, match="cannot derange 4 entries when one value fills 3"):
+        derange(["a", "a", "a", "b"], random.Random(0))
+
+
+def test_relational_builtins_are_marked_and_lexical_ones_say_so():
+    from reprlab.data.builtins import relational_builtins
+
+    assert {"cities", "larger_than", "toy-truth"} <= set(relational_builtins())
+    for name in ("puns", "puns-heldout"):
+        assert not BUILTINS[name].relational and "lexical" in BUILTINS[name].summary
+
+
+@pytest.mark.parametrize("name", ["cities", "toy-truth"])
+def test_every_country_as_often_false_as_true(name):
+    ds = load_dataset(f"builtin:{name}")
+    pat = re.compile(r"^The city of (.+) is in (?:the )?(.+?) ?\.$")
+    said = {0: Counter(), 1: Counter()}
+    for text, label in zip(ds.texts, ds.labels, strict=True):
+        said[label][pat.match(text).group(2)] += 1
+    assert said[0] == said[1] and len(said[1]) > 20
+    assert set(Counter(ds.groups).values()) == {2}  # each city once true, once false
+
+
+def _bow_cv(ds, grouped: bool) -> float:
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_score
+
+    X = CountVectorizer(binary=True).fit_transform(ds.texts)
+    cv = GroupKFold(5) if grouped else StratifiedKFold(5, shuffle=True, random_state=0)
+    return float(cross_val_score(LogisticRegression(max_iter=2000), X, ds.labels, cv=cv,
+                                 groups=ds.groups if grouped else None).mean())
+
+
+def test_no_word_predicts_a_relational_label():
+    # a bag-of-words logistic regression (words only, 5-fold) stays near chance on every
+    # built-in whose label is a relation between its words; before the balancing, cities
+    # scored 0.78 and toy-truth 0.64 (grouped folds)
+    from reprlab.data.builtins import relational_builtins
+
+    for name in relational_builtins():
+        ds = load_dataset(f"builtin:{name}")
+        for grouped in (True, False):
+            acc = _bow_cv(ds, grouped)
+            assert acc <= 0.60, (name, grouped, acc)
+    # the check can fail: a set whose false rows use a uniformly drawn country leaks
+    rows = cities.city_rows()
+    rng = __import__("random").Random(0)
+    pool = sorted({r["country"] for r in rows})
+    leaky = LabeledDataset(
+        [cities.statement(r["city"], c) for r in rows
+         for c in (r["country"], rng.choice([x for x in pool if x != r["country"]]))],
+        [1, 0] * len(rows), None, ["false", "true"], [r["city"] for r in rows for _ in (0, 1)])
+    assert _bow_cv(leaky, True) > 0.7

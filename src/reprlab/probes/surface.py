@@ -73,7 +73,8 @@ def surface_baseline(texts: Sequence[str], labels: torch.Tensor,
     cap = max(MIN_WORDS, min(MAX_WORDS, MAX_CELLS // max(len(texts), 1)))
     vocab = vocabulary([texts[i] for i in seen.tolist()], cap)
     X = bag_of_words(texts, vocab)
-    grid = torch.tensor([float(v) for v in l2_grid])
+    values = [float(v) for v in l2_grid]
+    grid = torch.tensor(values)
     H = len(grid)
     probs_te, probs_va, y_va, chosen = [], [], [], []
     train_acc = None
@@ -89,7 +90,7 @@ def surface_baseline(texts: Sequence[str], labels: torch.Tensor,
         probs_te.append(prob(te))
         probs_va.append(prob(va))
         y_va.append(y[va])
-        chosen.append(float(grid[h]))
+        chosen.append(values[h])
         if train_acc is None:
             train_acc = float(M.accuracy(prob(tr), y[tr]))
     te_all = torch.cat([te for _, _, te in runs])

@@ -71,8 +71,8 @@ BUILTINS: dict[str, Builtin] = {
                       "design, GeoNames tables; each country as often false as true)",
                       relational=True),
     "larger_than": Builtin(larger_than.build, "labeled",
-                           "'X is larger than Y.' with numbers 51-99 in words, 1,000 rows "
-                           "(each pair in both orders)", relational=True),
+                           "'X is larger/smaller than Y.' with numbers 51-99 in words, "
+                           "1,000 rows (each pair in both orders)", relational=True),
     "puns": Builtin(puns.build, "labeled",
                     "question jokes: pun vs literal answer to the same question, 260 rows "
                     "(the label is lexical by nature: the words are the pun)"),

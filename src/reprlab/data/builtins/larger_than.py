@@ -1,8 +1,13 @@
-"""``larger_than``: "X is larger than Y." with both numbers written in words.
+"""``larger_than``: "X is larger than Y." / "X is smaller than Y." with numbers in words.
 
 Follows the design of the ``larger_than`` set of Marks & Tegmark (2023), *The Geometry of
-Truth*: two different numbers between fifty-one and ninety-nine; the true statement puts the
-larger first, the false one the smaller first.
+Truth*: two different numbers between fifty-one and ninety-nine, stated in both orders, one
+true and one false. Half of the pairs (seeded) are stated with "smaller than" instead, as in
+the paper's ``smaller_than`` set. Without them the label would be readable from which number
+comes first: a linear model of the words *and their positions* (the mean of a model's input
+embeddings, which add a position to each token) scores a large first number as true. With
+both comparisons in equal measure, no word, at any position, predicts the label; only the
+relation between the two numbers and the comparison word does.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from reprlab.errors import DataError
 
 PROVENANCE = (
     "Generated: pairs of different numbers from 51 to 99 written in English words, following "
-    "the design of the 'larger_than' set in Marks & Tegmark 2023, The Geometry of Truth; "
-    "500 pairs drawn with a seeded RNG, each giving one true and one false statement. "
-    "Group = pair.")
+    "the design of the 'larger_than' and 'smaller_than' sets in Marks & Tegmark 2023, The "
+    "Geometry of Truth; 500 pairs drawn with a seeded RNG, each giving one true and one false "
+    "statement, half of the pairs with 'larger than' and half with 'smaller than' (so that "
+    "neither the words nor the first number predicts the label). Group = pair.")
 
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
          "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
@@ -60,24 +66,27 @@ def number_to_words(n: int) -> str:
     return " ".join(parts)
 
 
-def sentence(a: int, b: int) -> str:
-    text = f"{number_to_words(a)} is larger than {number_to_words(b)}."
+def sentence(a: int, b: int, relation: str = "larger") -> str:
+    text = f"{number_to_words(a)} is {relation} than {number_to_words(b)}."
     return text[0].upper() + text[1:]
 
 
 def build(n_pairs: int = 500, low: int = 51, high: int = 99, seed: int = 0) -> LabeledDataset:
-    """``2 * n_pairs`` rows, balanced; classes ["false", "true"]; group = pair."""
+    """``2 * n_pairs`` rows, balanced; classes ["false", "true"]; group = pair. The first
+    half of the pairs drawn say "larger than", the second half "smaller than"."""
     pairs = list(itertools.combinations(range(low, high + 1), 2))
     rng = random.Random(seed)
     chosen = rng.sample(pairs, n_pairs)
     texts, labels, ids, groups = [], [], [], []
-    for small, big in chosen:
+    for k, (small, big) in enumerate(chosen):
+        relation = "larger" if k < n_pairs - n_pairs // 2 else "smaller"
         first_true = rng.random() < 0.5  # which row of the pair comes first
-        rows = [(sentence(big, small), 1), (sentence(small, big), 0)]
+        true_row = (big, small) if relation == "larger" else (small, big)
+        rows = [(sentence(*true_row, relation), 1), (sentence(*true_row[::-1], relation), 0)]
         for text, label in rows if first_true else rows[::-1]:
             texts.append(text)
             labels.append(label)
-            ids.append(f"{big}-{small}-{'true' if label else 'false'}")
+            ids.append(f"{big}-{small}-{relation}-{'true' if label else 'false'}")
             groups.append(f"{big}-{small}")
     return LabeledDataset(texts, labels, ids, ["false", "true"], groups, name="larger_than",
                           provenance=PROVENANCE)
