@@ -46,7 +46,7 @@ def _spec(tmp_path: Path, inputs, params: str, method: str = "grid", extra: str 
     model, data = inputs
     p = tmp_path / "sweep.yaml"
     p.write_text(f"command: probe --model {model} --data {data} {FIXED}\n"
-                 f"method: {method}\nmetric: {{name: best.test_acc, goal: maximize}}\n"
+                 f"method: {method}\nmetric: {{name: best.val_acc, goal: maximize}}\n"
                  f"parameters:\n{params}{extra}")
     return p
 
@@ -84,9 +84,9 @@ def test_grid_equals_the_grid_by_hand_and_shares_one_capture(tmp_path, inputs, m
         argv = ["probe", "--model", str(model), "--data", str(data), *FIXED.split(),
                 f"--l2={t.params['l2']!r}", f"--probes={t.params['probes']}", "--out", str(run)]
         assert main(argv) == 0
-        by_hand[t.number] = json.loads((run / "results.json").read_text())["best"]["test_acc"]
+        by_hand[t.number] = json.loads((run / "results.json").read_text())["best"]["val_acc"]
         recorded = json.loads((Path(info(t)["run_dir"]) / "results.json").read_text())
-        assert t.value == recorded["best"]["test_acc"] == pytest.approx(by_hand[t.number])
+        assert t.value == recorded["best"]["val_acc"] == pytest.approx(by_hand[t.number])
     values = {round(v, 6) for v in by_hand.values()}
     assert len(values) > 1  # the option matters on this data
     status = json.loads((out / "results.json").read_text())["status"]
@@ -98,7 +98,8 @@ def test_grid_equals_the_grid_by_hand_and_shares_one_capture(tmp_path, inputs, m
 def test_killed_sweep_resumes_without_redoing_finished_trials(tmp_path, inputs):
     spec = _spec(tmp_path, inputs, "  l2: {values: [0.0001, 0.01, 1.0, 100.0]}\n")
     out = tmp_path / "sweep"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "reprlab.cli", "sweep", str(spec), "--out", str(out),
            "--workers", "1", "--no-progress", "--no-report"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ from reprlab.sweeps.spec import parse_spec
 pytest.importorskip("optuna")
 
 PROBE = "command: probe --model minilm --data builtin:cities --positions mean\n"
-METRIC = "metric: {name: best.test_acc, goal: maximize}\n"
+METRIC = "metric: {name: best.val_acc, goal: maximize}\n"
 GRID = "method: grid\n"
 
 BAD = [
@@ -108,7 +108,7 @@ def test_wandb_shaped_file_and_parameter_flags():
     spec = parse_spec({
         "program": "train.py", "method": "bayes", "name": "s",
         "command": ["${env}", "reprlab", "probe", "--model", "minilm", "${args}"],
-        "metric": {"name": "best.test_acc", "goal": "maximize"},
+        "metric": {"name": "best.val_acc", "goal": "maximize"},
         "parameters": {"l2": {"distribution": "log_uniform_values", "min": "1e-5", "max": 1e-1},
                        "mlp_width": {"min": 8, "max": 64},
                        "no_controls": {"values": [True, False]},
@@ -176,3 +176,13 @@ def test_example_sweep_files_pass_the_pre_run_check(path, tmp_path):
     check(spec, tmp_path / "out")
     assert spec.trials >= 1 and spec.searched
     assert not (tmp_path / "out").exists()
+
+
+def test_choosing_on_a_test_metric_is_warned(caplog):
+    raw = {"command": "probe", "method": "grid", "parameters": {"l2": {"values": [1, 2]}}}
+    with caplog.at_level("WARNING", logger="reprlab.sweeps.spec"):
+        parse_spec({**raw, "metric": "best.val_acc"})
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="reprlab.sweeps.spec"):
+        parse_spec({**raw, "metric": {"name": "best.test_acc"}})
+    assert len(caplog.records) == 1 and "choose on a validation metric" in caplog.text

@@ -4,7 +4,7 @@
 
     command: probe --model minilm --data builtin:cities --probes logistic
     method: tpe                 # grid | random | tpe (W&B's "bayes" is read as tpe)
-    metric: {name: best.test_acc, goal: maximize}
+    metric: {name: best.val_acc, goal: maximize}
     parameters:
       l2: {distribution: log_uniform, min: 1e-4, max: 1.0}
       positions: {values: [last, mean]}
@@ -20,13 +20,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
+import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reprlab.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 METHODS = {"grid": "grid", "random": "random", "tpe": "tpe", "bayes": "tpe"}
 GOALS = ("maximize", "minimize")
@@ -197,12 +201,18 @@ def _metric(m: Any, source: str) -> tuple[str, str]:
     if isinstance(m, str):
         m = {"name": m}
     if not isinstance(m, dict) or not m.get("name"):
-        raise ConfigError(f"{source}: give `metric: {{name: best.test_acc, goal: maximize}}` "
+        raise ConfigError(f"{source}: give `metric: {{name: best.val_acc, goal: maximize}}` "
                           "(a dotted path into the trial's results.json)")
     goal = str(m.get("goal", "maximize")).lower()
     if goal not in GOALS:
         raise ConfigError(f"{source}: metric goal must be maximize or minimize, got {goal!r}")
-    return str(m["name"]), goal
+    name = str(m["name"])
+    if re.search(r"(^|[._/])test", name):
+        logger.warning("%s: the sweep chooses its best trial on %s, a test-set metric, so the "
+                       "best trial's test figures are no longer held out; choose on a "
+                       "validation metric (e.g. best.val_acc) and read the test figures of the "
+                       "trial it picks", source, name)
+    return name, goal
 
 
 def _num(v: Any, what: str, source: str) -> float:

@@ -44,7 +44,7 @@ class MetricMissing(ConfigError):
 
 
 def lookup(results: Any, name: str) -> Any:
-    """``lookup(r, "best.test_acc")``: walk dicts (keys may contain "/" or ".") and lists."""
+    """``lookup(r, "best.val_acc")``: walk dicts (keys may contain "/" or ".") and lists."""
     if name in ("", None):
         return results
     if isinstance(results, dict):
