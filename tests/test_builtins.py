@@ -54,7 +54,7 @@ def test_cities_balanced_grouped_deterministic():
     ds = load_dataset("builtin:cities")
     assert len(ds) == 1500 and ds.class_counts() == {"false": 750, "true": 750}
     assert ds.classes == ["false", "true"]
-    assert len(set(ds.groups)) == 750 and set(Counter(ds.groups).values()) == {2}
+    assert len(set(ds.groups)) == 375 and set(Counter(ds.groups).values()) == {4}
     assert cities.build().hash() == ds.hash()  # fresh build, same content
     names = [CITY_RE.match(t).group(1) for t in ds.texts]
     assert all(n.isascii() for n in names)
@@ -147,19 +147,24 @@ def test_pairs_and_prefs_builtins():
     assert len(load_dataset("builtin:cities", limit=10)) == 10
 
 
-def test_derange_keeps_the_values_and_moves_every_one():
+def test_swap_pairs_pairs_every_entry_across_values():
     import random
 
-    from reprlab.data.builtins.balance import derange
+    from reprlab.data.builtins.balance import swap_pairs
 
     truths = ["a"] * 5 + ["b"] * 3 + ["c"] * 2
+    seen = set()
     for seed in range(20):
-        out = derange(truths, random.Random(seed))
-        assert sorted(out) == sorted(truths)
-        assert all(o != t for o, t in zip(out, truths, strict=True))
-    assert derange(truths, random.Random(3)) == derange(truths, random.Random(3))
-    with pytest.raises(DataError, match="cannot derange 4 entries when one value fills 3"):
-        derange(["a", "a", "a", "b"], random.Random(0))
+        pairs = swap_pairs(truths, random.Random(seed))
+        assert sorted(i for p in pairs for i in p) == list(range(10))
+        assert all(truths[i] != truths[j] for i, j in pairs)
+        seen.add(frozenset(map(frozenset, pairs)))
+    assert len(seen) > 10  # drawn, not fixed
+    assert swap_pairs(truths, random.Random(3)) == swap_pairs(truths, random.Random(3))
+    with pytest.raises(DataError, match=r"cannot pair 4 entries .* \(one value fills 3\)"):
+        swap_pairs(["a", "a", "a", "b"], random.Random(0))
+    with pytest.raises(DataError, match="give an even number"):
+        swap_pairs(["a", "b", "c"], random.Random(0))
 
 
 def test_relational_builtins_are_marked_and_lexical_ones_say_so():
@@ -175,10 +180,17 @@ def test_every_country_as_often_false_as_true(name):
     ds = load_dataset(f"builtin:{name}")
     pat = re.compile(r"^The city of (.+) is in (?:the )?(.+?) ?\.$")
     said = {0: Counter(), 1: Counter()}
-    for text, label in zip(ds.texts, ds.labels, strict=True):
-        said[label][pat.match(text).group(2)] += 1
+    by_group: dict[str, Counter] = {}
+    for text, label, group in zip(ds.texts, ds.labels, ds.groups, strict=True):
+        city, country = pat.match(text).groups()
+        said[label][country] += 1
+        by_group.setdefault(group, Counter()).update({(city, label): 1, (country, label): 1})
     assert said[0] == said[1] and len(said[1]) > 20
-    assert set(Counter(ds.groups).values()) == {2}  # each city once true, once false
+    # inside every group (two cities, four rows) each city and each country once true and
+    # once false: any group-aware split keeps the balance
+    assert set(Counter(ds.groups).values()) == {4}
+    for counts in by_group.values():
+        assert len(counts) == 8 and set(counts.values()) == {1}
 
 
 def _bow_cv(ds, grouped: bool) -> float:
@@ -195,7 +207,8 @@ def _bow_cv(ds, grouped: bool) -> float:
 def test_no_word_predicts_a_relational_label():
     # a bag-of-words logistic regression (words only, 5-fold) stays near chance on every
     # built-in whose label is a relation between its words; before the balancing, cities
-    # scored 0.78 and toy-truth 0.64 (grouped folds)
+    # scored 0.78 and toy-truth 0.64 (grouped folds). Folds that split a group put a city's
+    # twin in training, which points the other way: those score far below chance
     from reprlab.data.builtins import relational_builtins
 
     for name in relational_builtins():

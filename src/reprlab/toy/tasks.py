@@ -147,27 +147,29 @@ def preference_shifts(world: World | None = None) -> dict[str, PreferenceTriples
 
 
 def truth_dataset(world: World | None = None) -> LabeledDataset:
-    """"The city of X is in Y ." true/false for every city (groups = city), balanced so that
-    no word predicts the label: each city is stated once with its country and once with
-    another city's country (:func:`~reprlab.data.builtins.balance.derange`), so every
-    country is as often the object of a false statement as of a true one."""
-    from reprlab.data.builtins.balance import derange
+    """"The city of X is in Y ." true/false for every city, balanced so that no word
+    predicts the label: cities are paired across countries and swap them
+    (:func:`~reprlab.data.builtins.balance.swap_pairs`), so every country is as often the
+    object of a false statement as of a true one; group = the pair (four rows)."""
+    from reprlab.data.builtins.balance import swap_pairs
 
     world = world or default_world()
     cities = list(world.city_country)
     truths = [world.city_country[c] for c in cities]
-    falses = derange(truths, world._rng("truth-balanced"))
     texts, labels, groups, ids = [], [], [], []
-    for city, true, false in zip(cities, truths, falses, strict=True):
-        for country, label in ((true, 1), (false, 0)):
-            texts.append(f"The city of {city} is in {_country_phrase(country)} .")
-            labels.append(label)
-            groups.append(city)
-            ids.append(f"{city}-{'true' if label else 'false'}")
+    for i, j in sorted(swap_pairs(truths, world._rng("truth-balanced"))):
+        pair = f"{cities[i]} / {cities[j]}"
+        for city, true, false in ((cities[i], truths[i], truths[j]),
+                                  (cities[j], truths[j], truths[i])):
+            for country, label in ((true, 1), (false, 0)):
+                texts.append(f"The city of {city} is in {_country_phrase(country)} .")
+                labels.append(label)
+                groups.append(pair)
+                ids.append(f"{city}-{'true' if label else 'false'}")
     return LabeledDataset(texts, labels, ids, ["false", "true"], groups, name="toy-truth",
-                          provenance=PROVENANCE + " Truth statements about every city: the "
-                          "true country and another city's (a seeded derangement), so each "
-                          "country is as often false as true.")
+                          provenance=PROVENANCE + " Truth statements about every city: cities "
+                          "paired across countries (seeded), each stated with its own country "
+                          "and with its partner's, so each country is as often false as true.")
 
 
 def sentiment_pairs(world: World | None = None) -> ContrastPairs:
