@@ -47,7 +47,9 @@ def toy_builtins() -> dict[str, Builtin]:
     out = {
         "toy-truth": Builtin(_toy("truth_dataset"), "labeled",
                              "toy world: 'The city of X is in Y .' true/false, 320 rows, "
-                             "each country as often false as true", relational=True),
+                             "each country as often false as true (balanced, probes on toy "
+                             "read it only weakly: its judgement of unseen statements is "
+                             "weak)", relational=True),
         "toy-pairs": Builtin(_toy("sentiment_pairs"), "pairs",
                              "toy world: 200 positive/negative sentiment contrast pairs"),
         "toy-text": Builtin(_toy("eval_text"), "labeled",
