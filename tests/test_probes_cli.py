@@ -64,6 +64,18 @@ def test_cli_end_to_end_tiny(tiny_dir, tmp_path, capsys):
     assert all(r["test_acc_lo"] <= r["test_acc"] <= r["test_acc_hi"] for r in rows)
     assert all(abs(r["selectivity"] - (r["test_acc"] - r["control_acc"])) < 1e-6 for r in rows)
     assert all("eval_ood_acc" in r for r in rows)
+    # the adjective gives the label away: the bag-of-words baseline reads it on the same rows,
+    # and no probe holds anything beyond it
+    surface = results["surface"]
+    assert surface["test_acc"] >= 0.95 and surface["n_test"] == rows[0]["n_test"]
+    assert all(r["surface_acc"] == surface["test_acc"] for r in rows)
+    assert all(r["beyond_surface"] <= 0.05 for r in rows)
+    assert f"words: the bag-of-words baseline {surface['test_acc']:.3f}" in printed
+    # best is the row with the highest validation accuracy
+    best = max(rows, key=lambda r: (r["val_acc"], -r["val_log_loss"]))
+    assert (results["best"]["site"], results["best"]["position"], results["best"]["family"]) \
+        == (best["site"], best["position"], best["family"])
+    assert "chosen on validation accuracy" in results["summary"]
     # layers.csv and report.html carry the same numbers as results.json
     with (out / "layers.csv").open() as fh:
         table = list(csv.DictReader(fh))
@@ -75,6 +87,9 @@ def test_cli_end_to_end_tiny(tiny_dir, tmp_path, capsys):
             assert float(t[k]) == pytest.approx(r[k], rel=1e-5, abs=1e-6)
         assert f"<td>{html.escape(format(r['test_acc'], '.3f'))}</td>" in page
         assert f"<td>{r['test_acc_lo']:.3f}–{r['test_acc_hi']:.3f}</td>" in page
+        assert float(t["surface_acc"]) == pytest.approx(r["surface_acc"])
+    assert "<th>words acc</th>" in page and "<th>beyond words</th>" in page
+    assert "bag-of-words baseline" in page
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["inputs"]["data"]["hash"]
     assert manifest["inputs"]["model"]["spec"] == str(tiny_dir)
