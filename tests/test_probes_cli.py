@@ -223,6 +223,9 @@ def test_probe_trained_inside_a_session_same_on_both_backends(tiny_dir, tmp_path
     assert losses[-1] < 0.6 * losses[0]  # it learns
     row = a["rows"][0]
     assert row["n_train"] + row["n_test"] == 120 and row["test_acc"] > 0.75
+    # the bag-of-words baseline on the same test rows: the adjective gives the label away
+    assert a["surface"]["n_test"] == row["n_test"] and row["surface_acc"] >= 0.9
+    assert row["beyond_surface"] == pytest.approx(row["test_acc"] - row["surface_acc"])
     wa = load_file(str(tmp_path / "local" / "probes" / "layers.1__mean__logistic.safetensors"))
     wb = load_file(str(tmp_path / "nnsight" / "probes" / "layers.1__mean__logistic.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

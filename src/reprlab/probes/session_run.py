@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from reprlab.errors import ConfigError
+from reprlab.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,15 @@ def probe_in_session(model: Any, data: Any, *, site: str, position: Any = "last"
            "test_logloss": pick["log_loss"]["value"], "control_acc": None, "selectivity": None,
            "majority_acc": M.majority_baseline(y_all[tr], y_te, len(ds.classes)),
            "n_train": len(tr), "n_test": len(te)}
+    surface = _surface(texts, y_all, tr, te, getattr(ds, "groups", None), len(ds.classes),
+                       bootstrap, seed)
+    if surface is not None:
+        row["surface_acc"] = surface["test_acc"]
+        row["beyond_surface"] = row["test_acc"] - max(surface["test_acc"], row["majority_acc"])
     losses = [float(v) for v in fit.losses]
     results = {"rows": [row], "best": {k: row[k] for k in ("site", "position", "family",
                                                            "test_acc")},
+               "surface": surface,
                "training": {"backend": backend, "remote": remote, "mode": mode,
                             "sessions": fit.n_sessions, "epochs": epochs,
                             "batch_size": batch_size, "lr": lr, "loss_per_epoch": losses}}
@@ -120,11 +126,34 @@ def probe_in_session(model: Any, data: Any, *, site: str, position: Any = "last"
         ci = f" (95% CI {row['test_acc_lo']:.3f}-{row['test_acc_hi']:.3f})"
     summary = (f"Logistic probe at {fit.site} / {position} trained in {fit.n_sessions} "
                f"{backend} session(s){' on NDIF' if remote else ''}: test accuracy "
-               f"{row['test_acc']:.3f}{ci}, majority baseline {row['majority_acc']:.3f}.")
+               f"{row['test_acc']:.3f}{ci}, majority baseline {row['majority_acc']:.3f}"
+               + ("" if surface is None else
+                  f", bag-of-words baseline {surface['test_acc']:.3f}") + ".")
     results["summary"] = summary
     run.finish(results, title=f"reprlab probe (session): {lm.name}", summary=summary)
     results["run_dir"] = str(run.path)
     return results
+
+
+def _surface(texts: list[str], y: torch.Tensor, tr: list[int], te: list[int],
+             groups: list[str] | None, n_classes: int, bootstrap: int,
+             seed: int) -> dict[str, Any] | None:
+    """The bag-of-words baseline on the probe's test rows: trained on three quarters of its
+    training rows, its strength chosen on the other quarter (the session probe has no
+    validation split). None where the training rows are too few to split."""
+    from reprlab.probes.splits import split_rows
+    from reprlab.probes.surface import surface_baseline
+
+    trt = torch.as_tensor(tr)
+    try:
+        sub = split_rows(y[trt], (0.75, 0.25), None if groups is None else
+                         [groups[i] for i in tr], seed, names=("train", "val"))
+    except DataError:
+        return None
+    out = surface_baseline(texts, y, [(trt[sub["train"]], trt[sub["val"]], torch.as_tensor(te))],
+                           n_classes=n_classes, bootstrap=bootstrap, seed=seed)
+    out.pop("probs")
+    return out
 
 
 def _loss_figure(losses: list[float], site: str) -> Any:
