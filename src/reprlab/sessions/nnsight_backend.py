@@ -75,7 +75,13 @@ def wrap_remote(lm: Any) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tm = nnsight.TransformersModel(lm.model, tokenizer=lm.tokenizer)
-        if "/" in lm.name and not os.path.exists(lm.name):
+        folder = lm.source if isinstance(lm.source, str) and os.path.isdir(lm.source) else None
+        if folder is not None:  # a local NDIF serves a folder by its path (no hub id)
+            from nnsight.modeling.huggingface import _ID_CACHE
+
+            tm.repo_id = os.path.realpath(folder)
+            _ID_CACHE.setdefault(tm.repo_id, tm.repo_id)
+        elif "/" in lm.name and not os.path.exists(lm.name):
             tm.repo_id = lm.name
         lm.extra["nnsight_remote"] = tm
     return tm
