@@ -15,7 +15,9 @@ import torch
 
 import reprlab
 from reprlab.sessions import nnsight_backend as nb
+from reprlab.sessions import transport as tp
 from reprlab.sessions.errors import RemoteError
+from reprlab.sessions.results import _safe_global
 
 pytest.importorskip("nnsight")
 pytest.importorskip("ndif.services.ray.deployments.modeling.nns",
@@ -41,7 +43,7 @@ def server(lm):
 def remote(server, monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", "local-key")
     monkeypatch.setenv("NDIF_HOST", "http://127.0.0.1:9")
-    monkeypatch.setattr(nb, "transport", server.transport)
+    monkeypatch.setattr(tp, "transport", server.transport)
     return server
 
 
@@ -121,7 +123,7 @@ def test_server_error_is_one_line_with_the_server_message(lm, remote, toy_mini):
     from conftest import make_tiny
 
     other = InProcessNdif(remote.model_key, model=_wrapped(make_tiny("gpt2")))
-    nb.transport = other.transport
+    tp.transport = other.transport
     with pytest.raises(RemoteError) as err:
         _seed001(lm, "nnsight", remote=True)
     msg = str(err.value)
@@ -135,7 +137,7 @@ def _wrapped(tiny):
 
 
 def test_unknown_model_is_refused_in_one_line(lm, remote):
-    nb.transport = InProcessNdif(local_model_key("/nonexistent-model"), model=remote.model
+    tp.transport = InProcessNdif(local_model_key("/nonexistent-model"), model=remote.model
                                  ).transport
     with pytest.raises(RemoteError, match="not deployed") as err:
         _seed001(lm, "nnsight", remote=True)
@@ -151,7 +153,7 @@ def test_server_result_frame_holds_only_allowed_types(lm, remote):
             frames.append(f)
             yield f
 
-    nb.transport = keep
+    tp.transport = keep
     _seed001(lm, "nnsight", remote=True)
     frame = next(f for f in frames if isinstance(f, bytes))
     import io
@@ -162,4 +164,4 @@ def test_server_result_frame_holds_only_allowed_types(lm, remote):
     globals_ = {arg for op, arg, _ in pickletools.genops(pkl)
                 if op.name in ("GLOBAL", "STACK_GLOBAL") and arg}
     assert globals_ <= {"nnsight.schema.response Status"}
-    assert all(nb._safe_global(*g.split(" ")) for g in globals_)
+    assert all(_safe_global(*g.split(" ")) for g in globals_)
