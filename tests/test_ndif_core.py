@@ -72,8 +72,8 @@ def test_patching_session_equals_local_and_shares_values_on_the_server(lm, remot
     assert torch.equal(s.results["top"], local["top"])
     unpatched = _plain_logits(lm, TGT)
     assert not torch.equal(unpatched, local["logits"])   # the patch changed something
-    assert [m.split("] ")[1].split(":")[0] for m in seen if m.startswith("[ndif")] == [
-        "received", "running", "completed"]
+    assert [m.split("] ")[1].split(":")[0] if m.startswith("[ndif") else m for m in seen] == [
+        "received", "running", "patched", "completed"]   # s.log comes back as a LOG status
     assert remote.requests[-1]["compress"] is True
 
 
@@ -165,3 +165,20 @@ def test_server_result_frame_holds_only_allowed_types(lm, remote):
                 if op.name in ("GLOBAL", "STACK_GLOBAL") and arg}
     assert globals_ <= {"nnsight.schema.response Status"}
     assert all(_safe_global(*g.split(" ")) for g in globals_)
+
+
+def test_patch_command_remote_prints_what_the_local_run_prints(lm, remote, tmp_path, capsys,
+                                                               monkeypatch):
+    from reprlab.cli import main
+
+    monkeypatch.delenv("NDIF_HOST")
+    args = ["patch", "--model", lm.source, "--source", SRC, "--target", TGT, "--from",
+            "layers.-2", "--pos", "-1"]
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    local = capsys.readouterr().out
+    n = len(remote.requests)
+    assert main(args + ["--backend", "nnsight", "--remote", "--ndif-host",
+                        "http://127.0.0.1:8001", "--out", str(tmp_path / "far")]) == 0
+    far = capsys.readouterr().out
+    assert len(remote.requests) > n
+    assert far.replace("far", "local") == local and "\t" in local

@@ -113,8 +113,9 @@ class InProcessNdif:
         self.requests: list[dict] = []   # what each request carried (for checks)
         self.counter = 0
 
-    def execute(self, payload: bytes, compress: bool, env: dict | None) -> bytes:
-        """The actor's ``execute`` + ``prepare_result``: the result blob as sent back."""
+    def execute(self, payload: bytes, compress: bool, env: dict | None) -> tuple[bytes, list]:
+        """The actor's ``execute`` + ``prepare_result``: the result blob as sent back, and the
+        lines the block printed (the actor streams them back as LOG statuses)."""
         import zstandard
         from ndif.common.schema.request import BackendRequestModel
         from ndif.services.ray.deployments.modeling.nns import (
@@ -125,14 +126,16 @@ class InProcessNdif:
         from ndif.services.ray.deployments.modeling.util import cpu_pickle_module, resolve_dtype
 
         self.model._remoteable_set_env(env)
-        with block_scope(), _without_reprlab():
+        out = io.StringIO()
+        with block_scope(), _without_reprlab(), contextlib.redirect_stdout(out):
             tracer, _ = prepare_traced_block(self.model, payload, compress,
                                              deserialize=BackendRequestModel.deserialize)
             saved = execute_traced_block(tracer, resolve_dtype(self.dtype_name))
             buffer = io.BytesIO()
             torch.save(saved, buffer, pickle_module=cpu_pickle_module())
         data = buffer.getvalue()
-        return zstandard.ZstdCompressor(level=3).compress(data) if compress else data
+        data = zstandard.ZstdCompressor(level=3).compress(data) if compress else data
+        return data, out.getvalue().splitlines()
 
     def respond(self, request: Any, blob: bytes) -> Iterator[Any]:
         """The frames a blocking client receives for one request (JSON text or bytes)."""
@@ -157,7 +160,7 @@ class InProcessNdif:
             return
         yield status(Status.RUNNING, "Your job has started running.")
         try:
-            data = self.execute(blob, request.compress, request.env)
+            data, printed = self.execute(blob, request.compress, request.env)
         except Exception as exc:  # the server answers every failure with ERROR
             if isinstance(exc, RequestError):
                 message = str(exc)
@@ -166,6 +169,8 @@ class InProcessNdif:
                 message = "".join(traceback.format_exception(type(exc), exc, tb))
             yield status(Status.ERROR, message)
             return
+        for line in printed:
+            yield status(Status.LOG, line)
         yield BackendResponseModel(id=job, status=Status.COMPLETED,
                                    description="Your job has been completed.", data=data,
                                    meta={"runtime": 0.0}).pickle()

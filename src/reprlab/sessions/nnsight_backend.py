@@ -258,7 +258,8 @@ def run_plan(models: list, plan: dict, *, remote: bool = False,
                           "or run with remote=False")
     warn_custom_host(host)
     tm = wrap_remote(models[0])
-    backend = tp.make_backend(model_key(tm), host, api_key, emit, progress)
+    backend = tp.make_backend(model_key(tm), host, api_key, emit, progress,
+                              tp.request_timeout(options.get("timeout")))
     _register_runtime()
     results = _interpret(tm, [tm], [rt.call_dict], plan, print, backend=backend)
     return dict(results)

@@ -144,20 +144,70 @@ def websocket_transport(backend: Any, request: Any, blob: bytes) -> Iterable[Any
             header={"ndif-api-key": backend.api_key} if backend.api_key else None)
     except (OSError, websocket.WebSocketException) as exc:
         raise _network_error(backend.host, exc) from None
+    wait = getattr(backend, "timeout", None)
+    conn.settimeout(wait)
     try:
-        request.session_id = json.loads(conn.recv())["session_id"]
+        try:
+            request.session_id = json.loads(conn.recv())["session_id"]
+        except websocket.WebSocketTimeoutException:
+            raise _timeout_error(backend.host, wait) from None
+        except (OSError, websocket.WebSocketException, ValueError, KeyError) as exc:
+            raise _network_error(backend.host, exc) from None
         try:
             first = backend._post(request, blob)
         except Exception as exc:
-            raise RemoteError(f"NDIF refused the request: {exc}") from None
+            raise RemoteError(f"NDIF refused the request: {_first_line(exc)}") from None
         yield first
         while True:
             try:
                 yield conn.recv()
+            except websocket.WebSocketTimeoutException:
+                raise _timeout_error(backend.host, wait) from None
             except (OSError, websocket.WebSocketException) as exc:
                 raise _network_error(backend.host, exc) from None
     finally:
         conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _timeout_error(host: str, wait: float | None) -> RemoteError:
+    return RemoteError(f"no answer from NDIF at {host} for {wait:g} s (the job may still be "
+                       "queued there); raise the timeout (REPRLAB_NDIF_TIMEOUT, seconds) or "
+                       "try again later")
+
+
+def request_timeout(value: float | None = None) -> float | None:
+    """Seconds to wait for each message from the server: ``value``, else
+    ``REPRLAB_NDIF_TIMEOUT``, else no limit."""
+    from reprlab.errors import ConfigError
+
+    raw = value if value is not None else os.environ.get("REPRLAB_NDIF_TIMEOUT")
+    if raw in (None, ""):
+        return None
+    try:
+        wait = float(raw)
+    except (TypeError, ValueError):
+        wait = -1.0
+    if not wait > 0:
+        raise ConfigError(f"NDIF timeout {raw!r}: give a number of seconds > 0 "
+                          "(REPRLAB_NDIF_TIMEOUT)")
+    return wait
+
+
+def use_host(url: str | None) -> None:
+    """Point this process's remote requests at ``url`` (``--ndif-host``), as ``NDIF_HOST``."""
+    from reprlab.errors import ConfigError
+
+    if not url:
+        return
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--ndif-host {url!r}: give a URL starting with http:// or "
+                          "https://, e.g. http://127.0.0.1:8001")
+    os.environ["NDIF_HOST"] = url.rstrip("/")
 
 
 #: how requests travel (replace to test without a network: see encode_result_frame)
@@ -165,7 +215,7 @@ transport: Callable[[Any, Any, bytes], Iterable[Any]] = websocket_transport
 
 
 def make_backend(key: str, host: str, api_key: str, emit: Callable[[str], Any],
-                  progress: bool) -> Any:
+                 progress: bool, timeout: float | None = None) -> Any:
     from nnsight.intervention.backends.display import StatusDisplay
     from nnsight.intervention.backends.remote import RemoteBackend
     from nnsight.schema.response import ResponseModel, Status
@@ -178,6 +228,7 @@ def make_backend(key: str, host: str, api_key: str, emit: Callable[[str], Any],
             self.display = StatusDisplay(enabled=False)
             self.result: dict | None = None
             self.payload: bytes | None = None
+            self.timeout = timeout
 
         def note(self, response: ResponseModel) -> bool:
             status = response.status
@@ -194,8 +245,11 @@ def make_backend(key: str, host: str, api_key: str, emit: Callable[[str], Any],
             return status == Status.COMPLETED
 
         def download_result(self, url: Any) -> Any:
-            if isinstance(url, (bytes, bytearray)) or not url:
+            if isinstance(url, (bytes, bytearray)):
                 return super().download_result(url)
+            if not url:
+                raise RemoteError("NDIF reported the job completed but sent no result and no "
+                                  "address to fetch it from; run it again")
             import httpx
             from tqdm.auto import tqdm
 
