@@ -14,6 +14,7 @@ from conftest import make_tiny
 
 import reprlab
 from reprlab.sessions import nnsight_backend as nb
+from reprlab.sessions import transport as tp
 from reprlab.sessions.errors import RemoteError
 
 pytest.importorskip("nnsight")
@@ -66,7 +67,7 @@ def test_request_carries_no_local_paths_and_results_come_back(monkeypatch):
         yield nb.encode_result_frame("job-1", {"results": expected})
 
     monkeypatch.setenv("NDIF_API_KEY", "test-key")
-    monkeypatch.setattr(nb, "transport", fake_transport)
+    monkeypatch.setattr(tp, "transport", fake_transport)
     monkeypatch.setattr(nb, "model_key", lambda tm: "nnsight.modeling.transformers."
                         "TransformersModel:{\"repo_id\": \"tiny/gpt2\"}")
     s = _patch_session(lm, "nnsight", remote=True)

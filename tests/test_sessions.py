@@ -199,6 +199,7 @@ def test_remote_request_built_compressed_and_deserialisable(monkeypatch):
     import zstandard
 
     from reprlab.sessions import nnsight_backend as nb
+    from reprlab.sessions import transport as tp
 
     lm = make_tiny("gpt2")
     expected = _patch_session(lm, "local").results
@@ -221,7 +222,7 @@ def test_remote_request_built_compressed_and_deserialisable(monkeypatch):
         yield nb.encode_result_frame(job, {"results": expected})
 
     monkeypatch.setenv("NDIF_API_KEY", "test-key")
-    monkeypatch.setattr(nb, "transport", fake_transport)
+    monkeypatch.setattr(tp, "transport", fake_transport)
     monkeypatch.setattr(nb, "model_key", lambda tm: "nnsight.modeling.transformers."
                         "TransformersModel:{\"repo_id\": \"tiny/gpt2\"}")
     seen = []

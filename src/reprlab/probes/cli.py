@@ -63,6 +63,8 @@ class ProbeCommand:
                        "where the model runs")
     remote: bool = opt(False, help="with --backend nnsight: run the session on NDIF (needs "
                        "NDIF_API_KEY); only the probe weights and losses come back")
+    ndif_host: str = opt(None, help="NDIF server URL for --remote, e.g. a local NDIF "
+                         "http://127.0.0.1:8001 (default: NDIF_HOST, else the public NDIF)")
     epochs: int = opt(5, help="training epochs of a session-trained probe")
     lr: float = opt(1e-2, help="AdamW learning rate of a session-trained probe")
     session_mode: str = opt("session", help="session: the whole loop in one session; steps: "
@@ -149,6 +151,9 @@ def _run_in_session(cfg: ProbeCommand) -> int:
     import sys
 
     from reprlab.probes.session_run import probe_in_session
+    from reprlab.sessions.transport import use_host
+
+    use_host(cfg.ndif_host)
 
     position: str | int = cfg.positions[0] if cfg.positions else "last"
     if isinstance(position, str) and position.lstrip("-").isdigit():

@@ -34,6 +34,12 @@ from reprlab.sessions.errors import (  # noqa: F401 - RemoteError re-exported
     SessionError,
     ShapeError,
 )
+from reprlab.sessions.session_models import (  # noqa: F401 - re-exported
+    as_session_model,
+    encode,
+    session_model,
+)
+from reprlab.sessions.values import Value, _ref_args, _values_in
 
 logger = logging.getLogger(__name__)
 
@@ -45,90 +51,6 @@ BACKENDS = {
     "local": "reprlab.sessions.local:run_plan",
     "nnsight": "reprlab.sessions.nnsight_backend:run_plan",
 }
-
-
-def _ref_args(session: Session, args: Any) -> Any:
-    if isinstance(args, Value):
-        session._check_owner(args)
-        return rt.ref(args._id)
-    if isinstance(args, list):
-        return [_ref_args(session, a) for a in args]
-    if isinstance(args, tuple):
-        return tuple(_ref_args(session, a) for a in args)
-    if isinstance(args, dict):
-        return {k: _ref_args(session, v) for k, v in args.items()}
-    return args
-
-
-def _values_in(args: Any) -> list[Value]:
-    if isinstance(args, Value):
-        return [args]
-    if isinstance(args, (list, tuple)):
-        return [v for a in args for v in _values_in(a)]
-    if isinstance(args, dict):
-        return [v for a in args.values() for v in _values_in(a)]
-    return []
-
-
-class Value:
-    """A tensor that will exist when the session runs. ``.value`` gives it afterwards
-    (saved values only). Supports indexing, arithmetic, comparisons and common tensor
-    methods (argmax, softmax, log_softmax, topk, sum, mean, norm, ...)."""
-
-    __hash__ = object.__hash__
-
-    def __init__(self, session: Session, vid: int, trace: int | None, key: tuple, label: str):
-        self._s, self._id, self._trace, self._key, self._label = session, vid, trace, key, label
-
-    def _op(self, fname: str, *args: Any, **kwargs: Any) -> Value:
-        return self._s._call(fname, (self, *args), kwargs)
-
-    def _rop(self, fname: str, other: Any) -> Value:
-        return self._s._call(fname, (other, self), {})
-
-    def __getitem__(self, key: Any) -> Value:
-        return self._op("getitem", key)
-
-    def __add__(self, o: Any) -> Value: return self._op("add", o)
-    def __radd__(self, o: Any) -> Value: return self._rop("add", o)
-    def __sub__(self, o: Any) -> Value: return self._op("sub", o)
-    def __rsub__(self, o: Any) -> Value: return self._rop("sub", o)
-    def __mul__(self, o: Any) -> Value: return self._op("mul", o)
-    def __rmul__(self, o: Any) -> Value: return self._rop("mul", o)
-    def __truediv__(self, o: Any) -> Value: return self._op("truediv", o)
-    def __rtruediv__(self, o: Any) -> Value: return self._rop("truediv", o)
-    def __matmul__(self, o: Any) -> Value: return self._op("matmul", o)
-    def __rmatmul__(self, o: Any) -> Value: return self._rop("matmul", o)
-    def __pow__(self, o: Any) -> Value: return self._op("pow", o)
-    def __neg__(self) -> Value: return self._op("neg")
-    def __abs__(self) -> Value: return self._op("abs")
-    def __lt__(self, o: Any) -> Value: return self._op("lt", o)
-    def __le__(self, o: Any) -> Value: return self._op("le", o)
-    def __gt__(self, o: Any) -> Value: return self._op("gt", o)
-    def __ge__(self, o: Any) -> Value: return self._op("ge", o)
-    def __eq__(self, o: Any) -> Value: return self._op("eq", o)  # type: ignore[override]
-    def __ne__(self, o: Any) -> Value: return self._op("ne", o)  # type: ignore[override]
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name not in rt.METHODS:
-            raise AttributeError(
-                f"session values support {', '.join(rt.METHODS)}; {name!r} is not one of them")
-        return lambda *args, **kwargs: self._op("m:" + name, *args, **kwargs)
-
-    def __iter__(self) -> Any:
-        raise TypeError("a session value cannot be iterated while recording; index it instead")
-
-    def __bool__(self) -> bool:
-        raise SessionError("a session value has no truth value while the session records; "
-                           "use s.exit(when=value) to stop on a condition")
-
-    @property
-    def value(self) -> Any:
-        """The tensor, once the session has run (saved values only)."""
-        return self._s._value_of(self)
-
-    def __repr__(self) -> str:
-        return f"<session value {self._label}>"
 
 
 class Trace:
@@ -493,87 +415,6 @@ class Session:
                 return self._results[name]
         raise NotRunError(f"{v._label} was not saved, so it did not come back; wrap it in "
                           "t.save(...) inside the session")
-
-
-def encode(lm: Any, prompts: Any) -> dict:
-    """Tokenize prompts (left padding for causal models) into a dict of tensors."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if isinstance(prompts, dict) or hasattr(prompts, "keys"):
-        enc = {k: v for k, v in dict(prompts).items() if isinstance(v, torch.Tensor)}
-        if "input_ids" not in enc:
-            raise ConfigError("pre-tokenized inputs need input_ids")
-        enc.setdefault("attention_mask", torch.ones_like(enc["input_ids"]))
-        return {k: v.to(lm.device) for k, v in enc.items()}
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ConfigError("a trace needs one or more non-empty prompt strings")
-    return dict(lm.encode(prompts, padding_side="left" if lm.is_causal else None))
-
-
-def _own_tokenizer(module: Any) -> Any:
-    """The tokenizer saved beside a model that was loaded from a local directory (no hub)."""
-    from pathlib import Path
-
-    path = getattr(getattr(module, "config", None), "_name_or_path", "") or ""
-    if not path or not Path(path).is_dir():
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        return None
-
-
-def as_session_model(model: Any, tokenizer: Any = None, max_length: int = 512) -> Any:
-    """A :class:`~reprlab.models.LoadedModel` for ``model``: a LoadedModel as it is; a Hugging
-    Face model already in memory (``nn.Module`` with a ``config``) with ``tokenizer``, else its
-    own (``model.tokenizer``, or the one saved in the directory it was loaded from); an nnsight
-    ``LanguageModel`` with its module and tokenizer. Anything else is returned unchanged (the
-    session then names what it accepts). The module is put in eval mode, as ``load_model``
-    does."""
-    from reprlab.models import LoadedModel
-
-    if isinstance(model, LoadedModel):
-        return model
-    envoy = None
-    if not isinstance(model, torch.nn.Module):
-        inner = getattr(model, "_module", None)  # nnsight's LanguageModel / NNsight envoy
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        envoy, tokenizer = model, tokenizer or getattr(model, "tokenizer", None)
-        model = inner
-    if getattr(model, "config", None) is None:
-        raise ConfigError(f"{type(model).__name__} is not a Hugging Face transformers model (it "
-                          "has no config); load it with reprlab.load_model or transformers")
-    tok = tokenizer or getattr(model, "tokenizer", None) or _own_tokenizer(model)
-    if tok is None:
-        raise ConfigError(f"no tokenizer for this {type(model).__name__}; pass one: "
-                          "reprlab.session(model, tokenizer=AutoTokenizer.from_pretrained(...))")
-    lm = LoadedModel.from_hf(model, tok, max_length=max_length)
-    if envoy is not None and type(envoy).__name__ in ("LanguageModel", "TransformersModel"):
-        lm.extra["nnsight_remote"] = envoy  # NDIF names the model by this wrapper
-    return lm
-
-
-def session_model(model: Any, remote: bool = False, tokenizer: Any = None,
-                  **load_options: Any) -> Any:
-    """The model a session runs on. For NDIF (``remote=True``) a hub name becomes a local
-    skeleton without weights (config and tokenizer only): the weights stay on the server,
-    which matters for a 70B model. Local paths are loaded; loaded models, Hugging Face models
-    in memory and nnsight models are wrapped as they are (see :func:`as_session_model`)."""
-    from pathlib import Path
-
-    from reprlab.models import as_loaded
-
-    if remote and isinstance(model, str) and not Path(model).exists():
-        from reprlab.sessions.nnsight_backend import remote_model
-
-        return remote_model(model)
-    if model is not None and not isinstance(model, str):
-        return as_session_model(model, tokenizer)
-    return as_loaded(model, **load_options)
 
 
 def session(*models: Any, backend: str = "local", remote: bool = False,

@@ -33,6 +33,8 @@ class PatchConfig:
     k: int = opt(5, "how many top predictions to show")
     backend: str = opt("local", "local (reprlab hooks) or nnsight")
     remote: bool = opt(False, "run on NDIF (needs --backend nnsight and NDIF_API_KEY)")
+    ndif_host: str = opt(None, "NDIF server URL for --remote, e.g. a local NDIF "
+                              "http://127.0.0.1:8001 (default: NDIF_HOST, else the public NDIF)")
     dtype: str = opt("float32", "model dtype")
     device: str = opt("cpu", "device")
     out: str = opt("runs/patch", "run directory")
@@ -63,6 +65,8 @@ class SweepConfig:
     batch_size: int = opt(64, "cells patched per batched forward")
     backend: str = opt("local", "local (reprlab hooks) or nnsight")
     remote: bool = opt(False, "run on NDIF (needs --backend nnsight and NDIF_API_KEY)")
+    ndif_host: str = opt(None, "NDIF server URL for --remote, e.g. a local NDIF "
+                              "http://127.0.0.1:8001 (default: NDIF_HOST, else the public NDIF)")
     dtype: str = opt("float32", "model dtype")
     device: str = opt("cpu", "device")
     out: str = opt("runs/patch-sweep", "run directory")
@@ -78,6 +82,9 @@ class SweepConfig:
 
 def _load(name: str, cfg: Any) -> Any:
     from reprlab.sessions import session_model
+    from reprlab.sessions.transport import use_host
+
+    use_host(cfg.ndif_host)
 
     return session_model(name, cfg.remote, dtype=cfg.dtype, device=cfg.device)
 
