@@ -29,6 +29,12 @@ reference) the hidden term was flat — gradient exactly 0 — on every row of a
 row at any scale, silently turning InnerDPO into DPO. The share of rows on which the hidden
 term's gradient vanishes is logged as ``hidden_flat``; the trainer warns when it is most.
 
+β_h (``beta_hidden``). ``para_signed``, ``para_orth_signed`` and ``direct_projection`` give
+θ_h in hidden-state units; at a real model's scale (‖Δr‖ in the hundreds) ``−log σ(θ_h)`` is
+saturated from the first step. By default their θ_h is divided by ‖Δr‖ (per row, no
+gradient) so that β_h = 1 acts in units of the reference separation; an explicit
+``beta_hidden`` uses the raw θ_h, as the research code did.
+
 ``detach_rejected`` stops the gradient through the policy's rejected states, so only chosen
 states move.
 
@@ -67,8 +73,9 @@ class InnerDPOOptions:
     """weight of the hidden-state term"""
     beta: float = 0.1
     """β of the output term"""
-    beta_hidden: float = 1.0
-    """β of the hidden-state term"""
+    beta_hidden: float | None = None
+    """β of the hidden-state term (default: 1, with the hidden-state-unit align methods'
+    θ_h read in units of ‖Δr‖)"""
     loss_type: str = "sigmoid"
     """sigmoid (DPO) or ipo, for both terms"""
     trust_region: float = 2.0
@@ -91,6 +98,11 @@ class InnerDPOOptions:
             raise ConfigError(f"trust_region must be >= 0 (0 = off), got {self.trust_region}")
 
 
+#: align methods whose θ_h is in hidden-state units (‖Δr‖ is in the hundreds on real models,
+#: where −log σ(θ_h) is saturated: gradient ~e^-‖Δr‖); by default their θ_h is divided by ‖Δr‖
+HIDDEN_UNITS = ("para_signed", "para_orth_signed", "direct_projection")
+
+
 def _site(pc, pr, rc, rr, o: InnerDPOOptions) -> dict[str, torch.Tensor]:
     if o.detach_rejected:
         pr = pr.detach()
@@ -104,6 +116,8 @@ def _site(pc, pr, rc, rr, o: InnerDPOOptions) -> dict[str, torch.Tensor]:
         else:  # cap the separation along û, then read it in the method's own units
             capped = replace(g, p=torch.minimum(g.p, (1.0 + o.trust_region) * g.ref_mag))
             theta = align(capped, pc, pr, rc, rr, o.eps)
+    if o.beta_hidden is None and o.align in HIDDEN_UNITS:
+        theta = theta / g.ref_mag
     return {"theta": theta, "theta_raw": raw, "sep": g.p / g.ref_mag, "ref_mag": g.ref_mag}
 
 
@@ -130,7 +144,7 @@ def innerdpo_loss(x: ReprInputs, opts: InnerDPOOptions = InnerDPOOptions()) -> R
     t = over_sites(x, _site, o=opts)
     rho = x.rho()
     out = dpo_shaped(rho, opts.beta, opts.loss_type)
-    hid = dpo_shaped(t["theta"], opts.beta_hidden, opts.loss_type)
+    hid = dpo_shaped(t["theta"], opts.beta_hidden or 1.0, opts.loss_type)
     metrics = dict(loss_dpo=out, loss_hidden=hid, rho=rho, theta=t["theta_raw"],
                    sep_ratio=t["sep"])
     flat = flat_rows(hid, x, t["ref_mag"].detach())
