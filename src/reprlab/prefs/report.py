@@ -33,7 +33,7 @@ def write_train_report(rundir: Any, result: Any, cfg: Any, identity: dict) -> No
         "tokens_per_s_median": sorted(tps)[len(tps) // 2] if tps else None,
         "truncation": result.truncation, "reference": result.reference,
         "config": result.config, "model": identity, "adapter": "adapter",
-        "log": "train_log.jsonl",
+        "log": "train_log.jsonl", "checks": result.checks, "warnings": list(result.warnings),
     }
     rundir.files += ["train_log.jsonl", "state.safetensors", "adapter/adapter_model.safetensors",
                      "adapter/adapter_config.json"]
@@ -42,6 +42,8 @@ def write_train_report(rundir: Any, result: Any, cfg: Any, identity: dict) -> No
                       caption="loss, implicit-reward margin and accuracy, completion log-probs "
                               "and gradient norm per step")
     t = result.truncation
+    for w in result.warnings:
+        rundir.text("Warning", w)
     rundir.table("Data after tokenisation", [t], note="prompt cut from the left, completion "
                  "from the right; dropped rows are not trained on")
     rundir.table("Final step", [{k: v for k, v in result.final.items()}])
