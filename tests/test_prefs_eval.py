@@ -81,8 +81,37 @@ def test_compare_trains_missing_seeds_and_never_crowns_an_incoherent_run(runs, c
     for s in res["shifts"]:
         c = res["rows"][0][s]
         assert c["lo"] <= c["mean"] <= c["hi"]
-    for name in ("compare.csv", "compare.png", "report.html", "manifest.json"):
+    for name in ("compare.csv", "compare.png", "differences.csv", "differences.png",
+                 "report.html", "manifest.json"):
         assert (out / name).exists()
+    # per shift: the base row, each method's paired difference from base and from the first
+    # method (dpo), with interval and p-value, and a verdict
+    assert res["against"] == "dpo" and set(res["verdicts"]) == set(res["shifts"])
+    for s in res["shifts"]:
+        pairs = {(d["a"], d["b"]) for d in res["differences"] if d["shift"] == s}
+        assert pairs == {("dpo", "base (adapter off)"), ("ipo", "base (adapter off)"),
+                         ("ipo", "dpo")}
+        for d in res["differences"]:
+            assert d["lo"] <= d["mean"] <= d["hi"] and 0 < d["p"] <= 1
+        assert f"shift {s}" in printed
+    assert "verdict:" in printed
+
+
+def test_compare_refuses_runs_scored_on_other_rows(runs, capsys):
+    """A run evaluated with another --limit is one line, exit 2; one seed says its interval
+    covers rows only."""
+    from reprlab.prefs import evaluate
+
+    evaluate(runs / "dpo", limit=24, generate=0, progress=False)
+    evaluate(runs / "broken", limit=12, generate=0, progress=False)
+    code = main(["prefs", "compare", str(runs / "dpo"), str(runs / "broken"), "--no-train",
+                 "--out", str(runs / "cmp-bad"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "different evaluation rows" in err[-1]
+    assert not (runs / "cmp-bad" / "manifest.json").exists()
+    assert main(["prefs", "compare", str(runs / "dpo"), "--out", str(runs / "cmp-one"),
+                 "--bootstrap", "50", "--no-progress"]) == 0
+    assert "1 seed: the intervals cover evaluation rows only" in capsys.readouterr().out
 
 
 def test_named_shift_of_a_split(runs, tmp_path):

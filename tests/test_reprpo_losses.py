@@ -262,3 +262,38 @@ def test_bad_options_one_line():
     rc, rr = ref_states()
     with pytest.raises(ConfigError, match="sites"):
         ReprInputs(rc, {"x": rr[SITES[0]]}, rc, rr)
+
+
+@pytest.mark.parametrize("align", sorted(ALIGN_METHODS))
+def test_every_align_method_has_a_hidden_gradient_at_its_defaults_at_scale(align):
+    """On states 50x the unit scale (‖Δr‖ ≈ 280, as in real models), near the reference, the
+    hidden term's gradient is non-zero at the default trust region; the research's clamp of θ_h
+    at 2 is flat there for the align methods whose θ_h is not relative to ‖Δr‖."""
+    rc, rr = ref_states()
+    pc0, pr0 = noisy_base(rc, rr)
+    big = [{s: 50 * d[s] for s in SITES} for d in (pc0, pr0, rc, rr)]
+    assert float((big[2]["layers.1"] - big[3]["layers.1"]).norm(dim=-1).min()) > 100
+    pc = {s: big[0][s].clone().requires_grad_(True) for s in SITES}
+    pr = {s: big[1][s].clone().requires_grad_(True) for s in SITES}
+    out = REPR_LOSSES["innerdpo"].fn(inputs(pc, pr, big[2], big[3]),
+                                     make_options("innerdpo", align=align))
+    assert out.metrics["hidden_flat"] == 0.0
+    hidden = out.rows - (-torch.nn.functional.logsigmoid(torch.zeros(B) * 0.1))
+    grads = torch.autograd.grad(hidden.sum(), [*pc.values(), *pr.values()])
+    assert all(float(g.norm(dim=-1).min()) > 0 for g in grads)
+    theta = out.metrics["theta"]
+    if align in ("para_signed", "para_orth_signed"):
+        assert theta > 2.0  # the research's cap on θ_h at 2 would have held it flat
+
+
+def test_a_binding_trust_region_is_reported_as_flat_rows():
+    rc, rr = ref_states()
+    pc0, pr0 = noisy_base(rc, rr)
+    pc, pr = widen(5.0, pc0, pr0, rc, rr)
+    pc = {s: v.clone().requires_grad_(True) for s, v in pc.items()}
+    out = REPR_LOSSES["innerdpo"].fn(inputs(pc, pr, rc, rr),
+                                     make_options("innerdpo", trust_region=1.0))
+    assert out.metrics["hidden_flat"] == 1.0
+    out = REPR_LOSSES["innerdpo"].fn(inputs(pc, pr, rc, rr),
+                                     make_options("innerdpo", trust_region=0.0))
+    assert out.metrics["hidden_flat"] == 0.0

@@ -60,12 +60,12 @@ class TrainCommand:
                                   help="module names to adapt, or all-linear")
     rslora: bool = opt(False, help="rank-stabilised LoRA scaling")
     dora: bool = opt(False, help="DoRA (weight-decomposed LoRA)")
-    lr: float = opt(5e-5, help="AdamW learning rate")
+    lr: float = opt(5e-4, help="AdamW learning rate")
     weight_decay: float = opt(0.0, help="AdamW weight decay")
     schedule: str = opt("cosine", help="constant, linear or cosine after warm-up")
     warmup_steps: int = opt(0, help="linear warm-up steps")
     steps: int = opt(0, help="optimiser steps (0: from --epochs)")
-    epochs: float = opt(1.0, help="passes over the data when --steps is 0")
+    epochs: float = opt(4.0, help="passes over the data when --steps is 0")
     batch_size: int = opt(4, help="pairs per micro-batch")
     grad_accum: int = opt(1, help="micro-batches per optimiser step")
     max_grad_norm: float = opt(1.0, help="gradient clipping norm")
@@ -170,7 +170,9 @@ def run_eval(cfg: EvalCommand) -> int:
 
 @dataclass
 class CompareCommand:
-    """Compare methods over seeds and shifts: a table with 95% intervals, incoherent runs marked.
+    """Compare methods over seeds and shifts: per shift the base row, each method with its
+    interval, its paired difference from the base and from the first method (p-values), and
+    a best method only where it is significantly above the base and the runner-up.
 
     Example: reprlab prefs compare runs/dpo runs/ipo --seeds 3 --out runs/compare
     Missing seeds (RUN-seed1, RUN-seed2, ...) are trained with RUN's settings.
@@ -182,7 +184,11 @@ class CompareCommand:
                       "(DPO implicit reward)")
     no_train: bool = opt(False, help="do not train missing seeds (fail instead)")
     reevaluate: bool = opt(False, help="evaluate again even where an evaluation exists")
-    bootstrap: int = opt(1000, help="bootstrap resamples")
+    bootstrap: int = opt(2000, help="bootstrap resamples")
+    level: float = opt(0.95, help="confidence level of intervals and tests")
+    against: str = opt("", help="method every other is compared with (default: the first "
+                       "run's)")
+    pairs: list[str] = opt(factory=list, help="more paired differences as A:B,...")
     limit: int = opt(200, help="pairs per split")
     threshold: float = opt(3.0, help="incoherence threshold of the perplexity ratio")
     generate: int = opt(8, help="prompts per split for the generation check")
@@ -192,9 +198,16 @@ class CompareCommand:
 def run_compare(cfg: CompareCommand, runs: list[str]) -> int:
     from reprlab.prefs.comparison import compare
 
+    pairs = []
+    for item in split_list(cfg.pairs):
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b:
+            raise ConfigError(f"--pairs takes A:B method pairs, got {item!r}")
+        pairs.append((a, b))
     res = compare(runs, seeds=cfg.seeds, out=cfg.out, metric=cfg.metric,
                   train_missing=not cfg.no_train, reevaluate=cfg.reevaluate,
-                  bootstrap=cfg.bootstrap, progress=not cfg.no_progress,
+                  bootstrap=cfg.bootstrap, level=cfg.level, against=cfg.against or None,
+                  pairs=pairs, progress=not cfg.no_progress,
                   limit=cfg.limit or None, threshold=cfg.threshold, generate=cfg.generate)
     print(res.table())
     print(f"report: {Path(cfg.out) / 'report.html'}")

@@ -33,12 +33,12 @@ class TrainConfig:
     rslora: bool = False
     dora: bool = False
     adapter_options: dict[str, Any] = field(default_factory=dict)
-    lr: float = 5e-5
+    lr: float = 5e-4
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup_steps: int = 0
     steps: int = 0
-    epochs: float = 1.0
+    epochs: float = 4.0
     batch_size: int = 4
     grad_accum: int = 1
     max_grad_norm: float = 1.0

@@ -10,6 +10,8 @@ that :mod:`reprlab.prefs.comparison` can bootstrap over seeds and rows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +141,9 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
                                 max_prompt_length=cfg.get("max_prompt_length"),
                                 raw_text=cfg["raw_text"], model_name=lm.name)
         s = _scores(lm, tokens, peft, batch_size)
+        digest = hashlib.sha256(json.dumps(  # which rows, in which order: compare checks it
+            [[str(i) for i in tokens.ids], [[int(t) for t in ids] for ids in tokens.chosen_ids]]
+        ).encode()).hexdigest()[:16]
         ratios[name] = perplexity_ratio(s["c_on"], s["c_off"], s["n_c"])
         for adapter in ("on", "off"):
             mean_c, mean_r = s[f"c_{adapter}"] / s["n_c"], s[f"r_{adapter}"] / s["n_r"]
@@ -151,7 +156,7 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
             per_row[f"{name}|{adapter}|pref"] = pref.to(torch.int8)
             nll = -s[f"c_{adapter}"].sum() / s["n_c"].sum()
             rows.append({"split": name, "shift": shift, "adapter": adapter,
-                         "n": len(tokens), "pref_acc": float(pref.float().mean()),
+                         "n": len(tokens), "rows_digest": digest, "pref_acc": float(pref.float().mean()),
                          "reward_acc": reward, "ppl_chosen": float(torch.exp(nll)),
                          "ppl_ratio": ratios[name] if adapter == "on" else 1.0,
                          "truncated_or_dropped": tokens.report.rows - tokens.report.kept

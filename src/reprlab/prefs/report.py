@@ -33,7 +33,7 @@ def write_train_report(rundir: Any, result: Any, cfg: Any, identity: dict) -> No
         "tokens_per_s_median": sorted(tps)[len(tps) // 2] if tps else None,
         "truncation": result.truncation, "reference": result.reference,
         "config": result.config, "model": identity, "adapter": "adapter",
-        "log": "train_log.jsonl",
+        "log": "train_log.jsonl", "checks": result.checks, "warnings": list(result.warnings),
     }
     rundir.files += ["train_log.jsonl", "state.safetensors", "adapter/adapter_model.safetensors",
                      "adapter/adapter_config.json"]
@@ -42,6 +42,8 @@ def write_train_report(rundir: Any, result: Any, cfg: Any, identity: dict) -> No
                       caption="loss, implicit-reward margin and accuracy, completion log-probs "
                               "and gradient norm per step")
     t = result.truncation
+    for w in result.warnings:
+        rundir.text("Warning", w)
     rundir.table("Data after tokenisation", [t], note="prompt cut from the left, completion "
                  "from the right; dropped rows are not trained on")
     rundir.table("Final step", [{k: v for k, v in result.final.items()}])
@@ -82,7 +84,7 @@ def compare_figure(comparison: Any) -> Any:
         means = [r[s]["mean"] if r[s] else float("nan") for s in shifts]
         err = [[(r[s]["mean"] - r[s]["lo"]) if r[s] else 0 for s in shifts],
                [(r[s]["hi"] - r[s]["mean"]) if r[s] else 0 for s in shifts]]
-        label = r["method"] + (" (INCOHERENT)" if r["incoherent_seeds"] else "")
+        label = r.get("label", r["method"]) + (" (INCOHERENT)" if r["incoherent_seeds"] else "")
         bars = ax.bar(xs, means, width, yerr=err, capsize=2, label=label,
                       color=PALETTE[j % len(PALETTE)])
         if r["incoherent_seeds"]:
@@ -92,32 +94,81 @@ def compare_figure(comparison: Any) -> Any:
     ax.axhline(0.5, color="#888", lw=0.8, ls="--")
     ax.set_xticks(range(len(shifts)), shifts, rotation=20, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_ylabel(f"accuracy ({getattr(comparison, 'level', 0.95):.0%} interval)")
     ax.legend(fontsize=7.5)
+    return fig
+
+
+def difference_figure(comparison: Any) -> Any:
+    """Per shift, each method's paired difference from the base and from the ``against``
+    method, with intervals (a forest plot; 0 = no difference)."""
+    shifts = list(comparison.shifts)
+    labels = [r["label"] for r in comparison.rows if r["label"] != "base (adapter off)"]
+    fig, axes = new_figure(3.2 * len(shifts) + 1.5, 0.45 * len(labels) + 1.6,
+                           ncols=max(1, len(shifts)))
+    axes = list(getattr(axes, "ravel", lambda: [axes])())
+    series = [("base (adapter off)", "− base", PALETTE[0])]
+    if comparison.against:
+        series.append((comparison.against, f"− {comparison.against}", PALETTE[1]))
+    for ax, s in zip(axes, shifts, strict=False):
+        for j, (b, name, colour) in enumerate(series):
+            for i, a in enumerate(labels):
+                d = comparison.difference(s, a, b)
+                if d is None:
+                    continue
+                y = i + (j - (len(series) - 1) / 2) * 0.25
+                ax.errorbar([d["mean"]], [y], xerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]],
+                            fmt="o", color=colour, capsize=2, ms=4,
+                            label=name if i == 0 else None)
+        ax.axvline(0.0, color="#888", lw=0.8, ls="--")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()
+        ax.set_title(s)
+        ax.set_xlabel("paired difference in accuracy")
+    handles, names = axes[0].get_legend_handles_labels()
+    uniq = dict(zip(names, handles, strict=True))
+    axes[0].legend(uniq.values(), uniq.keys(), fontsize=7.5)
+    fig.tight_layout()
     return fig
 
 
 def write_compare_report(comparison: Any, out: Any, metric: str, seeds: int) -> None:
     from reprlab.report import RunDir
 
-    rd = RunDir.create(out, "prefs-compare", {"metric": metric, "seeds": seeds},
+    rd = RunDir.create(out, "prefs-compare", {"metric": metric, "seeds": seeds,
+                                              "level": comparison.level,
+                                              "against": comparison.against},
                        inputs={"runs": [r["run"] for r in comparison.rows if r["run"]]})
     flat = []
     for r in comparison.rows:
-        row = {k: r[k] for k in ("method", "seeds", "incoherent_seeds", "ppl_ratio_max")}
+        row = {k: r[k] for k in ("label", "method", "seeds", "incoherent_seeds", "ppl_ratio_max")}
         for s in comparison.shifts:
             c = r[s]
             row.update({f"{s}": c["mean"] if c else None, f"{s}_lo": c["lo"] if c else None,
                         f"{s}_hi": c["hi"] if c else None})
         flat.append(row)
+    diffs = [{k: d[k] for k in ("shift", "a", "b", "mean", "lo", "hi", "p")}
+             for d in comparison.differences]
     rd.write_csv("compare.csv", flat)
+    rd.write_csv("differences.csv", diffs)
     rd.figure(compare_figure(comparison), "compare.png", title="Methods across shifts",
-              caption="mean over seeds, 95% bootstrap interval over seeds and rows; hatched: a "
-                      "seed failed the coherence guard")
+              caption=f"mean over seeds, {comparison.level:.0%} paired-bootstrap interval over "
+                      "rows and seeds; hatched: a seed failed the coherence guard")
+    rd.figure(difference_figure(comparison), "differences.png",
+              title="Paired differences per shift",
+              caption="each method minus the base (adapter off) and minus "
+                      f"{comparison.against or 'the first method'}, same rows, "
+                      f"{comparison.level:.0%} interval; left of 0: worse")
     rd.table("Comparison", flat)
-    rd.text("Winners", "best coherent method per shift: " + ", ".join(
-        f"{s}: {w}" for s, w in comparison.winners.items()))
+    rd.table("Paired differences (a − b)", diffs,
+             note="two-sided bootstrap p-values, unadjusted for the number of comparisons")
+    rd.text("Verdicts", "; ".join(f"{s}: {v}" for s, v in comparison.verdicts.items()))
+    for note in comparison.notes:
+        rd.text("Note", note)
     rd.finish({"workflow": "prefs-compare", "metric": metric, "seeds": seeds,
+               "level": comparison.level, "against": comparison.against,
                "shifts": list(comparison.shifts), "rows": list(comparison.rows),
-               "winners": comparison.winners}, title="reprlab prefs compare",
-              summary=comparison.table().splitlines()[-1])
+               "differences": diffs, "verdicts": comparison.verdicts,
+               "winners": comparison.winners, "notes": list(comparison.notes)},
+              title="reprlab prefs compare",
+              summary="; ".join(f"{s}: {v}" for s, v in comparison.verdicts.items()))

@@ -121,6 +121,9 @@ class ReprMethod(Method):
         if "beta" in option_names(loss) and "beta" not in loss_kw:
             loss_kw["beta"] = opts.beta
         self.options = make_options(loss, **loss_kw)
+        if loss == "innerdpo" and self.options.alpha == 0:
+            logger.warning("innerdpo with alpha=0 has no hidden-state term: the run is plain "
+                           "%s", "IPO" if self.options.loss_type == "ipo" else "DPO")
         if (self.transform_name.lower() in _ORTHOGONAL and loss in _ROTATION_INVARIANT):
             logger.warning("the %s transform is orthogonal and the %s loss depends only on "
                            "inner products and norms: the transform changes nothing (use "
@@ -312,6 +315,9 @@ class ProjectionMethod(Method):
                                       mag_clip=None if clip in (None, "", "none") else float(clip))
         if opts.beta <= 0:
             raise ConfigError(f"--beta must be positive, got {opts.beta}")
+        if self.proj.beta == 1.0 and self.proj.slope == 1.0 and self.proj.mag_clip is None:
+            logger.warning("%s with orth=1, slope=1 and no mag_clip leaves every gradient as "
+                           "it is: the run is plain DPO", kind)
         ls = opts.label_smoothing or 0.0
         self.dpo = LossMethod(kind, "sigmoid", opts.beta, ls, opts.aggregation,
                               opts.nll_weight or 0.0)

@@ -76,6 +76,8 @@ class TrainResult:
     config: dict = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
+    checks: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def losses(self) -> list[float]:
@@ -126,6 +128,38 @@ def _global_metrics(parts: list[tuple[dict[str, float], float]], tokens: int, wo
     local = [sum(w * m[k] for m, w in parts if k in m) for k in keys] + [float(tokens)]
     total = dd.all_sum_list(local, world, device)
     return {k: v / c for k, v, c in zip(keys, total, counts, strict=False)}, int(total[-1])
+
+
+#: mean |change| of the summed completion log-probs (nats) against the reference on the last
+#: steps below which the adapter is said not to have moved
+STILL_NATS = 0.05
+
+
+def run_checks(log: list[dict], beta: float, method: str) -> tuple[dict, list[str]]:
+    """Whether the adapter moved (the policy's log-probs against the reference, last 5 steps)
+    and the share of rows whose hidden-state term had no gradient; one line per problem."""
+    checks: dict[str, Any] = {}
+    warnings: list[str] = []
+    tail = log[-5:]
+    moves = [max(abs(r["rewards/chosen"]), abs(r["rewards/rejected"])) / beta
+             for r in tail if r.get("rewards/chosen") is not None]
+    if moves:
+        checks["logp_change_nats"] = sum(moves) / len(moves)
+        checks["adapter_moved"] = checks["logp_change_nats"] >= STILL_NATS
+        if not checks["adapter_moved"]:
+            warnings.append(
+                f"the adapter did not move: over the last steps the completions' log-probs "
+                f"changed by {checks['logp_change_nats']:.3g} nats from the base (< "
+                f"{STILL_NATS}); raise --lr or --steps")
+    flat = [r["repr/hidden_flat"] for r in log if r.get("repr/hidden_flat") is not None]
+    if flat:
+        checks["hidden_flat"] = sum(flat) / len(flat)
+        if checks["hidden_flat"] > 0.5:
+            warnings.append(
+                f"the hidden-state term of {method} had zero gradient on "
+                f"{checks['hidden_flat']:.0%} of rows: the run trained as its output loss alone "
+                "(loosen trust_region, or check beta_hidden and the align method)")
+    return checks, warnings
 
 
 def method_parameters(method: Method) -> list[torch.nn.Parameter]:
@@ -415,9 +449,13 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
                  "reference_forwards_this_run": (run.reference.forwards if run.reference else 0)
                  + run.live_reference_forwards,
                  "live_reference_forwards": run.live_reference_forwards}
+    checks, warnings = run_checks(log, getattr(method, "beta", cfg.beta), cfg.method)
+    if world.main:
+        for w in warnings:
+            logger.warning(w)
     result = TrainResult(out, method.describe(), run.total, log[-1] if log else {}, log,
                          tokens.report.to_dict(), reference, start, cfg.numeric(), world.rank,
-                         world.size)
+                         world.size, checks, tuple(warnings))
     if not world.main:
         return result
     _write_log(out / LOG, log)

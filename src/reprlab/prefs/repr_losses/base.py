@@ -159,6 +159,8 @@ def check_options(opts: object) -> None:
     (beta > 0)."""
     for f in dataclasses.fields(opts):  # type: ignore[arg-type]
         v = getattr(opts, f.name)
+        if v is None:  # an option left to its automatic default
+            continue
         if f.name.startswith("alpha") and (not isinstance(v, (int, float)) or v < 0):
             raise ConfigError(f"{f.name} must be >= 0 (got {v}); it weighs a term of the loss")
         if f.name.startswith("beta") and (not isinstance(v, (int, float)) or v <= 0):

@@ -12,9 +12,10 @@ Source: the ``prefvec`` loss of the ReprPO research (wassname/repr-preference-op
 
 Deviations from the research code, each implementing its stated intent:
 
-* its output term was ``α·log σ(−ρ)``, which *decreases* as the rejected completion gains
-  probability and is unbounded below; the intent ("punish the model if the rejected
-  completion is more likely than the chosen") is DPO's ``−log σ(β·ρ)`` (bounded below by 0);
+* its output term was ``α·log σ(−ρ)``. Its sign is right — minimising it raises ρ, as DPO
+  does — but it is unbounded below (→ −∞ as ρ grows, so it rewards pushing the margin
+  without end) and has no β. Here it is DPO's ``−log σ(β·ρ)``, which acts the same way near
+  the reference and is bounded below by 0;
 * it took ``.mean(-1)`` of the projected *vector* as the signed magnitude, whose sign is that
   of ``mean(û)``, not of the movement; here the scalar projection is used;
 * the angle of the movement at policy == reference is 0/0; the smoothed cosine is 0 there and

@@ -1,6 +1,12 @@
 """TopK: widen the separation in the k dimensions where the reference separates most.
 
-Source: ``reprpo/interventions/losses/topk.py`` of wassname/repr-preference-optimization.
+Source: ``reprpo/interventions/losses/topk.py`` of wassname/repr-preference-optimization,
+the version with ``topk_n``, ``margin`` and ``α`` options (separation reward ``−|Δπ_i|``
+plus ``α·relu(|Δπ_i| − margin)`` over the top-k dimensions of the policy's own difference;
+commit 0c99fef). Its first version hard-coded k = 600, margin 2 and weight 0.1. The same
+repository's ``topkl.py`` is a different objective, not implemented here: top-k dimensions of
+the unit-normalised reference separation over all layers, and a squared pull of the policy's
+projection ratio toward ``trust_region`` with penalties below 1 and above it.
 Per site and row, ``K`` = the ``k`` dimensions of largest ``|Δr_i|`` (the reference
 difference, chosen per row)::
 
