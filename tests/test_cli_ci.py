@@ -29,6 +29,7 @@ def _project(tmp: Path) -> Path:
     shutil.copy(ROOT / ".ci" / "run", tmp / ".ci" / "run")
     (tmp / "tests" / "tools").mkdir(parents=True)
     (tmp / "tests" / "tools" / "ensure_chromium.sh").write_text("echo chromium-checked\n")
+    (tmp / "tests" / "tools" / "install_ndif.sh").write_text("echo ndif-checked\n")
     (tmp / "tests" / "test_x.py").write_text(TESTS)
     pyproject = (ROOT / "pyproject.toml").read_text()
     pytest_table = pyproject[pyproject.index("[tool.pytest.ini_options]"):]
