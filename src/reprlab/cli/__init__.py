@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}; free some space or write elsewhere (--out)", file=sys.stderr)
         return 2
+    finally:
+        from reprlab.lock import release
+
+        release()  # the run directories this command held (a failed run held them still)
 
 
 def _disk_message(exc: BaseException) -> str | None:

@@ -30,10 +30,13 @@ from reprlab.lenses.tuned_train import TunedTrainConfig, evaluate_lenses, train_
 from reprlab.lenses.unembed import unembed
 from reprlab.models import LoadedModel, as_loaded
 from reprlab.report import RunDir
+from reprlab.report.rundir import check_out
 from reprlab.sites import resolve_sites
 
 logger = logging.getLogger(__name__)
 
+#: the training state a lens run resumes from
+STATE = "train_state.safetensors"
 PROBE_TEXT = "The Eiffel Tower is in the city of"
 PROBE_WORDS = ("paris", "france")
 
@@ -83,6 +86,7 @@ def tuned_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/
     fields (``steps=50, optimizer="adam"``).
     """
     cfg = replace(cfg or TunedTrainConfig(), **overrides)
+    check_out(out, "lens-tuned", asdict(cfg), resumable=STATE)  # before the model loads
     lm = as_loaded(model, device=dd.rank_device(device))
     world = dd.init_from_env(lm.device)
     try:
@@ -100,9 +104,10 @@ def _tuned_run(lm: LoadedModel, model: Any, data: Any, out: Path, cfg: TunedTrai
     if world.main:
         config = dd.with_world({**asdict(cfg), "eval_frac": eval_frac}, world, lm.device)
         run = RunDir.create(out, "lens-tuned", config=config,
-                            inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
+                            inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed,
+                            resumable=STATE)
     dd.barrier(world)  # the directory exists before any rank looks for a saved state
-    lens, history = train_tuned(lm, train, cfg, state_path=out / "train_state.safetensors",
+    lens, history = train_tuned(lm, train, cfg, state_path=out / STATE,
                                 progress=progress, world=world)
     if not world.main:
         return None
@@ -146,6 +151,8 @@ def tuned_lens_eval(run_dir: str | Path, data: Any = None, *, device: str = "cpu
     """Evaluate a trained tuned lens again (on ``data``, else the run's held-out texts);
     with ``out``, write a run directory with the table, the plot and a report."""
     run_dir = Path(run_dir)
+    if out is not None:  # a finished run is never replaced by its evaluation
+        check_out(out, "lens-tuned-eval")
     RunDir.load_results(run_dir)  # refuses unfinished runs
     manifest = read_json(run_dir / "manifest.json")
     lm = _model_of(manifest, device)
@@ -207,28 +214,29 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
     (``site="layers.2", tokens=4, steps=300``).
     """
     cfg = replace(cfg or TalkConfig(), **overrides)
+    settings = {**asdict(cfg), "position": position, "max_length": max_length,
+                "best_of": best_of}
+    check_out(out, "lens-talk", settings, resumable=STATE)  # before the model loads
     lm = as_loaded(model, device=dd.rank_device(device))
     world = dd.init_from_env(lm.device)
     try:
         texts, desc = load_texts(data, limit)
         out = Path(out)
         dump_dir = Path(store) if store else out / "data"
-        if world.main:
+        run = None
+        if world.main:  # checked and claimed before anything is written there
+            run = RunDir.create(out, "lens-talk", config=dd.with_world(settings, world,
+                                                                       lm.device),
+                                inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed,
+                                resumable=STATE)
             data_ = dump(lm, texts, resolve_sites(lm, cfg.site)[0].name, dump_dir,
                          position=position, seed=cfg.seed, max_length=max_length,
                          progress=progress)
         dd.barrier(world)
         if not world.main:  # read what rank 0 dumped, writing nothing
             data_ = load_dump(dump_dir, lm)
-        run = None
-        if world.main:
-            config = dd.with_world({**asdict(cfg), "position": position,
-                                    "max_length": max_length, "best_of": best_of},
-                                   world, lm.device)
-            run = RunDir.create(out, "lens-talk", config=config,
-                                inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
         lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,
-                                          state_path=out / "train_state.safetensors")
+                                          state_path=out / STATE)
         if not world.main:
             return None
         lens.save(out / "lens")

@@ -117,12 +117,19 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
     Writes a run directory (default ``RUN/eval``) with ``results.json``, ``shifts.csv``,
     ``shifts.png``, per-row correctness (``rows.safetensors``) and ``report.html``.
     """
+    from reprlab.cliutil import check_finite
     from reprlab.prefs.report import shift_figure
     from reprlab.report import RunDir
+    from reprlab.report.rundir import check_out
 
+    check_finite({"threshold": threshold})
     if threshold <= 1:
         raise ConfigError(f"--threshold must be above 1 (a perplexity ratio), got {threshold}")
+    if batch_size < 1 or generate < 0:
+        raise ConfigError(f"--batch-size must be at least 1 and --generate 0 or more, got "
+                          f"{batch_size} and {generate}")
     run = Path(run)
+    check_out(out if out is not None else run / "eval", "prefs-eval")  # before the model loads
     lm, peft, results, identity = _load_run(run, model, device)
     cfg = results["config"]
     splits = splits or default_splits(cfg["data"])
@@ -185,7 +192,8 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
     out_dir = Path(out) if out is not None else run / "eval"
     rd = RunDir.create(out_dir, "prefs-eval", {"threshold": threshold, "limit": limit,
                                                "splits": {k: str(v) for k, v in splits.items()}},
-                       inputs={"model": identity, "run": str(run)}, seed=cfg.get("seed"))
+                       inputs={"model": identity, "run": str(run)}, seed=cfg.get("seed"),
+                       settings={})  # an evaluation is redone with any settings
     rd.write_csv("shifts.csv", rows)
     rd.save_tensors("rows.safetensors", per_row)
     rd.figure(shift_figure(rows), "shifts.png", title="Preference accuracy per shift",
