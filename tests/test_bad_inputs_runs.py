@@ -76,7 +76,7 @@ def _snapshot(path: Path) -> dict[str, float]:
     ("talk train into a tuned run", ["lens", "talk", "train", "--model", "{base}", *TALK,
                                      "--out", "{tuned}"], "holds a finished lens-tuned run"),
     ("tuned train, other --lr", ["lens", "tuned", "train", "--model", "{base}", *TUNED, "--lr",
-                                 "0.5", "--out", "{tuned}"], "with other settings (lr None -> 0.5"),
+                                 "0.5", "--out", "{tuned}"], "with different settings (lr None -> 0.5"),
     ("tuned train, other optimizer", ["lens", "tuned", "train", "--model", "{base}", *TUNED,
                                       "--optimizer", "adam", "--out", "{tuned}"],
      "optimizer 'sgd' -> 'adam'"),
@@ -190,3 +190,34 @@ def test_two_writers_of_one_run_directory(runs, capsys, tmp_path):
     assert not is_complete(out)
     lock = json.loads((out / ".lock").read_text() or "{}")
     assert lock == {} or lock.get("pid") != os.getpid()
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(runs, tmp_path):
+    """SIGTERM (SLURM, Docker, systemd): one line, exit 130, the saved steps kept, no
+    completion mark, the directory free for the rerun that resumes it."""
+    import signal
+
+    from reprlab.lock import dir_lock
+    from reprlab.trainstate import read_train_state
+
+    out = tmp_path / "term"
+    argv = ["prefs", "train", "--model", runs["sft"], "--limit", "8", "--steps", "400",
+            "--batch-size", "1", "--ref-cache", "off", "--save-every", "2", "--no-progress",
+            "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"),
+               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "reprlab", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "state.safetensors").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130, err
+    assert lines == ["interrupted; run the same command again to resume"], err
+    assert not is_complete(out)
+    assert read_train_state(out / "state.safetensors")[1]["info"]["step"] >= 2
+    with dir_lock(out):  # released by the stopped process
+        pass

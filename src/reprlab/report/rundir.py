@@ -141,14 +141,15 @@ def recorded_run(out: str | Path) -> dict | None:
 
 def check_out(out: str | Path, workflow: str, settings: Mapping[str, Any] | None = None,
               resumable: str | None = None) -> dict | None:
-    """Refuse (:class:`StoreError`, nothing touched) when ``out`` holds a run that a
+    """Refuse (:class:`StoreError`, or :class:`ConfigError` for other settings; nothing
+    touched) when ``out`` holds a run that a
     ``workflow`` run with ``settings`` must not replace: another workflow's run, a finished
     run with other settings, or an unfinished one with other settings that saved its
     training state (``resumable``: the name of that file in ``out``). Only
     the settings both sides record are compared, so a check made early with part of them
     (before the model is loaded) is repeated in full by :meth:`RunDir.create`. Returns the
     recorded run (``None``: none)."""
-    from reprlab.errors import StoreError
+    from reprlab.errors import ConfigError, StoreError
 
     path = Path(out)
     if path.exists() and not path.is_dir():
@@ -164,7 +165,7 @@ def check_out(out: str | Path, workflow: str, settings: Mapping[str, Any] | None
     saved = bool(resumable) and (path / str(resumable)).exists()
     if changes and (got["complete"] or saved):
         more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
-        raise StoreError(f"{path} holds a {state} {workflow} run with other settings "
+        raise ConfigError(f"{path} holds a {state} {workflow} run with different settings "
                          f"({'; '.join(changes[:3])}{more}); rerun with the same settings to "
                          f"{'redo' if got['complete'] else 'resume'} it, or choose another --out")
     return got
