@@ -221,3 +221,54 @@ def test_sigterm_stops_a_run_like_ctrl_c(runs, tmp_path):
     assert read_train_state(out / "state.safetensors")[1]["info"]["step"] >= 2
     with dir_lock(out):  # released by the stopped process
         pass
+
+
+@pytest.fixture(scope="module")
+def broken(runs):
+    """Copies of the finished runs with a cut weights file, and bad text files."""
+    import shutil
+
+    root = runs["root"] / "broken"
+    root.mkdir()
+    p = dict(runs)
+    for name, rel in (("tuned", "lens.safetensors"), ("talk", "lens.safetensors"),
+                      ("prefs", "adapter/adapter_model.safetensors")):
+        d = root / name
+        shutil.copytree(runs[name], d)
+        (d / rel).open("r+b").truncate(200)
+        p[f"cut_{name}"] = str(d)
+    (root / "one.txt").write_text("Just one text here.\n")
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait\nun autre\n".encode("latin-1"))
+    p.update(one=str(root / "one.txt"), latin1=str(root / "latin1.txt"),
+             missing=str(root / "nope"))
+    return p
+
+
+ONE_LINE = [
+    ("tuned eval, cut lens", ["lens", "tuned", "eval", "{cut_tuned}"], "corrupt or truncated"),
+    ("talk explain, cut lens", ["lens", "talk", "explain", "{cut_talk}", "--text", "hi"],
+     "corrupt or truncated"),
+    ("prefs eval, cut adapter", ["prefs", "eval", "{cut_prefs}", "--generate", "0"],
+     "unreadable"),
+    ("prefs eval --batch-size 0", ["prefs", "eval", "{prefs}", "--batch-size", "0"],
+     "--batch-size must be at least 1"),
+    ("prefs eval --generate -1", ["prefs", "eval", "{prefs}", "--generate", "-1"],
+     "--generate 0 or more"),
+    ("prefs eval, no such run", ["prefs", "eval", "{missing}"], "no such directory"),
+    ("tuned train, one text", ["lens", "tuned", "train", "--model", "{base}", "--data", "{one}",
+                               "--out", "{missing}"], "needs at least 2"),
+    ("tuned train, latin-1 text", ["lens", "tuned", "train", "--model", "{base}", "--data",
+                                   "{latin1}", "--out", "{missing}"], "not UTF-8"),
+    ("talk explain of a tuned run", ["lens", "talk", "explain", "{tuned}", "--text", "hi"],
+     "read it with `reprlab lens tuned eval"),
+    ("tuned eval of a talk run", ["lens", "tuned", "eval", "{talk}"],
+     "read it with `reprlab lens talk explain"),
+    ("tuned eval of a prefs run", ["lens", "tuned", "eval", "{prefs}"],
+     "holds a prefs-train run, not a lens-tuned run"),
+]
+
+
+@pytest.mark.parametrize("name,argv,expected", ONE_LINE, ids=[c[0] for c in ONE_LINE])
+def test_one_line_not_a_traceback(broken, capsys, name, argv, expected):
+    one_line(capsys, [a.format(**broken) for a in argv], expected)
+    assert not Path(broken["missing"]).exists()

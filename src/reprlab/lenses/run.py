@@ -17,7 +17,7 @@ import torch
 
 import reprlab.distributed as dd
 from reprlab.errors import DataError, StoreError
-from reprlab.io import read_json
+from reprlab.io import read_json, read_lines
 from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import loss_figure, tuned_figure
@@ -50,7 +50,7 @@ def load_texts(data: Any, limit: int | None = None) -> tuple[list[str], dict]:
         p = Path(data)
         if not p.exists():
             raise DataError(f"no file {p}; give a .txt file with one text a line or builtin:NAME")
-        texts = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        texts = read_lines(p)  # UTF-8 or one clear line
         desc = {"name": p.name, "rows": len(texts)}
     else:
         from reprlab.capture import Rows
@@ -99,6 +99,9 @@ def _tuned_run(lm: LoadedModel, model: Any, data: Any, out: Path, cfg: TunedTrai
                eval_frac: float, limit: int | None, progress: bool,
                world: dd.World) -> dict[str, Any] | None:
     texts, desc = load_texts(data, limit)
+    if len(texts) < 2:
+        raise DataError(f"{data!r} holds {len(texts)} text; the tuned lens needs at least 2 "
+                        "(some to train on, some held out to evaluate)")
     train, held = _split(texts, eval_frac, cfg.seed)
     run = None
     if world.main:
@@ -155,6 +158,7 @@ def tuned_lens_eval(run_dir: str | Path, data: Any = None, *, device: str = "cpu
         check_out(out, "lens-tuned-eval")
     RunDir.load_results(run_dir)  # refuses unfinished runs
     manifest = read_json(run_dir / "manifest.json")
+    _require_workflow(run_dir, manifest, "lens-tuned")
     lm = _model_of(manifest, device)
     lens = load_lens(run_dir / "lens")
     if not isinstance(lens, TunedLens):
@@ -179,6 +183,21 @@ def tuned_lens_eval(run_dir: str | Path, data: Any = None, *, device: str = "cpu
         run.table("Per layer (bits per token)", rows)
         run.finish(res, title=f"Tuned lens evaluation · {lm.name}")
     return res
+
+
+#: the command that reads each lens workflow's runs
+_READER = {"lens-tuned": "reprlab lens tuned eval RUN", "lens-talk":
+           "reprlab lens talk explain RUN --text ..."}
+
+
+def _require_workflow(run_dir: Path, manifest: dict, workflow: str) -> None:
+    """One line naming the right command when ``run_dir`` is another workflow's run."""
+    got = manifest.get("workflow")
+    if got == workflow:
+        return
+    hint = (f"read it with `{_READER[got]}`" if got in _READER else
+            f"give a run of `reprlab {workflow.replace('-', ' ')} train`")
+    raise StoreError(f"{run_dir} holds a {got} run, not a {workflow} run; {hint}")
 
 
 def _data_spec(manifest: dict) -> str:
@@ -320,6 +339,7 @@ def talk_explain(run_dir: str | Path, texts: list[str], *, position: int = -1,
     run_dir = Path(run_dir)
     RunDir.load_results(run_dir)
     manifest = read_json(run_dir / "manifest.json")
+    _require_workflow(run_dir, manifest, "lens-talk")
     lm = _model_of(manifest, device)
     lens = load_lens(run_dir / "lens", lm=lm)
     tl = None

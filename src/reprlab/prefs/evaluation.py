@@ -93,7 +93,11 @@ def _load_run(run: Path, model: LoadedModel | str | None, device: str) -> tuple[
             raise StoreError(f"the adapter in {run} was trained on {recorded.get('name')!r}, not on "
                              f"{mine.get('name')!r} ({k} differs); evaluate it with its own base "
                              "model")
-    peft = PeftModel.from_pretrained(lm.model, str(run / "adapter"))
+    try:
+        peft = PeftModel.from_pretrained(lm.model, str(run / "adapter"))
+    except Exception as exc:  # a cut or garbled adapter file (safetensors' own error)
+        raise StoreError(f"the adapter in {run / 'adapter'} is unreadable "
+                         f"({str(exc).splitlines()[0][:80]}); train the run again") from None
     return lm, peft, results, mine
 
 

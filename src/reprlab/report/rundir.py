@@ -351,7 +351,8 @@ class RunDir:
 
         p = Path(path)
         if not p.is_dir():
-            raise StoreError(f"there is no run directory {p}; check the path")
+            raise StoreError(f"{p} is not a finished reprlab run: there is no such directory; "
+                             "check the path")
         if not is_complete(p):
             raise StoreError(f"{p} is not a finished reprlab run (no complete manifest.json); "
                              "run it again")
