@@ -265,6 +265,19 @@ ONE_LINE = [
      "read it with `reprlab lens talk explain"),
     ("tuned eval of a prefs run", ["lens", "tuned", "eval", "{prefs}"],
      "holds a prefs-train run, not a lens-tuned run"),
+    # lengths and counts
+    ("logit --position out of range", ["lens", "logit", "--model", "{base}", "--text", "hi",
+                                       "--position", "99"], "--position 99 is out of range"),
+    ("explain --position out of range", ["lens", "talk", "explain", "{talk}", "--text", "hi",
+                                         "--position", "-50"], "--position -50 is out of range"),
+    ("talk --tokens 33", ["lens", "talk", "train", "--model", "{base}", "--tokens", "33",
+                          "--out", "{missing}"], "use 1-32"),
+    ("talk --best-of 1e8", ["lens", "talk", "train", "--model", "{base}", "--best-of",
+                            "100000000", "--out", "{missing}"], "more than the limit"),
+    ("explain --best-of 1e8", ["lens", "talk", "explain", "{talk}", "--text", "hi",
+                               "--best-of", "100000000"], "more than the limit"),
+    ("talk --eval-rows 0", ["lens", "talk", "train", "--model", "{base}", "--eval-rows", "0",
+                            "--out", "{missing}"], "--eval-rows must be at least 1"),
 ]
 
 
@@ -272,3 +285,22 @@ ONE_LINE = [
 def test_one_line_not_a_traceback(broken, capsys, name, argv, expected):
     one_line(capsys, [a.format(**broken) for a in argv], expected)
     assert not Path(broken["missing"]).exists()
+
+
+def test_max_length_is_clamped_to_the_model(runs, caplog, tmp_path):
+    """--max-length beyond the model's positions trains on texts cut to those positions."""
+    import logging
+
+    from reprlab.models import load_model
+
+    limit = load_model(runs["sft"]).position_limit
+    with caplog.at_level(logging.WARNING):
+        assert main(["prefs", "train", "--model", runs["sft"], *PREFS[:2], "--steps", "1",
+                     "--batch-size", "2", "--ref-cache", "off", "--no-progress", "--max-length",
+                     "100000000", "--out", str(tmp_path / "p")]) == 0
+        assert main(["lens", "tuned", "train", "--model", runs["base"], *TUNED, "--max-length",
+                     "100000000", "--out", str(tmp_path / "t")]) == 0
+    said = [r.getMessage() for r in caplog.records if "100000000" in r.getMessage()]
+    assert said and f"truncated to {limit} tokens" in said[0]
+    finished(tmp_path / "p", "prefs-train")
+    finished(tmp_path / "t", "lens-tuned")

@@ -289,7 +289,8 @@ class LoadedModel:
             tok.padding_side = padding_side
         try:
             enc = tok(list(texts), return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length or self.max_length)
+                      max_length=self.clamp_length(max_length) if max_length
+                      else self.max_length)
         finally:
             tok.padding_side = old
         return self.forward_inputs(enc)

@@ -249,7 +249,8 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
                                 inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed,
                                 resumable=STATE)
             data_ = dump(lm, texts, resolve_sites(lm, cfg.site)[0].name, dump_dir,
-                         position=position, seed=cfg.seed, max_length=max_length,
+                         position=position, seed=cfg.seed,
+                         max_length=lm.clamp_length(max_length),
                          progress=progress)
         dd.barrier(world)
         if not world.main:  # read what rank 0 dumped, writing nothing

@@ -84,12 +84,13 @@ class TalkConfig:
         finite_fields(self)
         require(self.tokens >= 1, f"--tokens must be at least 1 (the explanation length), "
                 f"got {self.tokens}")
-        require(self.tokens <= 64, f"--tokens {self.tokens} is too long; use 2-32")
+        require(self.tokens <= 32, f"--tokens {self.tokens} is too long; use 1-32")
         for name in ("steps", "batch_size", "checkpoint_every"):
             require(getattr(self, name) >= 1,
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         require(self.lr > 0 and self.proj_lr > 0, "--lr and --proj-lr must be positive")
-        require(self.eval_rows >= 0, f"--eval-rows must be 0 or more, got {self.eval_rows}")
+        require(self.eval_rows >= 1, f"--eval-rows must be at least 1 (the held-out samples "
+                f"the metrics are measured on), got {self.eval_rows}")
         parse_tau(self.tau, TAU_FLOOR)
         ws = {n: parse_weight(getattr(self, f"w_{n}"), f"--w-{n}")
               for n in ("kl", "mse", "lm", "ent")}

@@ -146,7 +146,7 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
         shift, _, name = key_name.rpartition("/")
         shift = shift or CATEGORIES.get(name, name)
         data = load_preferences(spec, limit=limit)
-        tokens = tokenize_prefs(lm.tokenizer, data, max_length=cfg["max_length"],
+        tokens = tokenize_prefs(lm.tokenizer, data, max_length=lm.clamp_length(cfg["max_length"]),
                                 max_prompt_length=cfg.get("max_prompt_length"),
                                 raw_text=cfg["raw_text"], model_name=lm.name)
         s = _scores(lm, tokens, peft, batch_size)

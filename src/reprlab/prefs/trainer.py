@@ -350,7 +350,7 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
     if callable(bind) and model_free_sites(str(getattr(method, "site_spec", ""))) is None:
         torch.manual_seed(cfg.seed)
         bind(lm)  # a site spec that needs the model (layers.0.5:-1) resolved on it
-    tokens = tokenize_prefs(lm.tokenizer, prefs, max_length=cfg.max_length,
+    tokens = tokenize_prefs(lm.tokenizer, prefs, max_length=lm.clamp_length(cfg.max_length),
                             max_prompt_length=cfg.max_prompt_length, raw_text=cfg.raw_text,
                             model_name=lm.name)
     world = dd.init_from_env(lm.device)
