@@ -304,3 +304,17 @@ def test_max_length_is_clamped_to_the_model(runs, caplog, tmp_path):
     assert said and f"truncated to {limit} tokens" in said[0]
     finished(tmp_path / "p", "prefs-train")
     finished(tmp_path / "t", "lens-tuned")
+
+
+def test_run_directories_do_not_carry_the_cache_path(toy_mini, tmp_path, monkeypatch):
+    """A model under $REPRLAB_HOME is recorded as $REPRLAB_HOME/..., and read back."""
+    monkeypatch.setenv("REPRLAB_HOME", str(toy_mini.home))
+    out = tmp_path / "p"
+    assert main(["prefs", "train", "--model", str(toy_mini.sft), *PREFS, "--out", str(out)]) == 0
+    home = str(Path(toy_mini.home).resolve())
+    for name in ("manifest.json", "results.json", "adapter/adapter_config.json"):
+        text = (out / name).read_text()
+        assert home not in text, name
+    assert read_json(out / "manifest.json")["inputs"]["model"]["spec"].startswith("$REPRLAB_HOME/")
+    assert main(["prefs", "eval", str(out), "--limit", "4", "--generate", "0", "--no-progress",
+                 "--data", "x=builtin:toy-prefs"]) == 0

@@ -17,6 +17,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from reprlab.errors import ConfigError
@@ -161,7 +162,10 @@ def subcommand(sub: argparse._SubParsersAction, name: str, cls: type,
 
 def command_line() -> str:
     """The command line of this process, for manifests."""
-    return " ".join(shlex.quote(a) for a in sys.argv)
+    argv = list(sys.argv)
+    if argv:  # the program's name, not where it is installed (a venv path)
+        argv[0] = "reprlab" if argv[0].endswith(("reprlab", "__main__.py")) else Path(argv[0]).name
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def require(condition: bool, message: str) -> None:

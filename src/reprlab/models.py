@@ -366,7 +366,9 @@ def load_model(name: str | None = None, *, dtype: str | torch.dtype | None = "fl
         resolver = importlib.import_module(ALIAS_RESOLVERS[name.lower()])
         path, display = str(resolver.resolve_alias(name)), f"reprlab/{name.lower()}"
     else:
-        path = name
+        from reprlab.io import local_path
+
+        path = local_path(name)  # a spec read back from a run directory ($REPRLAB_HOME/...)
     local = Path(path).exists()
     if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ModelError(f"model path {name!r} does not exist; check the path or use 'minilm'")

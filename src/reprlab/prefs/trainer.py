@@ -282,6 +282,16 @@ def _load_adapter_state(params: list, state: dict) -> None:
                           "every trainable tensor (names as in the PEFT model)")
 
 
+def _portable_adapter_config(adapter_dir: Path) -> None:
+    """The adapter's config names its base model as ``$REPRLAB_HOME/...`` when it lies in
+    the cache, not by this machine's path."""
+    from reprlab.io import portable, read_json, write_json
+
+    path = adapter_dir / "adapter_config.json"
+    if path.exists():
+        write_json(path, portable(read_json(path)))
+
+
 def _read_log(path: Path, upto: int) -> list[dict]:
     if not path.exists():
         return []
@@ -440,6 +450,7 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
     _write_log(out / LOG, log)
     adapter_dir = out / "adapter"
     run.peft.save_pretrained(str(adapter_dir))
+    _portable_adapter_config(adapter_dir)
     apply_umask(adapter_dir)  # safetensors writes 0600
     write_train_report(rundir, result, cfg, identity)
     return result

@@ -328,9 +328,12 @@ class RunDir:
     def finish(self, results: Mapping[str, Any], title: str | None = None,
                summary: str = "", extra_manifest: Mapping[str, Any] | None = None) -> Path:
         """Write results.json, report.html, then manifest.json (last: marks the run complete)."""
+        from reprlab.io import portable
+
         (self.path / MANIFEST).unlink(missing_ok=True)
+        results = portable(json_safe(dict(results)))
         write_json(self.path / "results.json", results)
-        manifest = self.manifest(extra_manifest)
+        manifest = portable(json_safe(self.manifest(extra_manifest)))
         page = html_mod.page(title or f"reprlab {self.workflow}", summary, self._blocks, manifest)
         atomic_write_text(self.path / "report.html", page)
         write_json(self.path / MANIFEST, manifest)
