@@ -318,3 +318,22 @@ def test_run_directories_do_not_carry_the_cache_path(toy_mini, tmp_path, monkeyp
     assert read_json(out / "manifest.json")["inputs"]["model"]["spec"].startswith("$REPRLAB_HOME/")
     assert main(["prefs", "eval", str(out), "--limit", "4", "--generate", "0", "--no-progress",
                  "--data", "x=builtin:toy-prefs"]) == 0
+
+
+def test_a_site_typo_is_refused_before_any_build(tmp_path, capsys, monkeypatch):
+    """Before the toy is built (minutes), not after, and with the right explanation."""
+    monkeypatch.setenv("REPRLAB_HOME", str(tmp_path / "home"))
+    one_line(capsys, ["prefs", "train", "--model", "toy-sft", "--method", "innerdpo",
+                      "--method-options", "sites=layrs.3", "--out", str(tmp_path / "o")],
+             "unknown site 'layrs.3'; sites are embed, layers.N")
+    assert not (tmp_path / "home").exists() and not (tmp_path / "o").exists()
+
+
+def test_innerdpo_default_sites_resolve_from_the_cli(runs, tmp_path):
+    """The default site spec (layers.0.5:-1) is resolved on the model, as the Python API does."""
+    out = tmp_path / "inner"
+    assert main(["prefs", "train", "--model", runs["sft"], "--method", "innerdpo", *PREFS,
+                 "--out", str(out)]) == 0
+    results = read_json(out / "results.json")
+    assert results["method"]["site_spec"] == "layers.0.5:-1"
+    assert results["method"]["sites"], results["method"]

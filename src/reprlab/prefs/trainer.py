@@ -319,9 +319,14 @@ def check_resume(out: Path, cfg: TrainConfig) -> dict | None:
 def method_of(cfg: TrainConfig) -> Method:
     """The method of ``cfg`` built with its options (one clear line for unknown names and
     options; no model needed)."""
-    return build_method(cfg.method, MethodOptions(cfg.beta, cfg.label_smoothing,
-                                                  cfg.aggregation, cfg.nll_weight,
-                                                  dict(cfg.method_options)))
+    from reprlab.sites import check_site_grammar
+
+    method = build_method(cfg.method, MethodOptions(cfg.beta, cfg.label_smoothing,
+                                                    cfg.aggregation, cfg.nll_weight,
+                                                    dict(cfg.method_options)))
+    if getattr(method, "site_spec", None):
+        check_site_grammar(method.site_spec)
+    return method
 
 
 def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str | Path = None,
