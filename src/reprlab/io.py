@@ -224,13 +224,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 HOME_VAR = "$REPRLAB_HOME"
 
 
+def reprlab_home() -> Path:
+    """The cache root: ``$REPRLAB_HOME``, ``$XDG_CACHE_HOME/reprlab`` or ``~/.cache/reprlab``."""
+    if os.environ.get("REPRLAB_HOME"):
+        return Path(os.environ["REPRLAB_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "reprlab"
+
+
 def portable(obj: Any) -> Any:
     """``obj`` with every string that is an absolute path under the reprlab cache written as
     ``$REPRLAB_HOME/...`` (read back by :func:`local_path`), so a run directory does not carry
     the sender's cache location."""
-    from reprlab.toy.build import toy_home
-
-    home = str(toy_home().resolve())
+    home = str(reprlab_home().resolve())
 
     def one(v: Any) -> Any:
         if isinstance(v, dict):
@@ -252,7 +258,5 @@ def portable(obj: Any) -> Any:
 def local_path(text: str) -> str:
     """A path written by :func:`portable` as a path on this machine (others unchanged)."""
     if isinstance(text, str) and (text == HOME_VAR or text.startswith(HOME_VAR + "/")):
-        from reprlab.toy.build import toy_home
-
-        return str(toy_home()) + text[len(HOME_VAR):]
+        return str(reprlab_home()) + text[len(HOME_VAR):]
     return text
