@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import shlex
 import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from reprlab.errors import ConfigError
@@ -127,7 +129,22 @@ def build(cls: type, ns: argparse.Namespace) -> Any:
         if typing.get_origin(tp) in (list, tuple) and value is not None:
             value = split_list(value)
         kwargs[f.name] = value
+    check_finite(kwargs)  # before __post_init__'s range checks, which NaN would pass
     return cls(**kwargs)
+
+
+def check_finite(values: dict[str, Any]) -> None:
+    """:class:`ConfigError` naming the first float in ``values`` (option name -> value) that
+    is NaN or infinite. Every subcommand's options pass here (:func:`build`), and the
+    configurations of the Python API through :func:`finite_fields`."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def finite_fields(obj: Any) -> None:
+    """:func:`check_finite` over the fields of the dataclass ``obj``."""
+    check_finite({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
 
 
 def subcommand(sub: argparse._SubParsersAction, name: str, cls: type,
@@ -145,7 +162,10 @@ def subcommand(sub: argparse._SubParsersAction, name: str, cls: type,
 
 def command_line() -> str:
     """The command line of this process, for manifests."""
-    return " ".join(shlex.quote(a) for a in sys.argv)
+    argv = list(sys.argv)
+    if argv:  # the program's name, not where it is installed (a venv path)
+        argv[0] = "reprlab" if argv[0].endswith(("reprlab", "__main__.py")) else Path(argv[0]).name
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def require(condition: bool, message: str) -> None:

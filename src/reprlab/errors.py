@@ -33,3 +33,7 @@ class SiteError(ReprlabError, KeyError):
 
 class StoreError(ReprlabError):
     """An activation store is incomplete, corrupt or does not match the request."""
+
+
+class TrainingError(ReprlabError):
+    """A training run cannot go on (its loss became NaN or infinite)."""

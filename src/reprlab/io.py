@@ -218,3 +218,45 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+#: how a path under the reprlab cache is written in run directories
+HOME_VAR = "$REPRLAB_HOME"
+
+
+def reprlab_home() -> Path:
+    """The cache root: ``$REPRLAB_HOME``, ``$XDG_CACHE_HOME/reprlab`` or ``~/.cache/reprlab``."""
+    if os.environ.get("REPRLAB_HOME"):
+        return Path(os.environ["REPRLAB_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "reprlab"
+
+
+def portable(obj: Any) -> Any:
+    """``obj`` with every string that is an absolute path under the reprlab cache written as
+    ``$REPRLAB_HOME/...`` (read back by :func:`local_path`), so a run directory does not carry
+    the sender's cache location."""
+    home = str(reprlab_home().resolve())
+
+    def one(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: one(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [one(x) for x in v]
+        if isinstance(v, str) and v.startswith("/") and "\n" not in v:
+            try:
+                resolved = str(Path(v).resolve())
+            except (OSError, RuntimeError):
+                return v
+            if resolved == home or resolved.startswith(home + os.sep):
+                return HOME_VAR + resolved[len(home):]
+        return v
+
+    return one(obj)
+
+
+def local_path(text: str) -> str:
+    """A path written by :func:`portable` as a path on this machine (others unchanged)."""
+    if isinstance(text, str) and (text == HOME_VAR or text.startswith(HOME_VAR + "/")):
+        return str(reprlab_home()) + text[len(HOME_VAR):]
+    return text

@@ -18,6 +18,7 @@ LIMITS: dict[str, tuple[int, str]] = {
     "controls": (1_000, "control runs"),
     "bootstrap": (100_000, "bootstrap resamples"),
     "folds": (100, "folds"),
+    "best_of": (64, "samples per explanation"),
 }
 
 

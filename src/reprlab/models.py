@@ -289,7 +289,8 @@ class LoadedModel:
             tok.padding_side = padding_side
         try:
             enc = tok(list(texts), return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length or self.max_length)
+                      max_length=self.clamp_length(max_length) if max_length
+                      else self.max_length)
         finally:
             tok.padding_side = old
         return self.forward_inputs(enc)
@@ -365,7 +366,9 @@ def load_model(name: str | None = None, *, dtype: str | torch.dtype | None = "fl
         resolver = importlib.import_module(ALIAS_RESOLVERS[name.lower()])
         path, display = str(resolver.resolve_alias(name)), f"reprlab/{name.lower()}"
     else:
-        path = name
+        from reprlab.io import local_path
+
+        path = local_path(name)  # a spec read back from a run directory ($REPRLAB_HOME/...)
     local = Path(path).exists()
     if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ModelError(f"model path {name!r} does not exist; check the path or use 'minilm'")

@@ -89,3 +89,14 @@ def flatten(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     rows, cols = m.nonzero(as_tuple=True)
     ids = torch.stack([rows, rank[rows, cols]], 1)
     return hidden[rows, cols], ids
+
+
+def check_token_position(position: int, lengths: list[int]) -> None:
+    """:class:`ConfigError` (one line) when ``position`` (negative counts from the end) is
+    outside a text of one of ``lengths`` tokens, instead of an index error or a silent clamp."""
+    from reprlab.errors import ConfigError
+
+    for n in lengths:
+        if not -n <= position < n:
+            raise ConfigError(f"--position {position} is out of range for a text of {n} "
+                              f"tokens; give {-n} to {n - 1}")

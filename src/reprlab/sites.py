@@ -139,6 +139,18 @@ def parse_sites(spec: str | list[str] | tuple[str, ...], arch: ArchInfo) -> list
     return list(out.values())
 
 
+def check_site_grammar(spec: str) -> None:
+    """:class:`SiteError` (one line) for an item of ``spec`` that no model could resolve,
+    checked before any model is built or loaded."""
+    for item in (s.strip() for s in str(spec).split(",")):
+        if not item or item.startswith("module:") or item in (
+                "embed", "final_norm", "norm", "ln_f") or _LAYER_RE.match(item):
+            continue
+        raise SiteError(f"unknown site {item!r}; sites are embed, layers.N (or negative, "
+                        "fractions like layers.0.5, ranges like layers.0:2, layers.*), "
+                        "layers.N.attn, layers.N.mlp, final_norm or module:<path>")
+
+
 def resolve_sites(lm: LoadedModel, spec: str | list[str] | tuple[str, ...]) -> list[Site]:
     """Resolve ``spec`` on a loaded model, checking that raw module paths exist."""
     sites = parse_sites(spec, lm.arch)

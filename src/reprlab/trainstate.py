@@ -76,6 +76,20 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
+def check_loss(loss: float, step: int, what: str, hint: str = "lower --lr") -> None:
+    """Stop a run whose loss at ``step`` is NaN or infinite (:class:`TrainingError`, one
+    line), before that step is saved: the last checkpoint stays, no completion mark is
+    written."""
+    import math
+
+    from reprlab.errors import TrainingError
+
+    if not math.isfinite(float(loss)):
+        raise TrainingError(f"{what} diverged: the loss at step {step} is {float(loss)}; "
+                            f"nothing of it was saved and the run is not complete; {hint} "
+                            "and train into another --out")
+
+
 def save_train_state(path: str | Path, model: nn.Module | None, opt: torch.optim.Optimizer | None,
                      sched: Any, info: dict, *, tensors: dict[str, torch.Tensor] | None = None,
                      trainable_only: bool = False, rng: bool = True) -> None:

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               "without torchrun / accelerate launch; data-parallel commands: "
               f"{', '.join(DATA_PARALLEL)}", file=sys.stderr)
         return 2
+    previous = _term_as_interrupt()
     try:
         return int(handler(args) or 0)
     except ReprlabError as exc:
@@ -176,6 +178,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}; free some space or write elsewhere (--out)", file=sys.stderr)
         return 2
+    finally:
+        from reprlab.lock import release
+
+        release()  # the run directories this command held (a failed run held them still)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _term_as_interrupt() -> object | None:
+    """SIGTERM (what SLURM, Docker and systemd send) stops a command as Ctrl-C does: the
+    same one line, exit 130, a run resumable from its last checkpoint. Returns the handler
+    it replaced (``None`` off the main thread, where handlers cannot be set)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (an in-process sweep trial)
+        return None
 
 
 def _disk_message(exc: BaseException) -> str | None:

@@ -111,5 +111,9 @@ def load_lens(path: str | os.PathLike, device: str | torch.device = "cpu",
     if header.get("format") != FORMAT or kind not in LENS_KINDS:
         raise StoreError(f"{js} is not a reprlab lens (format {header.get('format')!r}, kind "
                          f"{header.get('kind')!r})")
-    tensors = load_file(str(st), device=str(device))
+    try:
+        tensors = load_file(str(st), device=str(device))
+    except Exception as exc:  # safetensors' own error for a cut or garbled file
+        raise StoreError(f"{st} is corrupt or truncated ({str(exc).splitlines()[0][:80]}); "
+                         "train the lens again") from None
     return LENS_KINDS[header["kind"]].from_state(tensors, header["config"], **kwargs)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from reprlab.cliutil import opt, require, subcommand
+from reprlab.limits import cap
 
 
 @dataclass
@@ -150,7 +151,7 @@ class TalkTrainCommand:
     model: str = opt("toy", help="target causal LM (frozen)")
     data: str = opt("builtin:toy-text", help="texts: builtin:NAME, .csv/.jsonl/.parquet, .txt")
     site: str = opt("layers.2", help="residual site to explain: embed or layers.N")
-    tokens: int = opt(4, help="explanation length t (2-32)")
+    tokens: int = opt(4, help="explanation length t (1-32)")
     out: str = opt("runs/talk", help="run directory (resumes an interrupted run there)")
     store: str = opt("", help="activation dump to create or reuse across runs "
                      "(default: <out>/data)")
@@ -187,6 +188,7 @@ class TalkTrainCommand:
     def __post_init__(self) -> None:
         require(self.limit >= 0, f"--limit must be 0 or more, got {self.limit}")
         require(self.best_of >= 1, f"--best-of must be at least 1, got {self.best_of}")
+        cap("best_of", self.best_of, "--best-of")
         require(self.position == "random" or self.position.lstrip("-").isdigit(),
                 f"--position must be random or a token index, got {self.position!r}")
         self.talk_config()
@@ -243,6 +245,7 @@ class TalkExplainCommand:
     def __post_init__(self) -> None:
         require(bool(self.text), "give --text \"...\" to explain")
         require(self.best_of >= 1, f"--best-of must be at least 1, got {self.best_of}")
+        cap("best_of", self.best_of, "--best-of")
 
 
 def run_talk_explain(cfg: TalkExplainCommand) -> int:

@@ -9,6 +9,7 @@ import torch
 from reprlab.lenses.base import Lens, register
 from reprlab.lenses.unembed import decoder_parts, forward_states, layer_names, unembed
 from reprlab.models import LoadedModel
+from reprlab.positions import check_token_position
 
 
 def model_summary(lm: LoadedModel) -> dict[str, Any]:
@@ -53,6 +54,7 @@ def top_tokens(lm: LoadedModel, lens: LogitLens, text: str, k: int = 5,
     inputs = lm.encode([text])
     per_layer, _ = lens.all_logits(lm, inputs)
     mask = inputs["attention_mask"][0]
+    check_token_position(position, [int(mask.sum())])
     idx = torch.nonzero(mask).flatten()[position].item()
     rows = []
     names = lens.config.get("layers") or layer_names(lm)

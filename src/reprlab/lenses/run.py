@@ -17,7 +17,7 @@ import torch
 
 import reprlab.distributed as dd
 from reprlab.errors import DataError, StoreError
-from reprlab.io import read_json
+from reprlab.io import read_json, read_lines
 from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import loss_figure, tuned_figure
@@ -30,10 +30,13 @@ from reprlab.lenses.tuned_train import TunedTrainConfig, evaluate_lenses, train_
 from reprlab.lenses.unembed import unembed
 from reprlab.models import LoadedModel, as_loaded
 from reprlab.report import RunDir
+from reprlab.report.rundir import check_out
 from reprlab.sites import resolve_sites
 
 logger = logging.getLogger(__name__)
 
+#: the training state a lens run resumes from
+STATE = "train_state.safetensors"
 PROBE_TEXT = "The Eiffel Tower is in the city of"
 PROBE_WORDS = ("paris", "france")
 
@@ -47,7 +50,7 @@ def load_texts(data: Any, limit: int | None = None) -> tuple[list[str], dict]:
         p = Path(data)
         if not p.exists():
             raise DataError(f"no file {p}; give a .txt file with one text a line or builtin:NAME")
-        texts = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        texts = read_lines(p)  # UTF-8 or one clear line
         desc = {"name": p.name, "rows": len(texts)}
     else:
         from reprlab.capture import Rows
@@ -83,6 +86,7 @@ def tuned_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/
     fields (``steps=50, optimizer="adam"``).
     """
     cfg = replace(cfg or TunedTrainConfig(), **overrides)
+    check_out(out, "lens-tuned", asdict(cfg), resumable=STATE)  # before the model loads
     lm = as_loaded(model, device=dd.rank_device(device))
     world = dd.init_from_env(lm.device)
     try:
@@ -95,14 +99,18 @@ def _tuned_run(lm: LoadedModel, model: Any, data: Any, out: Path, cfg: TunedTrai
                eval_frac: float, limit: int | None, progress: bool,
                world: dd.World) -> dict[str, Any] | None:
     texts, desc = load_texts(data, limit)
+    if len(texts) < 2:
+        raise DataError(f"{data!r} holds {len(texts)} text; the tuned lens needs at least 2 "
+                        "(some to train on, some held out to evaluate)")
     train, held = _split(texts, eval_frac, cfg.seed)
     run = None
     if world.main:
         config = dd.with_world({**asdict(cfg), "eval_frac": eval_frac}, world, lm.device)
         run = RunDir.create(out, "lens-tuned", config=config,
-                            inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
+                            inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed,
+                            resumable=STATE)
     dd.barrier(world)  # the directory exists before any rank looks for a saved state
-    lens, history = train_tuned(lm, train, cfg, state_path=out / "train_state.safetensors",
+    lens, history = train_tuned(lm, train, cfg, state_path=out / STATE,
                                 progress=progress, world=world)
     if not world.main:
         return None
@@ -146,8 +154,11 @@ def tuned_lens_eval(run_dir: str | Path, data: Any = None, *, device: str = "cpu
     """Evaluate a trained tuned lens again (on ``data``, else the run's held-out texts);
     with ``out``, write a run directory with the table, the plot and a report."""
     run_dir = Path(run_dir)
+    if out is not None:  # a finished run is never replaced by its evaluation
+        check_out(out, "lens-tuned-eval")
     RunDir.load_results(run_dir)  # refuses unfinished runs
     manifest = read_json(run_dir / "manifest.json")
+    _require_workflow(run_dir, manifest, "lens-tuned")
     lm = _model_of(manifest, device)
     lens = load_lens(run_dir / "lens")
     if not isinstance(lens, TunedLens):
@@ -172,6 +183,21 @@ def tuned_lens_eval(run_dir: str | Path, data: Any = None, *, device: str = "cpu
         run.table("Per layer (bits per token)", rows)
         run.finish(res, title=f"Tuned lens evaluation · {lm.name}")
     return res
+
+
+#: the command that reads each lens workflow's runs
+_READER = {"lens-tuned": "reprlab lens tuned eval RUN", "lens-talk":
+           "reprlab lens talk explain RUN --text ..."}
+
+
+def _require_workflow(run_dir: Path, manifest: dict, workflow: str) -> None:
+    """One line naming the right command when ``run_dir`` is another workflow's run."""
+    got = manifest.get("workflow")
+    if got == workflow:
+        return
+    hint = (f"read it with `{_READER[got]}`" if got in _READER else
+            f"give a run of `reprlab {workflow.replace('-', ' ')} train`")
+    raise StoreError(f"{run_dir} holds a {got} run, not a {workflow} run; {hint}")
 
 
 def _data_spec(manifest: dict) -> str:
@@ -207,28 +233,30 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
     (``site="layers.2", tokens=4, steps=300``).
     """
     cfg = replace(cfg or TalkConfig(), **overrides)
+    settings = {**asdict(cfg), "position": position, "max_length": max_length,
+                "best_of": best_of}
+    check_out(out, "lens-talk", settings, resumable=STATE)  # before the model loads
     lm = as_loaded(model, device=dd.rank_device(device))
     world = dd.init_from_env(lm.device)
     try:
         texts, desc = load_texts(data, limit)
         out = Path(out)
         dump_dir = Path(store) if store else out / "data"
-        if world.main:
+        run = None
+        if world.main:  # checked and claimed before anything is written there
+            run = RunDir.create(out, "lens-talk", config=dd.with_world(settings, world,
+                                                                       lm.device),
+                                inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed,
+                                resumable=STATE)
             data_ = dump(lm, texts, resolve_sites(lm, cfg.site)[0].name, dump_dir,
-                         position=position, seed=cfg.seed, max_length=max_length,
+                         position=position, seed=cfg.seed,
+                         max_length=lm.clamp_length(max_length),
                          progress=progress)
         dd.barrier(world)
         if not world.main:  # read what rank 0 dumped, writing nothing
             data_ = load_dump(dump_dir, lm)
-        run = None
-        if world.main:
-            config = dd.with_world({**asdict(cfg), "position": position,
-                                    "max_length": max_length, "best_of": best_of},
-                                   world, lm.device)
-            run = RunDir.create(out, "lens-talk", config=config,
-                                inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed)
         lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,
-                                          state_path=out / "train_state.safetensors")
+                                          state_path=out / STATE)
         if not world.main:
             return None
         lens.save(out / "lens")
@@ -312,6 +340,7 @@ def talk_explain(run_dir: str | Path, texts: list[str], *, position: int = -1,
     run_dir = Path(run_dir)
     RunDir.load_results(run_dir)
     manifest = read_json(run_dir / "manifest.json")
+    _require_workflow(run_dir, manifest, "lens-talk")
     lm = _model_of(manifest, device)
     lens = load_lens(run_dir / "lens", lm=lm)
     tl = None

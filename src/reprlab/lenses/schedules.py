@@ -66,7 +66,14 @@ class Schedule:
 
 
 def parse_schedule(text: str | float, name: str = "schedule") -> Schedule:
-    """Parse the grammar above; one clear error for anything else."""
+    """Parse the grammar above; one clear error for anything else (NaN and infinity too)."""
+    s = _parse(text, name)
+    if not all(math.isfinite(v) for v in (s.start, s.end, s.duration or 0.0)):
+        raise ConfigError(f"{name} {s.text!r} must be made of finite numbers; {_HELP}")
+    return s
+
+
+def _parse(text: str | float, name: str) -> Schedule:
     if isinstance(text, (int, float)):
         return Schedule("constant", float(text), float(text), text=str(text))
     raw = str(text).strip()

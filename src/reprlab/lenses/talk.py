@@ -14,6 +14,7 @@ from reprlab.lenses.base import Lens, register
 from reprlab.lenses.metrics import LN2, kl_logits
 from reprlab.lenses.talk_model import TalkModule
 from reprlab.models import LoadedModel
+from reprlab.positions import check_token_position
 from reprlab.sites import Site, resolve_sites
 
 MARKER = "<embed>"
@@ -81,6 +82,7 @@ def read_activation(lm: LoadedModel, site: Site, texts: list[str], position: int
     inputs = lm.encode(texts, padding_side="right")
     mask = inputs["attention_mask"]
     n = mask.sum(1)
+    check_token_position(position, n.tolist())
     idx = torch.where(torch.tensor(position) < 0, n + position, torch.full_like(n, position))
     idx = idx.clamp(min=0).minimum(n - 1)
     with torch.no_grad(), hooks.record(lm, [site]) as cache:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 import reprlab.distributed as dd
-from reprlab.cliutil import require
+from reprlab.cliutil import finite_fields, require
 from reprlab.errors import ConfigError
 from reprlab.lenses.schedules import parse_tau, parse_weight
 from reprlab.lenses.talk import (
@@ -38,7 +38,12 @@ from reprlab.lenses.talk_model import TalkModule, gumbel_noise
 from reprlab.models import LoadedModel
 from reprlab.sites import resolve_sites
 from reprlab.sweeps.progress import report as report_step
-from reprlab.trainstate import load_train_state, save_train_state
+from reprlab.trainstate import (
+    check_loss,
+    load_train_state,
+    read_train_state,
+    save_train_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +81,16 @@ class TalkConfig:
     checkpoint_every: int = 20
 
     def __post_init__(self) -> None:
+        finite_fields(self)
         require(self.tokens >= 1, f"--tokens must be at least 1 (the explanation length), "
                 f"got {self.tokens}")
-        require(self.tokens <= 64, f"--tokens {self.tokens} is too long; use 2-32")
+        require(self.tokens <= 32, f"--tokens {self.tokens} is too long; use 1-32")
         for name in ("steps", "batch_size", "checkpoint_every"):
             require(getattr(self, name) >= 1,
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         require(self.lr > 0 and self.proj_lr > 0, "--lr and --proj-lr must be positive")
-        require(self.eval_rows >= 0, f"--eval-rows must be 0 or more, got {self.eval_rows}")
+        require(self.eval_rows >= 1, f"--eval-rows must be at least 1 (the held-out samples "
+                f"the metrics are measured on), got {self.eval_rows}")
         parse_tau(self.tau, TAU_FLOOR)
         ws = {n: parse_weight(getattr(self, f"w_{n}"), f"--w-{n}")
               for n in ("kl", "mse", "lm", "ent")}
@@ -208,11 +215,12 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
     steps_per_epoch = max(1, len(train_idx) // batch)
     step, history = 0, []
     if state_path is not None and Path(state_path).exists():
+        saved = read_train_state(state_path)  # settings compared before anything is loaded
+        if saved is not None and saved[1]["info"].get("config") != asdict(cfg):
+            raise ConfigError(f"{state_path} holds a run with other settings; use another "
+                              "--out or delete it to start over")
         info = load_train_state(state_path, module, opt, None, rng=False)
         if info is not None:
-            if info.get("config") != asdict(cfg):
-                raise ConfigError(f"{state_path} holds a run with other settings; use another "
-                                  "--out or delete it to start over")
             step, history = info["step"], info["history"]
             logger.info("resuming the talkative lens at step %d", step)
     vocab = module.decoder.get_input_embeddings().weight.shape[0]
@@ -247,6 +255,7 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
             step += 1
             m = _step_metrics(total, values, a_hat, data, idx, share, world, lm.device)
             row = {"step": step, "loss": m["loss"], "tau": tau, **m}
+            check_loss(row["loss"], step, "the talkative lens")
             row.update({f"w_{n}": w for n, w in weights.items()})
             history.append(row)
             if world.main:

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import reprlab.distributed as dd
+from reprlab.cliutil import finite_fields
 from reprlab.errors import ConfigError, DataError
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.metrics import (
@@ -37,7 +38,12 @@ from reprlab.lenses.tuned import Translators, TunedLens
 from reprlab.lenses.unembed import forward_states, layer_names, unembed
 from reprlab.models import LoadedModel
 from reprlab.sweeps.progress import report as report_step
-from reprlab.trainstate import load_train_state, save_train_state
+from reprlab.trainstate import (
+    check_loss,
+    load_train_state,
+    read_train_state,
+    save_train_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ class TunedTrainConfig:
     checkpoint_every: int = 10
 
     def __post_init__(self) -> None:
+        finite_fields(self)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}")
         for name in ("steps", "tokens_per_step", "batch_size", "max_length", "checkpoint_every"):
@@ -160,11 +167,12 @@ def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.steps, cfg.warmup_frac))
     step, epoch, cursor, history = 0, 0, 0, []
     if state_path is not None:
+        saved = read_train_state(state_path)  # settings compared before anything is loaded
+        if saved is not None and saved[1]["info"].get("config") != asdict(cfg):
+            raise ConfigError(f"{state_path} holds a run with other settings; use another "
+                              "--out or delete it to start over")
         info = load_train_state(state_path, translators, opt, sched)
         if info is not None:
-            if info.get("config") != asdict(cfg):
-                raise ConfigError(f"{state_path} holds a run with other settings; use another "
-                                  "--out or delete it to start over")
             step, epoch, cursor = info["step"], info["epoch"], info["cursor"]
             history = info["history"]
             logger.info("resuming the tuned lens at step %d", step)
@@ -201,6 +209,7 @@ def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None 
             step += 1
             history.append({"step": step, "kl_sum_bits": loss_sum / tokens / LN2,
                             "tokens": tokens, "lr": sched.get_last_lr()[0]})
+            check_loss(history[-1]["kl_sum_bits"], step, "the tuned lens")
             if world.main:
                 report_step(step, **{k: v for k, v in history[-1].items() if k != "step"})
             bar.update(1)

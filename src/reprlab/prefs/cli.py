@@ -90,18 +90,26 @@ class TrainCommand:
         self.method_options = split_list(self.method_options)
         self.lora_targets = split_list(self.lora_targets)
         require(bool(self.lora_targets), "--lora-targets needs at least one module name")
+        from reprlab.prefs.trainer import method_of
+
+        method_of(self.to_config())  # the method and its options, before anything loads
+
+    def to_config(self):
+        """The :class:`~reprlab.prefs.config.TrainConfig` of this command line."""
+        from reprlab.prefs.config import TrainConfig
+
+        names = {f.name for f in fields(TrainConfig)}
+        kw = {f.name: getattr(self, f.name) for f in fields(self) if f.name in names}
+        kw["method_options"] = _kv(self.method_options, "--method-options")
+        kw["lora_targets"] = tuple(self.lora_targets)
+        kw["progress"] = not self.no_progress
+        return TrainConfig(**kw)
 
 
 def run_train(cfg: TrainCommand) -> int:
-    from reprlab.prefs.config import TrainConfig
     from reprlab.prefs.trainer import train
 
-    names = {f.name for f in fields(TrainConfig)}
-    kw = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in names}
-    kw["method_options"] = _kv(cfg.method_options, "--method-options")
-    kw["lora_targets"] = tuple(cfg.lora_targets)
-    kw["progress"] = not cfg.no_progress
-    res = train(config=TrainConfig(**kw))
+    res = train(config=cfg.to_config())
     if res.rank != 0:  # another process of a torchrun job: rank 0 reports
         return 0
     f = res.final
@@ -197,7 +205,9 @@ class CompareCommand:
 
 def run_compare(cfg: CompareCommand, runs: list[str]) -> int:
     from reprlab.prefs.comparison import compare
+    from reprlab.report.rundir import check_out
 
+    check_out(cfg.out, "prefs-compare")  # before any run is trained or evaluated
     pairs = []
     for item in split_list(cfg.pairs):
         a, sep, b = item.partition(":")

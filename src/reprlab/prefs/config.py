@@ -58,6 +58,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from reprlab.cliutil import finite_fields
+
+        finite_fields(self)
         checks = [
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),

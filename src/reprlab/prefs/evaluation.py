@@ -95,7 +95,11 @@ def _load_run(run: Path, model: LoadedModel | str | None, device: str) -> tuple[
             raise StoreError(f"the adapter in {run} was trained on {recorded.get('name')!r}, not on "
                              f"{mine.get('name')!r} ({k} differs); evaluate it with its own base "
                              "model")
-    peft = PeftModel.from_pretrained(lm.model, str(run / "adapter"))
+    try:
+        peft = PeftModel.from_pretrained(lm.model, str(run / "adapter"))
+    except Exception as exc:  # a cut or garbled adapter file (safetensors' own error)
+        raise StoreError(f"the adapter in {run / 'adapter'} is unreadable "
+                         f"({str(exc).splitlines()[0][:80]}); train the run again") from None
     return lm, peft, results, mine
 
 
@@ -119,12 +123,19 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
     Writes a run directory (default ``RUN/eval``) with ``results.json``, ``shifts.csv``,
     ``shifts.png``, per-row correctness (``rows.safetensors``) and ``report.html``.
     """
+    from reprlab.cliutil import check_finite
     from reprlab.prefs.report import shift_figure
     from reprlab.report import RunDir
+    from reprlab.report.rundir import check_out
 
+    check_finite({"threshold": threshold})
     if threshold <= 1:
         raise ConfigError(f"--threshold must be above 1 (a perplexity ratio), got {threshold}")
+    if batch_size < 1 or generate < 0:
+        raise ConfigError(f"--batch-size must be at least 1 and --generate 0 or more, got "
+                          f"{batch_size} and {generate}")
     run = Path(run)
+    check_out(out if out is not None else run / "eval", "prefs-eval")  # before the model loads
     lm, peft, results, identity = _load_run(run, model, device)
     cfg = results["config"]
     splits = splits or default_splits(cfg["data"])
@@ -137,7 +148,7 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
         shift, _, name = key_name.rpartition("/")
         shift = shift or CATEGORIES.get(name, name)
         data = load_preferences(spec, limit=limit)
-        tokens = tokenize_prefs(lm.tokenizer, data, max_length=cfg["max_length"],
+        tokens = tokenize_prefs(lm.tokenizer, data, max_length=lm.clamp_length(cfg["max_length"]),
                                 max_prompt_length=cfg.get("max_prompt_length"),
                                 raw_text=cfg["raw_text"], model_name=lm.name)
         s = _scores(lm, tokens, peft, batch_size)
@@ -190,7 +201,8 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
     out_dir = Path(out) if out is not None else run / "eval"
     rd = RunDir.create(out_dir, "prefs-eval", {"threshold": threshold, "limit": limit,
                                                "splits": {k: str(v) for k, v in splits.items()}},
-                       inputs={"model": identity, "run": str(run)}, seed=cfg.get("seed"))
+                       inputs={"model": identity, "run": str(run)}, seed=cfg.get("seed"),
+                       settings={})  # an evaluation is redone with any settings
     rd.write_csv("shifts.csv", rows)
     rd.save_tensors("rows.safetensors", per_row)
     rd.figure(shift_figure(rows), "shifts.png", title="Preference accuracy per shift",

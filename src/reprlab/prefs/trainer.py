@@ -44,10 +44,17 @@ from reprlab.prefs.data import load_preferences
 from reprlab.prefs.forward import forward
 from reprlab.prefs.methods import Method, MethodOptions, SeqOutputs, StepContext, build_method
 from reprlab.prefs.refcache import ReferenceTable, cached_reference
+from reprlab.prefs.repr import model_free_sites
 from reprlab.prefs.schedule import make_scheduler
 from reprlab.prefs.tokenize import TokenizedPrefs, collate, tokenize_prefs
+from reprlab.report.rundir import check_out
 from reprlab.sweeps.progress import report as report_step
-from reprlab.trainstate import load_train_state, read_train_state, save_train_state
+from reprlab.trainstate import (
+    check_loss,
+    load_train_state,
+    read_train_state,
+    save_train_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +316,16 @@ def _load_adapter_state(params: list, state: dict) -> None:
                           "every trainable tensor (names as in the PEFT model)")
 
 
+def _portable_adapter_config(adapter_dir: Path) -> None:
+    """The adapter's config names its base model as ``$REPRLAB_HOME/...`` when it lies in
+    the cache, not by this machine's path."""
+    from reprlab.io import portable, read_json, write_json
+
+    path = adapter_dir / "adapter_config.json"
+    if path.exists():
+        write_json(path, portable(read_json(path)))
+
+
 def _read_log(path: Path, upto: int) -> list[dict]:
     if not path.exists():
         return []
@@ -331,6 +348,19 @@ def check_resume(out: Path, cfg: TrainConfig) -> dict | None:
         raise ConfigError(f"{out} holds a run with different settings ({'; '.join(changes[:4])}); "
                           "resume with the same settings, or choose another --out")
     return info
+
+
+def method_of(cfg: TrainConfig) -> Method:
+    """The method of ``cfg`` built with its options (one clear line for unknown names and
+    options; no model needed)."""
+    from reprlab.sites import check_site_grammar
+
+    method = build_method(cfg.method, MethodOptions(cfg.beta, cfg.label_smoothing,
+                                                    cfg.aggregation, cfg.nll_weight,
+                                                    dict(cfg.method_options)))
+    if getattr(method, "site_spec", None):
+        check_site_grammar(method.site_spec)
+    return method
 
 
 def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str | Path = None,
@@ -357,16 +387,19 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
         options["out"] = str(out)
     cfg = replace(cfg, **options)
     out = Path(cfg.out)
+    check_out(out, "prefs-train", cfg.numeric(), resumable=STATE)  # before anything is touched
     info = check_resume(out, cfg)  # before any expensive work
-    method = build_method(cfg.method, MethodOptions(cfg.beta, cfg.label_smoothing,
-                                                    cfg.aggregation, cfg.nll_weight,
-                                                    dict(cfg.method_options)))
+    method = method_of(cfg)
     prefs = load_preferences(data if data is not None else cfg.data, limit=cfg.limit,
                              prompt_col=cfg.prompt_col, chosen_col=cfg.chosen_col,
                              rejected_col=cfg.rejected_col)
     lm = as_loaded(model if model is not None else cfg.model, device=dd.rank_device(cfg.device),
                    dtype=cfg.model_dtype)
-    tokens = tokenize_prefs(lm.tokenizer, prefs, max_length=cfg.max_length,
+    bind = getattr(method, "bind", None)
+    if callable(bind) and model_free_sites(str(getattr(method, "site_spec", ""))) is None:
+        torch.manual_seed(cfg.seed)
+        bind(lm)  # a site spec that needs the model (layers.0.5:-1) resolved on it
+    tokens = tokenize_prefs(lm.tokenizer, prefs, max_length=lm.clamp_length(cfg.max_length),
                             max_prompt_length=cfg.max_prompt_length, raw_text=cfg.raw_text,
                             model_name=lm.name)
     world = dd.init_from_env(lm.device)
@@ -390,7 +423,8 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
         config = dd.with_world(cfg.numeric() | {"out": str(out)}, world, lm.device)
         rundir = RunDir.create(out, "prefs-train", config,
                                inputs={"model": {**identity, "spec": cfg.model},
-                                       "data": prefs.describe()}, seed=cfg.seed)
+                                       "data": prefs.describe()}, seed=cfg.seed,
+                                resumable=STATE)
         (out / "manifest.json").unlink(missing_ok=True)  # not complete until finish()
     run = _Run(cfg, lm, tokens, method, out, identity, adapter_state, world)
     if method.needs_reference and cfg.ref_cache != "off":
@@ -424,9 +458,7 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
     try:
         for step in range(start, run.total):
             rec = run.step(step)
-            if not math.isfinite(rec["loss"]):
-                logger.warning("step %d: the loss is %s; the run is diverging (lower --lr)",
-                               rec["step"], rec["loss"])
+            check_loss(rec["loss"], rec["step"], f"prefs {cfg.method}")
             log.append(rec)
             if world.main:
                 with open(out / LOG, "a") as fh:
@@ -461,6 +493,7 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
     _write_log(out / LOG, log)
     adapter_dir = out / "adapter"
     run.peft.save_pretrained(str(adapter_dir))
+    _portable_adapter_config(adapter_dir)
     apply_umask(adapter_dir)  # safetensors writes 0600
     write_train_report(rundir, result, cfg, identity)
     return result

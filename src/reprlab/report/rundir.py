@@ -15,6 +15,14 @@ part-way leaves a directory that reads as unfinished (:func:`is_complete` is Fal
 ``results.json``, ``report.html`` and then ``manifest.json`` are written by
 :meth:`RunDir.finish`, atomically; the new manifest lists the files of this run only.
 Secrets (keys, tokens) are never written: config keys that look like secrets are dropped.
+
+A run directory knows its workflow and settings: :meth:`RunDir.create` writes them to
+``.run.json`` before anything else, and every writer checks them (:func:`check_out`) before
+it touches anything. A directory that holds another workflow's run, or a finished run with
+other settings, is refused with one line and left as it was; so is an unfinished run with
+other settings of a workflow that resumes (training). The same settings continue (resume) or
+redo the run. One process at a time writes a run directory (the lock of :mod:`reprlab.lock`,
+held from ``create`` to ``finish``).
 """
 
 from __future__ import annotations
@@ -75,6 +83,92 @@ def _clean_config(config: Any) -> Any:
 
 
 MANIFEST = "manifest.json"
+CLAIM = ".run.json"
+
+#: config keys that do not change what a run computes
+NOT_SETTINGS = frozenset({"out", "progress", "no_progress", "device", "threads", "verbose",
+                          "world_size"})
+
+
+def settings_of(config: Any, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What identifies a run: its config (less :data:`NOT_SETTINGS`) and, when ``inputs``
+    names a model, its weights (``model_weights``)."""
+    clean = _clean_config(config or {})
+    out = ({k: v for k, v in clean.items() if k not in NOT_SETTINGS}
+           if isinstance(clean, Mapping) else {"config": clean})
+    model = (inputs or {}).get("model")
+    if isinstance(model, Mapping) and (model.get("weights_fingerprint") or model.get("name")):
+        out["model_weights"] = model.get("weights_fingerprint") or model.get("name")
+    return json_safe(out)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples as lists, paths as strings)."""
+    import json
+
+    from reprlab.io import _jsonable
+
+    return json.loads(json.dumps(_jsonable(obj), default=str))
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``["lr 0.001 -> 0.0001", ...]`` for the keys both record with other values."""
+    return [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
+            if old[k] != new[k]]
+
+
+def recorded_run(out: str | Path) -> dict | None:
+    """``{"workflow", "settings", "complete"}`` of the run in ``out`` (``None``: none there).
+    Read from ``.run.json``, else from the manifest of a run written before it existed."""
+    path = Path(out)
+    try:
+        claim = read_json(path / CLAIM)
+    except (OSError, ValueError):
+        claim = None
+    try:
+        manifest = read_json(path / MANIFEST)
+    except (OSError, ValueError):
+        manifest = None
+    complete = isinstance(manifest, dict) and manifest.get("complete") is True
+    if isinstance(claim, dict) and claim.get("workflow"):
+        return {"workflow": claim["workflow"], "settings": claim.get("settings") or {},
+                "complete": complete}
+    if isinstance(manifest, dict) and manifest.get("reprlab_run") and manifest.get("workflow"):
+        return {"workflow": manifest["workflow"], "settings": manifest.get("settings") or {},
+                "complete": complete}
+    return None
+
+
+def check_out(out: str | Path, workflow: str, settings: Mapping[str, Any] | None = None,
+              resumable: str | None = None) -> dict | None:
+    """Refuse (:class:`StoreError`, or :class:`ConfigError` for other settings; nothing
+    touched) when ``out`` holds a run that a
+    ``workflow`` run with ``settings`` must not replace: another workflow's run, a finished
+    run with other settings, or an unfinished one with other settings that saved its
+    training state (``resumable``: the name of that file in ``out``). Only
+    the settings both sides record are compared, so a check made early with part of them
+    (before the model is loaded) is repeated in full by :meth:`RunDir.create`. Returns the
+    recorded run (``None``: none)."""
+    from reprlab.errors import ConfigError, StoreError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file, not a directory; give --out a directory")
+    got = recorded_run(path)
+    if got is None:
+        return None
+    state = "finished" if got["complete"] else "unfinished"
+    if got["workflow"] != workflow:
+        raise StoreError(f"{path} holds a {state} {got['workflow']} run, not a {workflow} run; "
+                         "choose another --out (it is left as it is)")
+    changes = _differences(got["settings"], json_safe(dict(settings or {})))
+    saved = bool(resumable) and (path / str(resumable)).exists()
+    if changes and (got["complete"] or saved):
+        more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
+        raise ConfigError(f"{path} holds a {state} {workflow} run with different settings "
+                         f"({'; '.join(changes[:3])}{more}); rerun with the same settings to "
+                         f"{'redo' if got['complete'] else 'resume'} it, or choose another --out")
+    return got
 
 
 def is_complete(path: str | Path) -> bool:
@@ -109,11 +203,19 @@ def invalidate(out: str | Path) -> bool:
 
 
 
+def claim(out: str | Path, workflow: str, settings: Mapping[str, Any] | None = None) -> None:
+    """Record in ``out`` that it holds a ``workflow`` run with ``settings`` (after
+    :func:`check_out`; before anything else of the run is written)."""
+    write_json(Path(out) / CLAIM, {"workflow": workflow, "settings": json_safe(dict(settings or {}))})
+
+
 class RunDir:
     """Collects a run's files and writes the report when the run finishes."""
 
-    def __init__(self, path: Path, workflow: str, config: dict, inputs: dict, seed: int | None):
+    def __init__(self, path: Path, workflow: str, config: dict, inputs: dict, seed: int | None,
+                 settings: dict | None = None):
         self.path = path
+        self.settings = settings or {}
         self.workflow = workflow
         self.config = config
         self.inputs = inputs
@@ -124,15 +226,29 @@ class RunDir:
 
     @classmethod
     def create(cls, out: str | Path, workflow: str, config: Any = None, inputs: dict | None = None,
-               seed: int | None = None, resume: bool = True) -> RunDir:
+               seed: int | None = None, resumable: str | None = None,
+               settings: Mapping[str, Any] | None = None) -> RunDir:
         """Prepare ``out`` for a run (created if needed; writable or one clear error).
 
-        An earlier finished run in ``out`` stops reading as complete now (its mark is removed
-        before this run writes anything); its files stay until this run replaces them.
+        First the checks of :func:`check_out` (``settings`` default to
+        :func:`settings_of` the config and inputs; ``resumable``: the file in which the
+        workflow saves the state it resumes from, so an unfinished run that saved one is
+        refused too when its settings differ), then the directory's lock
+        (held until :meth:`finish`), then ``.run.json``. An earlier finished run of the same
+        settings stops reading as complete now (its mark is removed before this run writes
+        anything); its files stay until this run replaces them.
         """
+        from reprlab.lock import hold
+
+        settings = json_safe(dict(settings) if settings is not None
+                             else settings_of(config, inputs))
+        check_out(out, workflow, settings, resumable)
         path = ensure_writable_dir(out)
+        hold(path, f"a {workflow} run")
+        check_out(path, workflow, settings, resumable)  # again, now that no one else writes
+        claim(path, workflow, settings)
         invalidate(path)
-        return cls(path, workflow, _clean_config(config or {}), inputs or {}, seed)
+        return cls(path, workflow, _clean_config(config or {}), inputs or {}, seed, settings)
 
     # -- files -------------------------------------------------------------------------
     def _track(self, name: str) -> Path:
@@ -205,20 +321,31 @@ class RunDir:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
             "seconds": round(time.time() - self.started, 3),
             "files": sorted(set(self.files) | {"results.json", "report.html"}),
+            "settings": self.settings,
             **(dict(extra) if extra else {}),
         }
 
     def finish(self, results: Mapping[str, Any], title: str | None = None,
                summary: str = "", extra_manifest: Mapping[str, Any] | None = None) -> Path:
         """Write results.json, report.html, then manifest.json (last: marks the run complete)."""
+        from reprlab.io import portable
+
         (self.path / MANIFEST).unlink(missing_ok=True)
+        results = portable(json_safe(dict(results)))
         write_json(self.path / "results.json", results)
-        manifest = self.manifest(extra_manifest)
+        manifest = portable(json_safe(self.manifest(extra_manifest)))
         page = html_mod.page(title or f"reprlab {self.workflow}", summary, self._blocks, manifest)
         atomic_write_text(self.path / "report.html", page)
         write_json(self.path / MANIFEST, manifest)
+        self.close()
         logger.info("report written to %s", self.path / "report.html")
         return self.path / "report.html"
+
+    def close(self) -> None:
+        """Let other processes write this directory (done by :meth:`finish`)."""
+        from reprlab.lock import release
+
+        release(self.path)
 
     @staticmethod
     def load_results(path: str | Path) -> dict:
@@ -226,6 +353,9 @@ class RunDir:
         from reprlab.errors import StoreError
 
         p = Path(path)
+        if not p.is_dir():
+            raise StoreError(f"{p} is not a finished reprlab run: there is no such directory; "
+                             "check the path")
         if not is_complete(p):
             raise StoreError(f"{p} is not a finished reprlab run (no complete manifest.json); "
                              "run it again")
@@ -240,4 +370,5 @@ def _fmt_csv(v: Any) -> Any:
     return v
 
 
-__all__ = ["RunDir", "environment_versions", "invalidate", "is_complete"]
+__all__ = ["RunDir", "check_out", "environment_versions", "invalidate", "is_complete",
+           "recorded_run", "settings_of"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reprlab.cliutil import opt, require, split_list
+from reprlab.errors import ReprlabError
 
 
 def _default_workers() -> int:
@@ -102,6 +103,10 @@ def run(cfg: SweepCommand) -> int:
     print(status_text(s))
     if not cfg.no_report:
         print(f"report: {s['sweep']}/report.html")
+    failed = s["counts"].get("fail", 0)
+    if failed:
+        raise ReprlabError(f"{failed} of {s['finished']} finished trials failed (the sweep is not "
+                           f"complete); see their logs under {s['sweep']}/trials/")
     return 0
 
 

@@ -209,7 +209,7 @@ def write_report(sweep_dir: str | Path, evaluator: str = "ped-anova") -> Path:
     s = status(d)
     rows = trial_rows(study, spec)
     imp, note = importances(study, evaluator)
-    run = RunDir.create(d, "sweep", config=spec.to_dict(),
+    run = RunDir.create(d, "sweep", config=spec.to_dict(), settings={},  # sweep.json checks
                         inputs={"study": meta["study_name"], "storage": meta.get("storage")
                                 or "study.db"})
     run.write_csv("trials.csv", rows)
@@ -231,8 +231,11 @@ def write_report(sweep_dir: str | Path, evaluator: str = "ped-anova") -> Path:
     results = {"status": s, "importances": imp, "importance_evaluator": _EVAL_NAMES[evaluator],
                "importance_note": note, "trials": rows}
     summary = status_text(s)
+    failed = s["counts"].get("fail", 0)
+    # a sweep with failed trials is written out but does not read as complete
+    extra = {"complete": False, "trials_failed": failed} if failed else None
     return run.finish(results, title=f"Sweep {spec.name}: {spec.metric} ({spec.goal})",
-                      summary=summary)
+                      summary=summary, extra_manifest=extra)
 
 
 _EVAL_NAMES = {"ped-anova": "PED-ANOVA", "fanova": "fANOVA", "mdi": "mean decrease impurity"}

@@ -69,7 +69,10 @@ def run_sweep(target: str | Path | SweepSpec, out: str | Path | None = None, *,
     opts = options or ExecOptions()
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; use {', '.join(EXECUTORS)}")
+    from reprlab.report.rundir import check_out
+
     spec, sweep_dir = resolve(target, trials, out)
+    check_out(sweep_dir, "sweep")  # before anything is written there
     check(spec, sweep_dir)
     precheck(executor, opts)
     require_installed(opts.track)

@@ -137,7 +137,11 @@ def _sqlite_wal(storage: Any) -> None:
 def init_sweep_dir(sweep_dir: Path, spec: SweepSpec, storage: str | None) -> dict:
     """Write (or check) ``sweep.json``: the resolved spec, the working directory and where the
     study lives. Rerunning the same sweep resumes it; ``trials`` may grow."""
+    from reprlab.report.rundir import check_out, claim
+
+    check_out(sweep_dir, "sweep")  # another workflow's run is left as it is
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    claim(sweep_dir, "sweep")
     path = sweep_dir / SWEEP_FILE
     stored_url = storage
     if storage and _has_password(storage):

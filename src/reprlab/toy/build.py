@@ -100,10 +100,9 @@ class ToyPaths:
 
 def toy_home() -> Path:
     """The cache root: ``$REPRLAB_HOME``, ``$XDG_CACHE_HOME/reprlab`` or ``~/.cache/reprlab``."""
-    if os.environ.get("REPRLAB_HOME"):
-        return Path(os.environ["REPRLAB_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "reprlab"
+    from reprlab.io import reprlab_home
+
+    return reprlab_home()
 
 
 def _preset(name: str) -> Preset:
