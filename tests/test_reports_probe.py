@@ -41,7 +41,7 @@ def test_probe_page_and_console(probe_run, capsys):
     man = json.loads((out / "manifest.json").read_text())
     text = assert_shows(out / "report.html", f"{best['test_acc']:.3f}", man["inputs"]["model"]["name"],
                         str(data), "layers.0", "layers.1", f"{best['site']} *",
-                        "* best: the linear probe with the highest test accuracy",
+                        f"* best: {best['site']} / {best['position']} / {best['family']}, chosen on validation accuracy",
                         "cos(probe, mean diff)")
     assert "None" not in text
     # every number in the results table has three decimals
