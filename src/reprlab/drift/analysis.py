@@ -86,6 +86,15 @@ def layers_analysis(clouds: torch.Tensor, labels: Sequence[str], groups: torch.T
     return out
 
 
+def above_floor(half: torch.Tensor, floor: torch.Tensor, floor_sd: torch.Tensor,
+                index: int) -> bool:
+    """Whether the drift from ``index`` on stands out of its split-half noise floor: the mean
+    half-sample distance of the new segment above the mean floor plus two floor sds."""
+    h = half[index:].double()
+    top = (floor[index:] + 2 * floor_sd[index:]).double()
+    return bool(h.numel() and h.mean() > top.mean())
+
+
 def series_analysis(steps: Sequence[int], clouds: dict[str, torch.Tensor], groups: torch.Tensor,
                     measures: Sequence[str], *, pca: int | None = None, seed: int = 0,
                     n_splits: int = 2, rel_eps: float = 0.1, matrix_measure: str | None = None,
@@ -124,7 +133,10 @@ def series_analysis(steps: Sequence[int], clouds: dict[str, torch.Tensor], group
             pts = detect(series, steps[1:], log=use_log)
             site_out["change_points"][name] = [p.to_dict() for p in pts]
             top = strongest(pts, "up")
-            site_out["transition"][name] = top.to_dict() if top else None
+            tr = top.to_dict() if top else None
+            if tr is not None and c.floor is not None:
+                tr["above_floor"] = above_floor(c.half, c.floor, c.floor_sd, top.index)
+            site_out["transition"][name] = tr
             for k, (i, j) in enumerate(c.pairs):
                 row = {"site": site, "measure": name, "step_a": steps[i], "step_b": steps[j],
                        "value": float(vals[k]), "converged": bool(c.converged[k])}

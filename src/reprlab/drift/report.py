@@ -61,24 +61,28 @@ def _trajectories(run, res: dict, sites: list[str], labels: list[str], name: str
                                  squeeze=False, sharex=True, layout="constrained")
     drift = [v for s in sites for v in res["sites"][s]["consecutive"][name]["drift"]]
     log = bool(drift) and min(drift) > 0 and max(drift) / min(drift) > 100
+    # a floor of ~0 (identical clouds at init) must not stretch a log axis down to 1e-300
+    bottom = min(drift) / 10 if log else None
     ylab = ("1 − " if name == "cka" else "") + UNITS[name]
+    has_floor = any("floor" in res["sites"][s]["consecutive"][name] for s in sites)
     for k, site in enumerate(sites):
         ax = axes[k // ncols][k % ncols]
         e = res["sites"][site]["consecutive"][name]
         color = plots.PALETTE[k % len(plots.PALETTE)]
         plots.line_with_band(ax, e["steps"], e["drift"], label="drift", color=color, marker=".")
         if "floor" in e:
-            lo = [max(f - s, 1e-300) if log else f - s
-                  for f, s in zip(e["floor"], e["floor_sd"], strict=True)]
-            hi = [f + s for f, s in zip(e["floor"], e["floor_sd"], strict=True)]
+            clip = (lambda v: max(v, bottom)) if log else (lambda v: v)
+            lo = [clip(f - s) for f, s in zip(e["floor"], e["floor_sd"], strict=True)]
+            hi = [clip(f + s) for f, s in zip(e["floor"], e["floor_sd"], strict=True)]
             ax.fill_between(e["steps"], lo, hi, color="0.55", alpha=0.3, lw=0,
                             label="noise floor ± sd")
-            ax.plot(e["steps"], e["floor"], color="0.35", ls=":", lw=1.0)
+            ax.plot(e["steps"], [clip(f) for f in e["floor"]], color="0.35", ls=":", lw=1.0)
         tr = res["sites"][site]["transition"].get(name)
         if tr:
             ax.axvline(tr["step"], color="0.2", ls="--", lw=1.0, label="strongest change")
         if log:
             ax.set_yscale("log")
+            ax.set_ylim(bottom=bottom)
         ax.set_title(site)
         if k // ncols == nrows - 1 or k + ncols >= len(sites):
             ax.set_xlabel("step")
@@ -90,11 +94,22 @@ def _trajectories(run, res: dict, sites: list[str], labels: list[str], name: str
         axes[k // ncols][k % ncols].set_visible(False)
     fig.suptitle(f"drift between consecutive checkpoints: {UNITS[name]}", fontweight="bold")
     run.figure(fig, f"drift_{name}.png", title=f"Consecutive-checkpoint drift ({name})",
-               caption="One panel per site. Each point compares a checkpoint with the previous "
-                       "one. Grey band with dotted line: that site's split-half noise floor "
-                       "(mean ± sd) for unpaired distances; drift inside it is "
-                       "indistinguishable from sampling noise. Dashed: the strongest upward "
-                       "change point of the site's series.")
+               caption=_trajectory_caption(name, has_floor, log))
+
+
+def _trajectory_caption(name: str, has_floor: bool, log: bool) -> str:
+    what = ("1 − CKA between the two checkpoints' activations (paired rows: 0 = same geometry)"
+            if name == "cka" else UNITS[name])
+    cap = (f"One panel per site. Each point compares a checkpoint with the previous one: "
+           f"{what}.")
+    if has_floor:
+        cap += (" Grey band with dotted line: that site's split-half noise floor (mean ± sd); "
+                "drift inside it is indistinguishable from sampling noise.")
+        if log:
+            cap += " Floors below the axis (near 0) are drawn at its bottom."
+    else:
+        cap += " This measure pairs the same rows at both checkpoints and has no noise floor."
+    return cap + " Dashed: the strongest upward change point of the site's series."
 
 
 def series_figures(run, res: dict, history: Sequence[dict] | None = None,
@@ -166,6 +181,8 @@ def transitions_table(res: dict) -> list[dict]:
                 rows.append({"site": site, "measure": name, "step": step,
                              "before": tr["before"], "after": tr["after"],
                              "n_change_points": len(s["change_points"][name])})
+                if "above_floor" in tr:
+                    rows[-1]["above noise floor"] = "yes" if tr["above_floor"] else "no"
     return rows
 
 
@@ -220,6 +237,20 @@ def layers_headline(res: dict) -> str:
             f"{num(best['value'], 3)} ({best['a']}–{best['b']}).")
 
 
+RATIO_CAP = 100.0
+
+
+def _times(ratio: float) -> str:
+    """``2.5×``, or ``more than 100×`` where the floor is too close to zero for a ratio."""
+    from reprlab.report.fmt import num
+
+    return f"more than {num(RATIO_CAP, 3)}×" if ratio > RATIO_CAP else f"{num(ratio, 3)}×"
+
+
+def _step(x: float):
+    return int(x) if float(x).is_integer() else x
+
+
 def series_headline(res: dict) -> str:
     """Top line of a checkpoint series: the largest consecutive drift (against its floor when
     there is one) and where the strongest change point falls."""
@@ -233,7 +264,8 @@ def series_headline(res: dict) -> str:
         e = s["consecutive"][name]
         for k in range(len(e["steps"])):
             ratio = (e["half"][k] / e["floor"][k]) if "floor" in e and e["floor"][k] > 0 else None
-            key = ratio if ratio is not None else e["drift"][k]
+            # past RATIO_CAP the ratio measures how close to zero the floor is, not the drift
+            key = (min(ratio, RATIO_CAP) if ratio is not None else 0.0, e["drift"][k])
             if best is None or key > best[0]:
                 best = (key, site, k, ratio)
     _, site, k, ratio = best
@@ -242,12 +274,20 @@ def series_headline(res: dict) -> str:
     if ratio is not None:
         line = (f"Consecutive-checkpoint drift furthest above its noise floor ({UNITS[name]}): "
                 f"{site} from step {prev} to {e['steps'][k]} ({num(e['drift'][k], 3)}, "
-                f"{num(ratio, 3)}× the floor).")
+                f"{_times(ratio)} the floor).")
     else:
         line = (f"Largest drift between consecutive checkpoints ({UNITS[name]}"
                 f"{', as 1 − CKA' if name == 'cka' else ''}): {site} from step {prev} to "
                 f"{e['steps'][k]} ({num(e['drift'][k], 3)}).")
-    trs = [(s, t) for s, v in sites.items() if (t := v["transition"].get(name))]
+    found = [(s, t) for s, v in sites.items() if (t := v["transition"].get(name))]
+    trs = [(s, t) for s, t in found if t.get("above_floor", True)]
+    if found and not trs:
+        s_low, t = max(found, key=lambda it: it[1]["after"])
+        line += (f" The strongest upward change point (step {_step(t['step'])} at {s_low}) lies "
+                 "within the split-half noise floor, so no change point is reported.")
+    elif len(trs) < len(found):
+        line += (f" {len(found) - len(trs)} of {len(found)} sites' change points lie within "
+                 "their noise floor and are left out.")
     if trs:
         def jump(item):
             t = item[1]
