@@ -218,6 +218,8 @@ def test_cli_build_path_info(toy_mini, monkeypatch, capsys):
     assert main(["toy", "build", "--preset", "mini", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "training facts" in out and "--model toy-mini" in out
+    # the patch example names its tokens as text, not as the tokenizer's "ĠLondon"
+    assert "patching layers.-2 at the last token" in out and "Ġ" not in out
     assert main(["toy", "path", "--preset", "mini", "--model", "sft"]) == 0
     assert capsys.readouterr().out.strip() == str(toy_mini.sft)
     assert main(["toy", "info", "--preset", "mini", "--json"]) == 0

@@ -72,3 +72,30 @@ def cell(v: Any, scale: float | None = None) -> str:
 
 
 __all__ = ["cell", "fixed", "num"]
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-ins for bytes (``Ġ`` = space, ``Ċ`` = newline), inverted."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    chars, n = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
+
+
+_BYTES = _byte_decoder()
+
+
+def token_label(token: Any) -> str:
+    """A token as a reader should see it: byte-level (``ĠLondon``, ``Ċ``) and SentencePiece
+    (``▁London``) markers turned back into text, outer whitespace dropped; a token that is only
+    whitespace shows as its ``repr`` (``'\\n'``)."""
+    t = str(token)
+    if t and all(ch in _BYTES for ch in t) and any(ord(ch) > 255 for ch in t):
+        t = bytes(_BYTES[ch] for ch in t).decode("utf-8", errors="replace")
+    t = t.replace("▁", " ")
+    return t.strip() or repr(t)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from reprlab.errors import ConfigError
+from reprlab.report.fmt import token_label
 from reprlab.sessions.api import encode, session
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ METRICS: dict[str, Callable[[Any, list[int]], Any]] = {
 
 def _topk_rows(lm: Any, probs: torch.Tensor, idx: torch.Tensor) -> list[dict]:
     toks = lm.tokenizer.convert_ids_to_tokens(idx.tolist())
-    return [{"rank": r + 1, "token": str(t), "id": int(i), "prob": float(p)}
+    return [{"rank": r + 1, "token": token_label(t), "id": int(i), "prob": float(p)}
             for r, (t, i, p) in enumerate(zip(toks, idx.tolist(), probs.tolist()))]
 
 
@@ -241,7 +242,7 @@ def sweep(lm: Any, source: str, target: str, sites: str | Sequence[str] = "layer
     real = tgt_inputs["attention_mask"][0].bool().tolist()
     tok_strs = [t for t, keep in zip(tok_strs, real) if keep]
     return SweepResult(
-        sites=site_names, positions=pos_list, tokens=[str(tok_strs[p]) for p in pos_list],
+        sites=site_names, positions=pos_list, tokens=[token_label(tok_strs[p]) for p in pos_list],
         metric=metric, values=values, target_clean=float(r["target_clean"][0]),
         source_clean=float(r["source_clean"][0]) if "source_clean" in r else None,
         n_forwards=2 + len(chunks),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reprlab.report.fmt import token_label
+
 
 def summary_lines(m: dict, root: Path | str) -> list[str]:
     cfg = m["model_config"]
@@ -28,7 +30,7 @@ def summary_lines(m: dict, root: Path | str) -> list[str]:
                  f"(unigram baseline {ppl['unigram']:.1f})")
     pe = base["patch_example"]
     lines.append(f"  patching {pe['site']} at the last token: \"{pe['target']}\" "
-                 f"{pe['top']['target']} -> {pe['top']['patched']}"
+                 f"{token_label(pe['top']['target'])} -> {token_label(pe['top']['patched'])}"
                  f" ({'flipped' if pe['flipped'] else 'NOT flipped'} to the source's answer)")
     lines.append("sft model, held-out chat questions:")
     for kind, row in sft["chat_heldout"].items():
