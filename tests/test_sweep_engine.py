@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from report_dom import assert_shows
 
 import reprlab.cli as cli
 from reprlab.cliutil import opt, subcommand
+from reprlab.report.fmt import num
 from reprlab.sweeps import progress
 from reprlab.sweeps.study import info
 
@@ -224,6 +227,14 @@ parameters:
     assert res["importance_evaluator"] == "PED-ANOVA"
     html = (out / "report.html").read_text()
     assert "PED-ANOVA" in html and "Parallel coordinates" in html
+    # the page speaks in words and formatted numbers, without the machine's paths
+    best = res["status"]["best"]
+    page = assert_shows(out / "report.html", "Sweep: maximize score",
+                        "Grid search to maximize score: 8 of 8 trials finished (8 complete). "
+                        f"Best: trial {best['trial']}, score = {num(best['value'], 4)} at "
+                        "x = 0.7, kind = a.", "(in the sweep folder)")
+    assert "Sweep sweep" not in page and str(tmp_path) not in page
+    assert not re.search(r"\d\.\d{7,}", page)
     for png in ("history.png", "parallel.png", "importances.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     rows = (out / "trials.csv").read_text().splitlines()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reprlab.errors import ConfigError
+from reprlab.report.fmt import num
 from reprlab.sweeps.spec import SweepSpec
 from reprlab.sweeps.study import info
 
@@ -98,6 +99,32 @@ def status_text(s: dict[str, Any]) -> str:
     if s["left"]:
         lines.append(f"{s['left']} trial(s) left; run `reprlab sweep {s['sweep']}` to resume")
     return "\n".join(lines)
+
+
+def _val(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)   # a grid value reads as written
+
+
+def _in_sweep(text: str, d: Path) -> str:
+    """``text`` with the sweep folder's absolute path dropped (``trials/3``, not ``/home/...``)."""
+    for root in {str(Path(d).resolve()), str(Path(d).absolute())}:
+        text = text.replace(root + "/", "").replace(root, ".")
+    return text
+
+
+def page_summary(s: dict[str, Any]) -> str:
+    """The report page's top lines: how far the sweep got and its best trial, in words."""
+    c = s["counts"]
+    parts = [f"{c[k]} {k}" for k in ("complete", "pruned", "fail", "running", "waiting") if c.get(k)]
+    line = (f"{s['method'].capitalize()} search to {s['goal']} {s['metric']}: {s['finished']} of "
+            f"{s['trials']} trials finished" + (f" ({', '.join(parts)})." if parts else "."))
+    if "best" in s:
+        b = s["best"]
+        params = ", ".join(f"{k} = {_val(v)}" for k, v in b["params"].items())
+        line += f" Best: trial {b['trial']}, {s['metric']} = {num(b['value'], 4)} at {params}."
+    if s["left"]:
+        line += f" {s['left']} trial(s) left: run `reprlab sweep` on this folder to resume."
+    return line
 
 
 def importances(study: Any, evaluator: str = "ped-anova") -> tuple[dict[str, float], str]:
@@ -212,13 +239,17 @@ def write_report(sweep_dir: str | Path, evaluator: str = "ped-anova") -> Path:
     run = RunDir.create(d, "sweep", config=spec.to_dict(), settings={},  # sweep.json checks
                         inputs={"study": meta["study_name"], "storage": meta.get("storage")
                                 or "study.db"})
+    rows = [{**r, "run_dir": _in_sweep(r["run_dir"], d)} for r in rows]
     run.write_csv("trials.csv", rows)
     best = s.get("best")
     if best:
-        params = "".join(f"<li><code>{k}</code> = {v}</li>" for k, v in best["params"].items())
-        run.text("Best trial", f"<p>trial {best['trial']}: {spec.metric} = {best['value']:.6g}"
-                 f"</p><ul>{params}</ul><pre>{_esc(best['command'])}</pre>"
-                 f"<p>run directory: <code>{_esc(best['run_dir'])}</code></p>", raw_html=True)
+        params = "".join(f"<li><code>{_esc(k)}</code> = {_esc(_val(v))}</li>"
+                         for k, v in best["params"].items())
+        run.text("Best trial", f"<p>trial {best['trial']}: {_esc(spec.metric)} = "
+                 f"{num(best['value'], 4)}</p><ul>{params}</ul>"
+                 f"<pre>{_esc(_in_sweep(best['command'], d))}</pre>"
+                 f"<p>run directory: <code>{_esc(_in_sweep(best['run_dir'], d))}</code> (in the "
+                 "sweep folder)</p>", raw_html=True)
     run.figure(plot_history(study, spec), "history.png", title="Optimisation history",
                caption="each complete trial's objective and the best so far")
     run.figure(plot_parallel(study, spec), "parallel.png", title="Parallel coordinates",
@@ -230,11 +261,12 @@ def write_report(sweep_dir: str | Path, evaluator: str = "ped-anova") -> Path:
     run.table("Trials", rows, note=f"{s['finished']} of {spec.trials} finished")
     results = {"status": s, "importances": imp, "importance_evaluator": _EVAL_NAMES[evaluator],
                "importance_note": note, "trials": rows}
-    summary = status_text(s)
+    summary = page_summary(s)
     failed = s["counts"].get("fail", 0)
     # a sweep with failed trials is written out but does not read as complete
     extra = {"complete": False, "trials_failed": failed} if failed else None
-    return run.finish(results, title=f"Sweep {spec.name}: {spec.metric} ({spec.goal})",
+    named = f" '{spec.name}'" if spec.name != "sweep" else ""
+    return run.finish(results, title=f"Sweep{named}: {spec.goal} {spec.metric}",
                       summary=summary, extra_manifest=extra)
 
 
