@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html.parser
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -98,3 +99,21 @@ def assert_shows(page: Path, *needles: str) -> str:
     missing = [n for n in needles if " ".join(str(n).split()) not in flat]
     assert not missing, f"not visible on {page}: {missing}\n--- visible text ---\n{text[:3000]}"
     return text
+
+
+def overflow_px(page: Path, width: int = 1000) -> int:
+    """How many pixels ``page`` is wider than a ``width``-pixel window (0: no sideways scroll)."""
+    exe = _need()
+    src = Path(page).read_text(encoding="utf-8")
+    probe = ("<script>window.addEventListener('load',()=>{document.body.setAttribute('data-over',"
+             "String(document.documentElement.scrollWidth-window.innerWidth));});</script>")
+    with tempfile.TemporaryDirectory() as profile:
+        copy = Path(profile) / "page.html"
+        copy.write_text(src.replace("</body>", probe + "</body>"), encoding="utf-8")
+        out = subprocess.run([*_args(exe, profile), f"--window-size={width},900",
+                              "--dump-dom", copy.as_uri()],
+                             capture_output=True, text=True, timeout=120, check=False)
+    m = re.search(r'data-over="(-?\d+)"', out.stdout)
+    if m is None:
+        raise AssertionError(f"chromium could not measure {page}: {out.stderr[-500:]}")
+    return int(m.group(1))

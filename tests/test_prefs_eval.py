@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from report_dom import assert_shows, overflow_px
 
 from reprlab.cli import main
 from reprlab.io import read_json
@@ -63,6 +64,23 @@ def test_eval_flags_only_the_broken_run(runs, capsys):
     assert base == {r["split"]: r["pref_acc"] for r in bad["rows"] if r["adapter"] == "off"}
 
 
+def test_pages_fit_the_window_and_say_when_the_adapter_did_not_move(runs):
+    """Two steps at lr 1e-3 leave the log-probs where they were: the train and eval pages say
+    so at the top; the 0.5-lr run moved and says nothing of the kind. No page scrolls sideways
+    in a 1000-pixel window (long answers and paths wrap)."""
+    for name in ("dpo", "broken"):
+        if not (runs / name / "eval" / "report.html").exists():
+            assert main(["prefs", "eval", str(runs / name), "--limit", "24", "--generate", "2",
+                         "--no-progress"]) == 0
+    assert read_json(runs / "dpo" / "results.json")["checks"]["adapter_moved"] is False
+    for page in (runs / "dpo" / "report.html", runs / "dpo" / "eval" / "report.html"):
+        assert_shows(page, "The adapter did not move: the completions' log-probs changed by")
+        assert overflow_px(page) <= 0, page
+    for page in (runs / "broken" / "report.html", runs / "broken" / "eval" / "report.html"):
+        assert "did not move" not in assert_shows(page, "reprlab prefs")
+        assert overflow_px(page) <= 0, page
+
+
 def test_compare_trains_missing_seeds_and_never_crowns_an_incoherent_run(runs, capsys):
     out = runs / "cmp"
     assert main(["prefs", "compare", str(runs / "dpo"), str(runs / "broken"), "--seeds", "2",
@@ -84,6 +102,7 @@ def test_compare_trains_missing_seeds_and_never_crowns_an_incoherent_run(runs, c
     for name in ("compare.csv", "compare.png", "differences.csv", "differences.png",
                  "report.html", "manifest.json"):
         assert (out / name).exists()
+    assert overflow_px(out / "report.html") <= 0   # the comparison page fits the window
     # per shift: the base row, each method's paired difference from base and from the first
     # method (dpo), with interval and p-value, and a verdict
     assert res["against"] == "dpo" and set(res["verdicts"]) == set(res["shifts"])

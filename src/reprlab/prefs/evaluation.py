@@ -208,6 +208,12 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
     rd.figure(shift_figure(rows), "shifts.png", title="Preference accuracy per shift",
               caption="σ(mean log-prob chosen − rejected) > 0.5, adapter on vs off (base); "
                       "hatched: incoherent run")
+    summary = result.table().splitlines()[-1]
+    if (results.get("checks") or {}).get("adapter_moved") is False:
+        from reprlab.prefs.report import still_line
+
+        summary = still_line(results["checks"]) + " " + summary
+        rd.text("Adapter", still_line(results["checks"]))
     rd.table("Accuracy per split", rows)
     rd.text("Coherence", result.table().splitlines()[-1])
     if generation:
@@ -219,5 +225,5 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
     rd.finish({"workflow": "prefs-eval", "run": str(run), "method": result.method,
                "seed": result.seed, "rows": rows, "ppl_ratio": ratios, "threshold": threshold,
                "incoherent": incoherent, "generation": generation},
-              title=f"reprlab prefs eval: {result.method}", summary=result.table().splitlines()[-1])
+              title=f"reprlab prefs eval: {result.method}", summary=summary)
     return result

@@ -47,9 +47,19 @@ def write_train_report(rundir: Any, result: Any, cfg: Any, identity: dict) -> No
     rundir.table("Data after tokenisation", [t], note="prompt cut from the left, completion "
                  "from the right; dropped rows are not trained on")
     rundir.table("Final step", [{k: v for k, v in result.final.items()}])
+    still = " " + still_line(result.checks) if result.checks.get("adapter_moved") is False else ""
     rundir.finish(results, title=f"reprlab prefs train: {result.method['name']}",
                   summary=f"{result.steps} steps of {result.method['name']} on "
-                          f"{t['kept']}/{t['rows']} pairs.")
+                          f"{t['kept']}/{t['rows']} pairs.{still}")
+
+
+def still_line(checks: dict) -> str:
+    """One sentence for a run whose adapter left the base model's log-probs where they were."""
+    from reprlab.report.fmt import num
+
+    return (f"The adapter did not move: the completions' log-probs changed by "
+            f"{num(checks.get('logp_change_nats'), 3)} nats from the base model over the last "
+            "steps, so the adapter-on figures are the base model's.")
 
 
 def shift_figure(rows: list[dict], metric: str = "pref_acc") -> Any:

@@ -13,12 +13,16 @@ body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin
 max-width:1100px;color:#1d2330;line-height:1.45;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #e3e6ec;
 padding-bottom:.3rem}.sub{color:#667085;margin-top:0}
+.wide{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.86rem;margin:.5rem 0}
-th,td{padding:.28rem .6rem;border-bottom:1px solid #eceef2;text-align:right}
+th,td{padding:.28rem .6rem;border-bottom:1px solid #eceef2;text-align:right;max-width:28rem;
+overflow-wrap:anywhere}
 th{background:#f6f7f9;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
 figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eceef2;border-radius:6px}
 figcaption{color:#475467;font-size:.9rem}.note{color:#667085;font-size:.85rem}
-pre{background:#f6f7f9;padding:.8rem;overflow:auto;font-size:.8rem;border-radius:6px}
+pre{background:#f6f7f9;padding:.8rem;overflow:auto;font-size:.8rem;border-radius:6px;
+white-space:pre-wrap;overflow-wrap:anywhere}
+p,li,code{overflow-wrap:anywhere}
 details summary{cursor:pointer;color:#344054}
 """
 
@@ -39,8 +43,8 @@ def table(title: str, rows: Sequence[Mapping[str, Any]], note: str = "") -> str:
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>"
                    for r in rows)
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
-    return (f"<h2>{html.escape(title)}</h2>{note_html}<table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table>")
+    return (f"<h2>{html.escape(title)}</h2>{note_html}<div class=\"wide\"><table><thead><tr>"
+            f"{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def figure(png: bytes, title: str, caption: str) -> str:
