@@ -278,12 +278,22 @@ ONE_LINE = [
                                "--best-of", "100000000"], "more than the limit"),
     ("talk --eval-rows 0", ["lens", "talk", "train", "--model", "{base}", "--eval-rows", "0",
                             "--out", "{missing}"], "--eval-rows must be at least 1"),
+    # models and paths of the wrong kind
+    ("tuned train of an encoder", ["lens", "tuned", "train", "--model", "minilm", "--out",
+                                   "{missing}"], "has no language-model head"),
+    ("prefs train --ref-cache FILE", ["prefs", "train", "--model", "{sft}", "--ref-cache",
+                                      "{one}", "--steps", "1", "--out", "{missing}"],
+     "--ref-cache {one} is a file"),
+    ("talk train, latin-1 text", ["lens", "talk", "train", "--model", "{base}", "--data",
+                                  "{latin1}", "--out", "{missing}"], "not UTF-8"),
+    ("logit --tuned, cut lens", ["lens", "logit", "--model", "{base}", "--text", "hi",
+                                 "--tuned", "{cut_tuned}"], "corrupt or truncated"),
 ]
 
 
 @pytest.mark.parametrize("name,argv,expected", ONE_LINE, ids=[c[0] for c in ONE_LINE])
 def test_one_line_not_a_traceback(broken, capsys, name, argv, expected):
-    one_line(capsys, [a.format(**broken) for a in argv], expected)
+    one_line(capsys, [a.format(**broken) for a in argv], expected.format(**broken))
     assert not Path(broken["missing"]).exists()
 
 

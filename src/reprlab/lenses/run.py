@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import reprlab.distributed as dd
-from reprlab.errors import DataError, StoreError
+from reprlab.errors import ConfigError, DataError, StoreError
 from reprlab.io import read_json, read_lines
 from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
@@ -88,6 +88,9 @@ def tuned_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/
     cfg = replace(cfg or TunedTrainConfig(), **overrides)
     check_out(out, "lens-tuned", asdict(cfg), resumable=STATE)  # before the model loads
     lm = as_loaded(model, device=dd.rank_device(device))
+    if not lm.is_causal:
+        raise ConfigError(f"a tuned lens reads next-token predictions, and {lm.name} has no "
+                          "language-model head; use a causal LM (e.g. --model toy)")
     world = dd.init_from_env(lm.device)
     try:
         return _tuned_run(lm, model, data, Path(out), cfg, eval_frac, limit, progress, world)

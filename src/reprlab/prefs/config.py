@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from reprlab.errors import ConfigError
@@ -75,6 +76,10 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        if self.ref_cache not in ("auto", "off") and Path(self.ref_cache).exists() \
+                and not Path(self.ref_cache).is_dir():
+            raise ConfigError(f"--ref-cache {self.ref_cache} is a file; give a directory for "
+                              "the reference cache, 'auto' or 'off'")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
     def numeric(self) -> dict[str, Any]:
