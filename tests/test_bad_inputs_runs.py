@@ -86,7 +86,7 @@ def _snapshot(path: Path) -> dict[str, float]:
                                  "--best-of", "1", "--steps", "3", "--no-progress", "--out",
                                  "{talk}"], "steps 2 -> 3"),
     ("prefs train, other lr", ["prefs", "train", "--model", "{sft}", *PREFS, "--lr", "1e-3",
-                               "--out", "{prefs}"], "lr 5e-05 -> 0.001"),
+                               "--out", "{prefs}"], "lr 0.0005 -> 0.001"),
 ])
 def test_a_finished_run_is_never_replaced(runs, capsys, name, argv, expected):
     args = [a.format(**runs) for a in argv]
