@@ -90,9 +90,9 @@ def main(folder: str) -> dict:
         finally:
             tm.repo_id = real
     finally:
-        out["stopped"] = len(stack.down())
-        out["left"] = [p for p in stack.ps_seen() if stack._alive(p)] if hasattr(
-            stack, "ps_seen") else []
+        pids = stack.down()
+        out["stopped"] = len(pids)
+        out["left"] = [p for p in pids if stack._alive(p)]
     return out
 
 
