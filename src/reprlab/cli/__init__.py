@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "prefs": "reprlab.prefs.cli",
     "lens": "reprlab.lenses.cli",
     "sweep": "reprlab.sweeps.cli",
+    "ndif": "reprlab.ndif_local.cli",
 }
 
 #: one line per command for ``reprlab --help``, which lists the commands without importing
@@ -47,6 +48,7 @@ SUMMARIES: dict[str, str] = {
     "prefs": "preference training (DPO family) and evaluation across distribution shifts",
     "lens": "read hidden states: logit, tuned and talkative lenses",
     "sweep": "search a workflow's options with Optuna (local, SLURM or Ray)",
+    "ndif": "a local NDIF server to test remote code against",
 }
 
 
