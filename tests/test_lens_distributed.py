@@ -145,7 +145,7 @@ def test_talk_two_processes_match_one(talk, toy_mini):
 
 def test_a_batch_smaller_than_the_processes_is_one_line():
     from reprlab.errors import ConfigError
-    from reprlab.lenses.talk_train import step_batch
+    from reprlab.lenses.talk.train import step_batch
 
     assert step_batch(16, 100) == 16 and step_batch(16, 7) == 7 and step_batch(5, 40, 2) == 5
     with pytest.raises(ConfigError, match="--batch-size 2 or more"):

@@ -16,12 +16,12 @@ from reprlab.errors import ConfigError, StoreError
 from reprlab.lenses import load_lens
 from reprlab.lenses.metrics import fve, normalised_rmse, token_usage
 from reprlab.lenses.schedules import parse_schedule, parse_tau
-from reprlab.lenses.talk import TalkativeLens
-from reprlab.lenses.talk_data import dump
-from reprlab.lenses.talk_eval import original_tokens
-from reprlab.lenses.talk_losses import combine, normalised_mse, resample_splice
-from reprlab.lenses.talk_model import TalkModule, gumbel_noise, straight_through
-from reprlab.lenses.talk_train import TalkConfig, train_talk
+from reprlab.lenses.talk.data import dump
+from reprlab.lenses.talk.evaluate import original_tokens
+from reprlab.lenses.talk.lens import TalkativeLens
+from reprlab.lenses.talk.losses import combine, normalised_mse, resample_splice
+from reprlab.lenses.talk.model import TalkModule, gumbel_noise, straight_through
+from reprlab.lenses.talk.train import TalkConfig, train_talk
 
 TEXTS = [f"The {a} {b} is in the city of {c} ." for a in ("old", "tall", "red")
          for b in ("tower", "bridge", "gate") for c in ("Paris", "Rome")]
@@ -208,7 +208,7 @@ def test_config_errors(lm):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_cached_splice_equals_full_forward_splice(arch):
-    from reprlab.lenses.talk import splice_logits, target_logits
+    from reprlab.lenses.talk.splice import splice_logits, target_logits
     from reprlab.sites import resolve_sites
 
     lm = make_tiny(arch, hidden=32, layers=2)
@@ -230,7 +230,7 @@ def test_cached_splice_equals_full_forward_splice(arch):
 
 
 def test_sample_positions_fixed_and_random():
-    from reprlab.lenses.talk_data import _sample_positions
+    from reprlab.lenses.talk.data import _sample_positions
 
     lengths = torch.tensor([5, 2, 9])
     g = torch.Generator().manual_seed(0)

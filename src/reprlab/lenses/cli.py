@@ -81,7 +81,7 @@ class TunedTrainCommand:
         self.train_config()
 
     def train_config(self):
-        from reprlab.lenses.tuned_train import TunedTrainConfig
+        from reprlab.lenses.tuned.train import TunedTrainConfig
 
         names = {f.name for f in fields(TunedTrainConfig)}
         return TunedTrainConfig(**{k: getattr(self, k) for k in names})
@@ -192,7 +192,7 @@ class TalkTrainCommand:
         self.talk_config()
 
     def talk_config(self):
-        from reprlab.lenses.talk_train import TalkConfig
+        from reprlab.lenses.talk.train import TalkConfig
 
         names = {f.name for f in fields(TalkConfig)} - {"kv_cache", "encoder_prompt",
                                                         "lm_prefix", "grad_clip"}

@@ -21,12 +21,15 @@ from reprlab.io import read_json
 from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import loss_figure, tuned_figure
-from reprlab.lenses.talk import TalkativeLens, read_activation
-from reprlab.lenses.talk_data import describe, dump, load_dump
-from reprlab.lenses.talk_eval import evaluate_talk
-from reprlab.lenses.talk_train import TalkConfig, train_talk
-from reprlab.lenses.tuned import TunedLens
-from reprlab.lenses.tuned_train import TunedTrainConfig, evaluate_lenses, train_tuned
+from reprlab.lenses.talk.data import describe, dump, load_dump
+from reprlab.lenses.talk.evaluate import evaluate_talk
+from reprlab.lenses.talk.lens import TalkativeLens
+from reprlab.lenses.talk.splice import read_activation
+from reprlab.lenses.talk.train import TalkConfig, train_talk
+from reprlab.lenses.tuned.evaluate import evaluate_lenses
+from reprlab.lenses.tuned.fit import train_tuned
+from reprlab.lenses.tuned.lens import TunedLens
+from reprlab.lenses.tuned.train import TunedTrainConfig
 from reprlab.lenses.unembed import unembed
 from reprlab.models import LoadedModel, as_loaded
 from reprlab.report import RunDir

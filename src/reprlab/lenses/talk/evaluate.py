@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from reprlab.lenses.metrics import LN2, fve, kl_logits, normalised_rmse, token_usage
-from reprlab.lenses.talk import TalkativeLens, splice_logits
-from reprlab.lenses.talk_data import LensData
-from reprlab.lenses.talk_model import gumbel_noise
+from reprlab.lenses.talk.data import LensData
+from reprlab.lenses.talk.lens import TalkativeLens
+from reprlab.lenses.talk.model import gumbel_noise
+from reprlab.lenses.talk.splice import splice_logits
 from reprlab.models import LoadedModel
 from reprlab.sites import resolve_sites
 

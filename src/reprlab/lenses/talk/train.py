@@ -1,5 +1,5 @@
 """Train a talkative lens: the target model is frozen; the decoder/encoder pair, its
-projections and soft prompts learn from scheduled losses (see :mod:`talk_losses`). Resumable
+projections and soft prompts learn from scheduled losses (see :mod:`.losses`). Resumable
 (one training-state file).
 
 Data-parallel under ``torchrun`` / ``accelerate launch``: every process draws the batch a single
@@ -24,17 +24,12 @@ import reprlab.distributed as dd
 from reprlab.cliutil import require
 from reprlab.errors import ConfigError
 from reprlab.lenses.schedules import parse_tau, parse_weight
-from reprlab.lenses.talk import (
-    TalkativeLens,
-    build_module,
-    encoder_prompt_ids,
-    prompt_ids,
-    site_layer,
-    splice_logits,
-)
-from reprlab.lenses.talk_data import LensData
-from reprlab.lenses.talk_losses import LOSSES, combine, resample_splice
-from reprlab.lenses.talk_model import TalkModule, gumbel_noise
+from reprlab.lenses.talk.data import LensData
+from reprlab.lenses.talk.lens import TalkativeLens, build_module
+from reprlab.lenses.talk.losses import LOSSES, combine, resample_splice
+from reprlab.lenses.talk.model import TalkModule, gumbel_noise
+from reprlab.lenses.talk.prompts import encoder_prompt_ids, prompt_ids, site_layer
+from reprlab.lenses.talk.splice import splice_logits
 from reprlab.models import LoadedModel
 from reprlab.sites import resolve_sites
 from reprlab.sweeps.progress import report as report_step
