@@ -49,6 +49,27 @@ def loss_figure(history: list[dict[str, Any]]) -> Any:
     return fig
 
 
+def curve_figure(curves: list[dict[str, Any]], metrics: dict[str, Any]) -> Any:
+    """Held-out FVE per epoch of the lens, its shuffled and its empty explanation, with the
+    final baselines (current-token lookup, context echo, PCA) as horizontal lines."""
+    fig, ax = new_figure(6.5, 3.6)
+    x = [c["epoch"] for c in curves]
+    for key, label in (("fve", "lens"), ("fve_shuffled", "shuffled tokens"),
+                       ("fve_empty", "empty explanation")):
+        ax.plot(x, [c[key] for c in curves], marker="o", lw=1.4, label=label)
+    for key, label, style in (("fve_lookup", "current-token lookup", "--"),
+                              ("fve_context_echo", "context echo", ":"),
+                              ("fve_pca", "PCA (t components)", "-.")):
+        if key in metrics:
+            ax.axhline(metrics[key], color="#4b5563", ls=style, lw=1, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out FVE")
+    ax.set_ylim(bottom=max(-1.0, min([0.0] + [c["fve_shuffled"] for c in curves])))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def console_tuned(rows: list[dict[str, Any]], lenses: list[str]) -> str:
     head = f"{'layer':<12}" + "".join(f"{n + ' KL':>12}{n + ' CE':>12}{n + ' H':>11}"
                                        for n in lenses)

@@ -1,9 +1,28 @@
-"""How good a talkative lens is: FVE, normalised RMSE, KL and token usage on held-out
-samples, against intervention baselines (the generated tokens shuffled; another sample's
-explanation; the encoder fed the original context tokens) and best-of-K sampling."""
+"""How good a talkative lens is, on held-out samples, beside the baselines that expose a lens
+that says nothing the text does not: FVE (against the training mean) and the KL of the
+target's next-token distribution with each reconstruction patched in at the site, for
+
+* ``lens``: the greedy explanation through the encoder;
+* ``best_of_K``: the best of K sampled explanations (the greedy one among them);
+* ``lookup``: no lens at all, the mean training activation of the current token (the
+  training mean for a token never seen in training);
+* ``context_echo``: the last t tokens of the text as the explanation, through a copy of the
+  lens's encoder trained on them (same samples, ``echo_epochs`` epochs, MSE);
+* ``empty``: the encoder's prompt alone (no explanation);
+* ``other_row``: another sample's explanation;
+* ``shuffled``: the explanation's tokens in a random order;
+* ``resample``: another text's activation (resample ablation);
+* ``pca``: the projection on the first t principal components of the training activations
+  (for scale: the best t-dimensional linear code);
+* ``mean``: the training mean (FVE 0 by definition).
+
+``share_of_lookup_residual`` is ``(FVE - FVE_lookup) / (1 - FVE_lookup)``: the part of what
+the current token leaves unexplained that the lens explains.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -11,10 +30,14 @@ import torch
 from reprlab.lenses.metrics import LN2, fve, kl_logits, normalised_rmse, token_usage
 from reprlab.lenses.talk.data import LensData
 from reprlab.lenses.talk.lens import TalkativeLens
-from reprlab.lenses.talk.model import gumbel_noise
+from reprlab.lenses.talk.losses import normalised_mse
+from reprlab.lenses.talk.model import TalkModule, gumbel_noise
 from reprlab.lenses.talk.splice import splice_logits
 from reprlab.models import LoadedModel
 from reprlab.sites import resolve_sites
+
+BASELINES = ("lookup", "context_echo", "empty", "other_row", "shuffled", "resample", "pca",
+             "mean")
 
 
 def original_tokens(data: LensData, idx: torch.Tensor, t: int) -> torch.Tensor:
@@ -32,28 +55,102 @@ def shuffled(ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return ids.gather(1, order)
 
 
+def token_lookup(train_a: torch.Tensor, train_tokens: torch.Tensor, tokens: torch.Tensor,
+                 mean: torch.Tensor) -> torch.Tensor:
+    """For each of ``tokens [N]``, the mean of ``train_a [M, d]`` over the training samples
+    with that current token (``mean [d]`` for a token never seen) -> ``[N, d]``."""
+    out = mean.to(train_a.dtype).expand(tokens.shape[0], -1).clone()
+    for tok in torch.unique(tokens).tolist():
+        hit = train_tokens == tok
+        if hit.any():
+            out[tokens == tok] = train_a[hit].mean(0)
+    return out
+
+
+def pca_reconstruction(train_a: torch.Tensor, a: torch.Tensor, mean: torch.Tensor, k: int
+                       ) -> torch.Tensor:
+    """``a [N, d]`` projected on the first ``k`` principal components of ``train_a``
+    (centred at ``mean``) -> ``[N, d]``."""
+    x = (train_a - mean).double()
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    basis = vh[:k]
+    return (((a.double() - mean.double()) @ basis.T) @ basis + mean.double()).to(a.dtype)
+
+
+def train_echo_encoder(module: TalkModule, data: LensData, train_idx: list[int], t: int, *,
+                       epochs: float = 1.0, batch_size: int = 32, lr: float = 1e-4,
+                       proj_lr: float = 1e-3, variance: torch.Tensor | float = 1.0,
+                       seed: int = 0) -> TalkModule:
+    """A copy of the lens's encoder trained (MSE, AdamW) to rebuild each training activation
+    from the last ``t`` tokens of its text: the context-echo baseline's encoder."""
+    echo = copy.deepcopy(module)
+    params = [p for n, p in echo.named_parameters()
+              if n.startswith(("encoder.", "proj_out.", "enc_prompt"))]
+    for p in echo.parameters():
+        p.requires_grad_(False)
+    small = [echo.proj_out.weight, echo.proj_out.bias, echo.enc_prompt]
+    for p in params:
+        p.requires_grad_(True)
+    # the encoder's blocks past the one read get no gradient; only train what is used
+    used = [p for p in params if all(p is not q for q in small)]
+    opt = torch.optim.AdamW([{"params": small, "lr": proj_lr}, {"params": used, "lr": lr}],
+                            weight_decay=0.0)
+    dev = next(echo.parameters()).device
+    g = torch.Generator().manual_seed(seed + 17)
+    n_steps = max(1, int(round(epochs * max(1, len(train_idx) // batch_size))))
+    idx_all = torch.tensor(train_idx)
+    order = torch.randperm(len(train_idx), generator=g)
+    cursor = 0
+    for _ in range(n_steps):
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(train_idx), generator=g), 0
+        b = idx_all[order[cursor:cursor + batch_size]]
+        cursor += batch_size
+        a = data.a[b].to(dev)
+        a_hat = echo.encode(original_tokens(data, b, t).to(dev))
+        loss = normalised_mse(a_hat, a, torch.as_tensor(variance).to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    for p in echo.parameters():
+        p.requires_grad_(False)
+    return echo.eval()
+
+
 def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: list[int], *,
-                  best_of: int = 4, batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
-    """Metrics of ``lens`` on samples ``idx`` of ``data`` (FVE against the dataset mean)."""
+                  train_idx: list[int] | None = None, best_of: int = 4, batch_size: int = 32,
+                  seed: int = 0, echo_epochs: float = 1.0, kl: bool = True) -> dict[str, Any]:
+    """Metrics of ``lens`` and every baseline on samples ``idx`` of ``data`` (FVE against
+    the lens's training mean; ``train_idx`` feeds the lookup, PCA and context-echo
+    baselines: by default every sample not in ``idx``)."""
     if not idx:
         return {}
+    held = set(idx)
+    train_idx = train_idx if train_idx is not None else [i for i in range(len(data))
+                                                         if i not in held]
     site = resolve_sites(lm, lens.site_name)[0]
     dev = lm.device
     mod = lens.module.to(dev)
     t = lens.tokens
+    mean = lens.tensors["a_mean"].cpu().float()
+    var = lens.tensors["a_var"].cpu().float()
+    tr = torch.tensor(train_idx)
+    train_a = data.a[tr]
+    echo = train_echo_encoder(mod, data, train_idx, t, epochs=echo_epochs, variance=var,
+                              seed=seed) if echo_epochs > 0 else None
     g = torch.Generator().manual_seed(seed)
     vocab = mod.decoder.get_input_embeddings().weight.shape[0]
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                            ("a", "hat", "shuf", "other", "orig", "best", "ids",
-                                                 "kl")}
+    names = ("lens", f"best_of_{best_of}", "lookup", "context_echo", "empty", "other_row",
+             "shuffled", "resample", "pca", "mean")
+    recs: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    kls: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    parts: dict[str, list[torch.Tensor]] = {"a": [], "ids": []}
     for s in range(0, len(idx), batch_size):
         b = torch.tensor(idx[s:s + batch_size])
         a = data.a[b].to(dev)
         with torch.no_grad():
             ids, a_hat = lens.reconstruct(a)
-            a_shuf = mod.encode(shuffled(ids.cpu(), g).to(dev))
-            a_other = mod.encode(ids.roll(1, 0))  # another sample's explanation
-            a_orig = mod.encode(original_tokens(data, b, t).to(dev))
             best, best_err = a_hat.clone(), (a_hat - a).pow(2).sum(-1)
             for _ in range(max(0, best_of - 1)):
                 noise = gumbel_noise((len(b), t, vocab), g).to(dev)
@@ -61,24 +158,53 @@ def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: lis
                 err = (s_hat - a).pow(2).sum(-1)
                 better = err < best_err
                 best[better], best_err[better] = s_hat[better], err[better]
-            ctx, pos = data.context(b)
-            orig, rec = splice_logits(lm, site, ctx, pos, a_hat)
-        for k, v in (("a", a), ("hat", a_hat), ("shuf", a_shuf), ("other", a_other),
-                     ("orig", a_orig),
-                     ("best", best), ("ids", ids), ("kl", kl_logits(orig, rec) / LN2)):
-            parts[k].append(v.detach().cpu())
-    cat = {k: torch.cat(v) for k, v in parts.items()}
-    mean = lens.tensors["a_mean"].cpu()
-    a = cat["a"]
-    return {
-        "samples": len(idx),
-        "fve": float(fve(cat["hat"], a, mean)),
-        "nrmse": float(normalised_rmse(cat["hat"], a)),
-        "kl_bits": float(cat["kl"].mean()),
-        "fve_shuffled": float(fve(cat["shuf"], a, mean)),
-        "fve_original_tokens": float(fve(cat["orig"], a, mean)),
-        "fve_other_sample": float(fve(cat["other"], a, mean)),
-        f"fve_best_of_{best_of}": float(fve(cat["best"], a, mean)),
+            ctx_tokens = original_tokens(data, b, t).to(dev)
+            got = {
+                "lens": a_hat, f"best_of_{best_of}": best,
+                "lookup": token_lookup(train_a, data.token[tr], data.token[b], mean).to(dev),
+                "context_echo": (echo.encode(ctx_tokens) if echo is not None
+                                 else torch.full_like(a, float("nan"))),
+                "empty": mod.encode(ids[:, :0]),
+                "other_row": mod.encode(ids.roll(1, 0)),
+                "shuffled": mod.encode(shuffled(ids.cpu(), g).to(dev)),
+                "resample": data.a2[b].to(dev),
+                "pca": pca_reconstruction(train_a, a.cpu(), mean, t).to(dev),
+                "mean": mean.to(dev).expand_as(a),
+            }
+            if kl:
+                ctx, pos = data.context(b)
+                for name, rec in got.items():
+                    if torch.isnan(rec).any():
+                        kls[name].append(torch.full((len(b),), float("nan")))
+                        continue
+                    orig, patched = splice_logits(lm, site, ctx, pos, rec)
+                    kls[name].append((kl_logits(orig, patched) / LN2).cpu())
+        for name, rec in got.items():
+            recs[name].append(rec.detach().cpu())
+        parts["a"].append(a.cpu())
+        parts["ids"].append(ids.cpu())
+    a_all = torch.cat(parts["a"])
+    rows = []
+    for name in names:
+        rec = torch.cat(recs[name])
+        row = {"name": name, "fve": float(fve(rec, a_all, mean))}
+        if kl:
+            row["kl_bits"] = float(torch.cat(kls[name]).mean())
+        rows.append(row)
+    by = {r["name"]: r for r in rows}
+    look = by["lookup"]["fve"]
+    out: dict[str, Any] = {
+        "samples": len(idx), "train_samples": len(train_idx), "tokens": t,
+        "fve": by["lens"]["fve"],
+        "nrmse": float(normalised_rmse(torch.cat(recs["lens"]), a_all)),
+        "kl_bits": by["lens"].get("kl_bits", float("nan")),
+        "share_of_lookup_residual": (by["lens"]["fve"] - look) / max(1e-12, 1 - look),
         "best_of": best_of,
-        "token_usage": token_usage(cat["ids"]),
+        f"fve_best_of_{best_of}": by[f"best_of_{best_of}"]["fve"],
+        "baselines": rows,
+        "token_usage": token_usage(torch.cat(parts["ids"])),
+        "echo_epochs": echo_epochs,
     }
+    for name in BASELINES:
+        out[f"fve_{name}"] = by[name]["fve"]
+    return out

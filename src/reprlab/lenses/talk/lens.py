@@ -36,7 +36,8 @@ def build_module(lm: LoadedModel, spec: dict[str, Any]) -> TalkModule:
                       spec["encoder_prompt_ids"], spec["encoder_layer"],
                       train_decoder=not spec.get("freeze_decoder", False),
                       train_encoder=not spec.get("freeze_encoder", False),
-                      allow_rect=spec.get("rect_projection", False)).to(lm.device)
+                      allow_rect=spec.get("rect_projection", False),
+                      scale=spec.get("scale", 1.0)).to(lm.device)
 
 
 
@@ -129,7 +130,8 @@ class TalkativeLens(Lens):
         for i, text in enumerate(texts):
             words = [tok.decode([int(t)]).strip() for t in ids[i]]
             row = {"text": text, "token": tok.decode([int(inputs["input_ids"][i, pos[i]])]).strip(),
-                   "words": words, "explanation": " ".join(words),
+                   "words": words, "ids": [int(t) for t in ids[i]],
+                   "explanation": " ".join(words),
                    "fve": float(1 - err[i] / var_total[i].clamp_min(1e-30)),
                    "kl_bits": float(kl[i])}
             if best_of > 1:
