@@ -38,11 +38,13 @@ def loss_figure(history: list[dict[str, Any]]) -> Any:
     axes[1].plot(steps, [h["fve_batch"] for h in history], lw=1.3)
     axes[1].set_title("FVE of the training batch")
     axes[1].set_ylim(bottom=max(-1.0, min(h["fve_batch"] for h in history)))
-    axes[2].plot(steps, [h["tau"] for h in history], lw=1.3, label="τ")
+    if any("tau" in h for h in history):
+        axes[2].plot(steps, [h.get("tau", float("nan")) for h in history], lw=1.3, label="τ")
     for key in sorted({k for h in history for k in h if k.startswith("w_")}):
         axes[2].plot(steps, [h[key] for h in history], lw=1.0, ls="--", label=key)
     axes[2].set_title("schedules")
-    axes[2].legend()
+    if axes[2].get_lines():
+        axes[2].legend()
     for ax in axes:
         ax.set_xlabel("step")
     fig.tight_layout()

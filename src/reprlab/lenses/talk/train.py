@@ -332,7 +332,7 @@ def _freeze_ref(module: TalkModule, path: Path | None) -> TalkModule:
     if path is not None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in ref.state_dict().items()},
+        save_file({k: v.detach().cpu().clone() for k, v in ref.state_dict().items()},
                   str(path))
     return ref
 
