@@ -89,6 +89,27 @@ def test_talk_cli_train_explain_and_resume(tiny, tmp_path, capsys, monkeypatch):
     assert main(["lens", "talk", "explain", str(run), "--text", TEXTS[0], "--best-of", "2"]) == 0
     out = capsys.readouterr().out
     assert "words:" in out and "logit lens:" in out and "best of 2" in out
+    page = tmp_path / "explain.html"
+    assert main(["lens", "talk", "explain", str(run), "--text", TEXTS[0], "--json",
+                 "--page", str(page)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    ids = save_tiny_tokenizer_ids(tiny, TEXTS[0])
+    assert [r["position"] for r in rows] == ids  # every non-special token, in order
+    for r in rows:
+        assert {"position", "token", "explanation", "fve", "logit_lens"} <= set(r)
+        assert len(r["explanation"].split()) <= 3 and isinstance(r["fve"], float)
+    assert page.read_text().count("<tr>") == len(rows) + 1 and "<script" not in page.read_text()
+
+
+def save_tiny_tokenizer_ids(tiny, text):
+    """The non-special token positions of ``text`` under the tiny model's tokenizer."""
+    from reprlab.lenses.talk.data import special_ids
+    from reprlab.models import load_model
+
+    lm = load_model(tiny["model"])
+    ids = lm.encode([text])["input_ids"][0].tolist()
+    special = special_ids(lm.tokenizer)
+    return [p for p, i in enumerate(ids) if i not in special]
 
 
 def _bad(tiny, tmp_path):
@@ -151,5 +172,6 @@ def test_python_api_runs(tiny, tmp_path):
     res = talk_lens_run(tiny["model"], TEXTS, tmp_path / "talk", site="layers.0", tokens=2,
                         steps=2, eval_rows=2, best_of=1, progress=False)
     assert len(res["history"]) == 2 and res["probe"]["text"].startswith("The Eiffel Tower")
-    rows = talk_explain(tmp_path / "talk", ["The old gate is in"], tuned=tmp_path / "tuned")
+    rows = talk_explain(tmp_path / "talk", ["The old gate is in"], tuned=tmp_path / "tuned",
+                        position=-1)
     assert len(rows[0]["words"]) == 2 and "tuned_lens" in rows[0]

@@ -259,15 +259,23 @@ def run_talk_train(cfg: TalkTrainCommand) -> int:
 class TalkExplainCommand:
     """Put activations of new texts into words with a trained talkative lens.
 
-    Example:
+    Every token of each text (special tokens aside) gets the lens's explanation, its FVE,
+    the logit (and tuned) lens's top tokens and, for a toy prompt, the world's fact.
+
+    Examples:
       reprlab lens talk explain runs/talk --text "The Eiffel Tower is in the city of"
+      reprlab lens talk explain runs/talk --text "..." --tuned runs/tuned --page explain.html
+      reprlab lens talk explain runs/talk --text "..." --json
     """
 
     run: str = opt(help="a `reprlab lens talk train` run directory", positional=True)
     text: list[str] = opt(factory=list, help="texts to explain (comma-separated)")
-    position: int = opt(-1, help="token position to explain (negative counts from the end)")
+    position: int | None = opt(None, help="one token position to explain (negative counts "
+                               "from the end; default: every token)")
     best_of: int = opt(1, help="also sample K explanations and keep the best reconstruction")
     tuned: str = opt("", help="a tuned-lens run: show its reading too")
+    json: bool = opt(False, help="print a JSON list, one object per position")
+    page: str = opt("", help="also write a self-contained HTML page here")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
 
     def __post_init__(self) -> None:
@@ -280,8 +288,20 @@ def run_talk_explain(cfg: TalkExplainCommand) -> int:
 
     rows = talk_explain(cfg.run, cfg.text, position=cfg.position, best_of=cfg.best_of,
                         tuned=cfg.tuned or None, device=cfg.device)
+    if cfg.page:
+        from reprlab.lenses.run import explain_page
+
+        explain_page(rows, cfg.page, f"Talkative lens explanations · {cfg.run}")
+    if cfg.json:
+        import json
+
+        keep = ("position", "token", "explanation", "fve", "kl_bits", "logit_lens",
+                "tuned_lens", "world_fact", "text", "best_words", "best_fve")
+        print(json.dumps([{k: r[k] for k in keep if k in r} for r in rows], indent=1))
+        return 0
     for r in rows:
-        print(f"{r['text']!r} at {r['token']!r}")
+        where = f"position {r['position']}, " if "position" in r else ""
+        print(f"{r['text']!r} at {where}{r['token']!r}")
         print(f"  words:       {r['explanation']}   (FVE {r['fve']:.3f}, KL {r['kl_bits']:.4f} "
               "bits)")
         if "best_words" in r:
@@ -289,6 +309,10 @@ def run_talk_explain(cfg: TalkExplainCommand) -> int:
         print(f"  logit lens:  {r['logit_lens']}")
         if "tuned_lens" in r:
             print(f"  tuned lens:  {r['tuned_lens']}")
+        if "world_fact" in r:
+            print(f"  world fact:  {r['world_fact']}")
+    if cfg.page:
+        print(f"page: {cfg.page}")
     return 0
 
 

@@ -400,16 +400,70 @@ def explain_rows(lm: LoadedModel, lens: TalkativeLens, texts: list[str],
     return rows
 
 
-def talk_explain(run_dir: str | Path, texts: list[str], *, position: int = -1,
+def talk_explain(run_dir: str | Path, texts: list[str], *, position: int | None = None,
                  best_of: int = 1, tuned: str | Path | None = None, device: str = "cpu"
                  ) -> list[dict[str, Any]]:
-    """Explain activations of new texts with a trained talkative lens."""
+    """Explain activations of new texts with a trained talkative lens: at ``position`` of
+    each text, or (``None``) at every token that is not a special token, one row each with
+    ``position``, ``token``, ``explanation`` (the lens's own words), ``fve``, ``kl_bits``,
+    the logit (and tuned) lens's top tokens and, for a toy-world prompt at its last token,
+    ``world_fact``."""
     run_dir = Path(run_dir)
     RunDir.load_results(run_dir)
     manifest = read_json(run_dir / "manifest.json")
     lm = _model_of(manifest, device)
     lens = load_lens(run_dir / "lens", lm=lm)
-    tl = None
-    if tuned:
-        tl = load_lens(Path(tuned) / "lens")
-    return explain_rows(lm, lens, texts, tl, position=position, best_of=best_of)
+    tl = _tuned_of(tuned) if tuned else None
+    if position is not None:
+        return explain_rows(lm, lens, texts, tl, position=position, best_of=best_of)
+    from reprlab.lenses.talk.data import special_ids
+
+    special = special_ids(lm.tokenizer)
+    out = []
+    for text in texts:
+        ids = lm.encode([text])["input_ids"][0].tolist()
+        positions = [p for p, i in enumerate(ids) if i not in special]
+        last = positions[-1] if positions else None
+        for p in positions:
+            r = explain_rows(lm, lens, [text], tl, position=p, best_of=best_of)[0]
+            fact = r.pop("world_fact", None)
+            row = {"text": text, "position": p, "token": r["token"],
+                   "explanation": r["explanation"], "fve": r["fve"], "kl_bits": r["kl_bits"],
+                   **{k: r[k] for k in ("logit_lens", "tuned_lens", "best_of", "best_words",
+                                        "best_fve")
+                      if k in r}}
+            if fact is not None and p == last:
+                row["world_fact"] = fact
+            out.append(row)
+    return out
+
+
+def explain_page(rows: list[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """A self-contained HTML page of per-token explanations (one table per text)."""
+    import html
+
+    from reprlab.io import atomic_write_text
+
+    cols = ["position", "token", "explanation", "fve", "logit_lens", "tuned_lens",
+            "world_fact"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;"
+             "margin-bottom:2em}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "td.num{text-align:right}</style>", f"<h1>{html.escape(title)}</h1>"]
+    for text in dict.fromkeys(r["text"] for r in rows):
+        parts.append(f"<h2>{html.escape(text)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        for r in (r for r in rows if r["text"] == text):
+            cells = []
+            for c in cols:
+                v = r.get(c, "")
+                if isinstance(v, float):
+                    cells.append(f"<td class='num'>{v:.3f}</td>")
+                else:
+                    cells.append(f"<td>{html.escape(str(v))}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+    p = Path(path)
+    atomic_write_text(p, "\n".join(parts) + "\n")
+    return p
