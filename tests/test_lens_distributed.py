@@ -158,3 +158,17 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_launched_processes_import_this_checkout(tmp_path, monkeypatch):
+    """A relative ``PYTHONPATH`` (``PYTHONPATH=src``) is made absolute for the launched
+    processes, which run in another directory: otherwise they would import whatever copy of
+    reprlab is installed and compare another version's lens with this one's."""
+    import os
+
+    from launchers import launch_env
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["src", "", "/abs/lib"]))
+    got = launch_env(tmp_path / "home")["PYTHONPATH"].split(os.pathsep)
+    assert got == [str(tmp_path.resolve() / "src"), "", "/abs/lib"]
