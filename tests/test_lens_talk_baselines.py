@@ -196,3 +196,24 @@ def test_nla_warm_start_then_grpo_resumes_bitwise(lm, tmp_path):
         train_talk(lm, data, cfg, progress=False, explanations=expl[:5])
     with pytest.raises(ConfigError, match="--recipe nla needs"):
         train_talk(lm, data, cfg, progress=False)
+
+
+def test_text_bootstrap_is_paired_and_brackets_the_fve():
+    """Texts drawn with replacement, every method on the same draws: a method whose error is
+    a fixed share of each sample's spread has a zero-width interval, and a lens that is
+    0.1 better than the lookup on every sample has a zero-width difference, although the
+    lookup's own FVE varies from text to text."""
+    from reprlab.lenses.talk.evaluate import text_bootstrap
+
+    g = torch.Generator().manual_seed(0)
+    groups = torch.arange(20).repeat_interleave(5)
+    spread = torch.rand(100, generator=g, dtype=torch.float64) + 0.5
+    share = torch.rand(20, generator=g, dtype=torch.float64).repeat_interleave(5)
+    lookup = share * spread
+    ci = text_bootstrap({"lens": lookup - 0.1 * spread, "lookup": lookup,
+                         "half": 0.5 * spread}, spread, groups, draws=400)
+    assert ci["half"] == pytest.approx((0.5, 0.5), abs=1e-12)
+    assert ci["lens-lookup"] == pytest.approx((0.1, 0.1), abs=1e-12)
+    lo, hi = ci["lookup"]
+    point = 1 - float(lookup.sum() / spread.sum())
+    assert lo < point < hi and hi - lo > 0.1  # the texts differ: a real spread

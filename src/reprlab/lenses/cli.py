@@ -238,10 +238,12 @@ def run_talk_train(cfg: TalkTrainCommand) -> int:
         return 0
     m, p = res["metrics"], res["probe"]
     if m:
-        print(f"held-out samples: {m['samples']}; FVE and KL (bits) with the reconstruction "
-              "patched in:")
+        print(f"held-out samples: {m['samples']}; FVE [95% interval over held-out texts] and "
+              "KL (bits) with the reconstruction patched in:")
         for r in m["baselines"]:
-            print(f"  {r['name']:<14} FVE {r['fve']:7.3f}   KL {r.get('kl_bits', float('nan')):.4f}")
+            ci = f"[{r.get('fve_lo', float('nan')):6.3f}, {r.get('fve_hi', float('nan')):6.3f}]"
+            print(f"  {r['name']:<14} FVE {r['fve']:7.3f} {ci}   "
+                  f"KL {r.get('kl_bits', float('nan')):.4f}")
         print(f"share of what the current-token lookup leaves that the lens explains: "
               f"{m['share_of_lookup_residual']:.3f}; {m['token_usage']['distinct']} distinct "
               "tokens")

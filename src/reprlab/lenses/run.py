@@ -344,8 +344,10 @@ def _talk_report(run: RunDir, results: dict, name: str, cfg: TalkConfig,
                    "held-out FVE per epoch: the lens, its shuffled and empty explanations; "
                    "the final baselines as lines", "Learning curves")
     if m:
+        nan = float("nan")
         rows = [{"reconstruction": r["name"], "FVE": r["fve"],
-                 "KL (bits)": r.get("kl_bits", float("nan"))} for r in m["baselines"]]
+                 "FVE 95% low": r.get("fve_lo", nan), "FVE 95% high": r.get("fve_hi", nan),
+                 "KL (bits)": r.get("kl_bits", nan)} for r in m["baselines"]]
         run.write_csv("baselines.csv", rows)
         run.table("Reconstruction vs baselines (held-out samples)", rows,
                   f"{m['samples']} held-out samples; the lens explains "

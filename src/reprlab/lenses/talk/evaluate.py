@@ -17,7 +17,9 @@ target's next-token distribution with each reconstruction patched in at the site
 * ``mean``: the training mean (FVE 0 by definition).
 
 ``share_of_lookup_residual`` is ``(FVE - FVE_lookup) / (1 - FVE_lookup)``: the part of what
-the current token leaves unexplained that the lens explains.
+the current token leaves unexplained that the lens explains. Each FVE has a 95% interval from
+a bootstrap over whole held-out texts, and the lens's differences from the lookup, the
+context echo and its shuffled tokens have paired ones (the same resampled texts for both).
 """
 
 from __future__ import annotations
@@ -118,6 +120,30 @@ def train_echo_encoder(module: TalkModule, data: LensData, train_idx: list[int],
     return echo.eval()
 
 
+def text_bootstrap(errors: dict[str, torch.Tensor], spread: torch.Tensor, groups: torch.Tensor,
+                   *, draws: int = 1000, level: float = 0.95, seed: int = 0
+                   ) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of each method's FVE ``1 - Σ err / Σ spread`` when the texts
+    ``groups [N]`` are drawn with replacement (every method on the same draws), and of the
+    paired difference of each method from ``lens`` (keys ``lens-NAME``). ``errors`` map a
+    name to per-sample ``‖Â - A‖² [N]``; ``spread`` is ``‖A - Ā‖² [N]``."""
+    _, inv = torch.unique(groups, return_inverse=True)
+    n_texts = int(inv.max()) + 1
+    def per_text(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n_texts, dtype=torch.float64).index_add_(0, inv, x.double())
+    g = torch.Generator().manual_seed(seed + 31)
+    counts = torch.zeros(draws, n_texts, dtype=torch.float64)
+    pick = torch.randint(0, n_texts, (draws, n_texts), generator=g)
+    counts.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
+    s = counts @ per_text(spread)
+    fves = {k: 1 - (counts @ per_text(e)) / s.clamp_min(1e-30) for k, e in errors.items()}
+    if "lens" in fves:
+        fves.update({f"lens-{k}": fves["lens"] - v for k, v in list(fves.items())
+                     if k != "lens"})
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    return {k: tuple(float(x) for x in torch.quantile(v, q)) for k, v in fves.items()}
+
+
 def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: list[int], *,
                   train_idx: list[int] | None = None, best_of: int = 4, batch_size: int = 32,
                   seed: int = 0, echo_epochs: float = 1.0, kl: bool = True) -> dict[str, Any]:
@@ -184,10 +210,16 @@ def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: lis
         parts["a"].append(a.cpu())
         parts["ids"].append(ids.cpu())
     a_all = torch.cat(parts["a"])
+    spread = ((a_all.double() - mean.double()) ** 2).sum(-1)
+    errs = {n: ((torch.cat(recs[n]).double() - a_all.double()) ** 2).sum(-1) for n in names}
+    ci = text_bootstrap({n: e for n, e in errs.items() if not torch.isnan(e).any()}, spread,
+                        data.row[torch.tensor(idx)], seed=seed)
+    nan2 = (float("nan"), float("nan"))
     rows = []
     for name in names:
         rec = torch.cat(recs[name])
-        row = {"name": name, "fve": float(fve(rec, a_all, mean))}
+        lo, hi = ci.get(name, nan2)
+        row = {"name": name, "fve": float(fve(rec, a_all, mean)), "fve_lo": lo, "fve_hi": hi}
         if kl:
             row["kl_bits"] = float(torch.cat(kls[name]).mean())
         rows.append(row)
@@ -204,6 +236,9 @@ def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: lis
         "baselines": rows,
         "token_usage": token_usage(torch.cat(parts["ids"])),
         "echo_epochs": echo_epochs,
+        "fve_minus_lookup_ci": list(ci.get("lens-lookup", nan2)),
+        "fve_minus_context_echo_ci": list(ci.get("lens-context_echo", nan2)),
+        "fve_minus_shuffled_ci": list(ci.get("lens-shuffled", nan2)),
     }
     for name in BASELINES:
         out[f"fve_{name}"] = by[name]["fve"]
