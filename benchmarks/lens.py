@@ -70,10 +70,10 @@ def load() -> str:
 # -- (a) ------------------------------------------------------------------------------------
 def part_a(args) -> None:
     from reprlab import hooks
-    from reprlab.lenses.talk_data import LensData
-    from reprlab.lenses.talk_losses import combine
-    from reprlab.lenses.talk_model import TalkModule, gumbel_noise
-    from reprlab.lenses.talk_train import TalkConfig, step_losses
+    from reprlab.lenses.talk.data import LensData
+    from reprlab.lenses.talk.losses import combine
+    from reprlab.lenses.talk.model import TalkModule, gumbel_noise
+    from reprlab.lenses.talk.train import TalkConfig, step_losses
     from reprlab.sites import resolve_sites
 
     dev = torch.device(args.device)
@@ -127,8 +127,8 @@ def part_a(args) -> None:
 
 # -- (b) ------------------------------------------------------------------------------------
 def part_b(args) -> None:
-    from reprlab.lenses.tuned import Translators
-    from reprlab.lenses.tuned_train import tuned_loss
+    from reprlab.lenses.tuned.train import tuned_loss
+    from reprlab.lenses.tuned.translators import Translators
     from reprlab.lenses.unembed import forward_states
 
     if args.peer_path:

@@ -17,8 +17,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _absolute_path_list(value: str) -> str:
+    """``PYTHONPATH`` with each entry made absolute: the launched processes run in another
+    working directory, where a relative entry (``PYTHONPATH=src``) would name nothing and
+    Python would fall back silently to whatever copy of the package is installed."""
+    return os.pathsep.join(str(Path(p).resolve()) if p else p for p in value.split(os.pathsep))
+
+
 def launch_env(home: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = _absolute_path_list(env["PYTHONPATH"])
+    return {**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false", "REPRLAB_HOME": str(home),
             "HF_HOME": str(home / "hf"), "MPLBACKEND": "Agg"}
 

@@ -285,7 +285,8 @@ ONE_LINE = [
                                       "{one}", "--steps", "1", "--out", "{missing}"],
      "--ref-cache {one} is a file"),
     ("talk train, latin-1 text", ["lens", "talk", "train", "--model", "{base}", "--data",
-                                  "{latin1}", "--out", "{missing}"], "not UTF-8"),
+                                  "{latin1}", "--site", "layers.0", "--out", "{missing}"],
+     "not UTF-8"),
     ("logit --tuned, cut lens", ["lens", "logit", "--model", "{base}", "--text", "hi",
                                  "--tuned", "{cut_tuned}"], "corrupt or truncated"),
 ]

@@ -67,13 +67,21 @@ def test_talk_cli_train_explain_and_resume(tiny, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "held-out FVE" in out and "mentions Paris or France" in out
+    assert "context_echo" in out and "lookup" in out and "mentions Paris or France" in out
     res = json.loads((run / "results.json").read_text())
     assert [h["step"] for h in res["history"]] == [1, 2, 3, 4]
     m = res["metrics"]
-    for k in ("fve", "nrmse", "kl_bits", "fve_shuffled", "fve_original_tokens", "fve_other_sample",
-              "fve_best_of_2"):
+    for k in ("fve", "nrmse", "kl_bits", "fve_shuffled", "fve_context_echo", "fve_other_row",
+              "fve_lookup", "fve_empty", "fve_resample", "fve_pca", "fve_best_of_2",
+              "share_of_lookup_residual"):
         assert isinstance(m[k], float), k
+    names = [r["name"] for r in m["baselines"]]
+    assert names == ["lens", "best_of_2", "lookup", "context_echo", "empty", "other_row",
+                     "shuffled", "resample", "pca", "mean"]
+    assert all(r["kl_bits"] >= 0 for r in m["baselines"])
+    assert m["fve_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert m["share_of_lookup_residual"] == pytest.approx(
+        (m["fve"] - m["fve_lookup"]) / (1 - m["fve_lookup"]))
     assert res["data"]["cache_hit"] is True  # the second run reused the dump
     for name in ("report.html", "training.png", "examples.csv", "baselines.csv",
                  "lens.safetensors"):
@@ -81,6 +89,27 @@ def test_talk_cli_train_explain_and_resume(tiny, tmp_path, capsys, monkeypatch):
     assert main(["lens", "talk", "explain", str(run), "--text", TEXTS[0], "--best-of", "2"]) == 0
     out = capsys.readouterr().out
     assert "words:" in out and "logit lens:" in out and "best of 2" in out
+    page = tmp_path / "explain.html"
+    assert main(["lens", "talk", "explain", str(run), "--text", TEXTS[0], "--json",
+                 "--page", str(page)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    ids = save_tiny_tokenizer_ids(tiny, TEXTS[0])
+    assert [r["position"] for r in rows] == ids  # every non-special token, in order
+    for r in rows:
+        assert {"position", "token", "explanation", "fve", "logit_lens"} <= set(r)
+        assert len(r["explanation"].split()) <= 3 and isinstance(r["fve"], float)
+    assert page.read_text().count("<tr>") == len(rows) + 1 and "<script" not in page.read_text()
+
+
+def save_tiny_tokenizer_ids(tiny, text):
+    """The non-special token positions of ``text`` under the tiny model's tokenizer."""
+    from reprlab.lenses.talk.data import special_ids
+    from reprlab.models import load_model
+
+    lm = load_model(tiny["model"])
+    ids = lm.encode([text])["input_ids"][0].tolist()
+    special = special_ids(lm.tokenizer)
+    return [p for p, i in enumerate(ids) if i not in special]
 
 
 def _bad(tiny, tmp_path):
@@ -98,7 +127,8 @@ def _bad(tiny, tmp_path):
                  "--out", str(tmp_path / "d")], "captured from"),
         (base + ["--model", t, "--site", "layers.7", "--out", str(tmp_path / "e")],
          "out of range"),
-        (base + ["--model", t, "--w-kl", "0", "--w-mse", "0", "--out", str(tmp_path / "f")],
+        (base + ["--model", t, "--w-kl", "0", "--w-mse", "0", "--w-lm", "0", "--out",
+                 str(tmp_path / "f")],
          "all 0"),
         (["lens", "tuned", "train", "--model", t, "--data", d, "--optimizer", "lion",
           "--out", str(tmp_path / "g")], "unknown optimizer"),
@@ -106,6 +136,11 @@ def _bad(tiny, tmp_path):
         (["lens", "talk", "explain", str(tmp_path / "nope"), "--text", "hi"],
          "not a finished reprlab run"),
         (["lens", "tuned", "eval", str(tmp_path / "nope")], "not a finished reprlab run"),
+        (base + ["--model", t, "--recipe", "nla", "--out", str(tmp_path / "h")],
+         "--recipe nla needs warm-start explanations"),
+        (base + ["--model", t, "--site", "layers.1", "--store", str(store), "--recipe", "nla",
+                 "--explanations", str(tmp_path / "two.txt"), "--out", str(tmp_path / "i")],
+         "holds 2 explanations but the activations have"),
     ]
 
 
@@ -116,6 +151,7 @@ def test_bad_inputs_one_line_exit_2(tiny, tmp_path, capsys):
                  "--steps", "1", "--eval-rows", "2", "--best-of", "1", "--out",
                  str(tmp_path / "ok"), "--no-progress"]) == 0
     capsys.readouterr()
+    (tmp_path / "two.txt").write_text("Paris France\nRome Italy\n")
     for argv, needle in _bad(tiny, tmp_path):
         rc = main(argv)
         err = capsys.readouterr().err.strip().splitlines()
@@ -136,5 +172,6 @@ def test_python_api_runs(tiny, tmp_path):
     res = talk_lens_run(tiny["model"], TEXTS, tmp_path / "talk", site="layers.0", tokens=2,
                         steps=2, eval_rows=2, best_of=1, progress=False)
     assert len(res["history"]) == 2 and res["probe"]["text"].startswith("The Eiffel Tower")
-    rows = talk_explain(tmp_path / "talk", ["The old gate is in"], tuned=tmp_path / "tuned")
+    rows = talk_explain(tmp_path / "talk", ["The old gate is in"], tuned=tmp_path / "tuned",
+                        position=-1)
     assert len(rows[0]["words"]) == 2 and "tuned_lens" in rows[0]

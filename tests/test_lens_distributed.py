@@ -145,7 +145,7 @@ def test_talk_two_processes_match_one(talk, toy_mini):
 
 def test_a_batch_smaller_than_the_processes_is_one_line():
     from reprlab.errors import ConfigError
-    from reprlab.lenses.talk_train import step_batch
+    from reprlab.lenses.talk.train import step_batch
 
     assert step_batch(16, 100) == 16 and step_batch(16, 7) == 7 and step_batch(5, 40, 2) == 5
     with pytest.raises(ConfigError, match="--batch-size 2 or more"):
@@ -158,3 +158,17 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_launched_processes_import_this_checkout(tmp_path, monkeypatch):
+    """A relative ``PYTHONPATH`` (``PYTHONPATH=src``) is made absolute for the launched
+    processes, which run in another directory: otherwise they would import whatever copy of
+    reprlab is installed and compare another version's lens with this one's."""
+    import os
+
+    from launchers import launch_env
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["src", "", "/abs/lib"]))
+    got = launch_env(tmp_path / "home")["PYTHONPATH"].split(os.pathsep)
+    assert got == [str(tmp_path.resolve() / "src"), "", "/abs/lib"]

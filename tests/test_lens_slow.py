@@ -91,7 +91,7 @@ def test_toy_tuned_beats_logit_and_talk_beats_shuffled(toy_mini, tmp_path, capsy
                  "--no-progress"]) == 0
     m = json.loads((talk / "results.json").read_text())["metrics"]
     # the words carry this activation's information: another sample's words explain far less
-    assert m["fve"] > 0.2 and m["fve"] > m["fve_other_sample"] + 0.2, m
+    assert m["fve"] > 0.2 and m["fve"] > m["fve_other_row"] + 0.2, m
     assert main(["lens", "talk", "explain", str(talk), "--text",
                  "The Eiffel Tower is in the city of", "--tuned", str(tuned)]) == 0
     assert "tuned lens:" in capsys.readouterr().out

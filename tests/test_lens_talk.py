@@ -16,12 +16,12 @@ from reprlab.errors import ConfigError, StoreError
 from reprlab.lenses import load_lens
 from reprlab.lenses.metrics import fve, normalised_rmse, token_usage
 from reprlab.lenses.schedules import parse_schedule, parse_tau
-from reprlab.lenses.talk import TalkativeLens
-from reprlab.lenses.talk_data import dump
-from reprlab.lenses.talk_eval import original_tokens
-from reprlab.lenses.talk_losses import combine, normalised_mse, resample_splice
-from reprlab.lenses.talk_model import TalkModule, gumbel_noise, straight_through
-from reprlab.lenses.talk_train import TalkConfig, train_talk
+from reprlab.lenses.talk.data import dump
+from reprlab.lenses.talk.evaluate import original_tokens
+from reprlab.lenses.talk.lens import TalkativeLens
+from reprlab.lenses.talk.losses import combine, normalised_mse, resample_splice
+from reprlab.lenses.talk.model import TalkModule, gumbel_noise, straight_through
+from reprlab.lenses.talk.train import TalkConfig, train_talk
 
 TEXTS = [f"The {a} {b} is in the city of {c} ." for a in ("old", "tall", "red")
          for b in ("tower", "bridge", "gate") for c in ("Paris", "Rome")]
@@ -127,8 +127,25 @@ def test_schedules():
         parse_schedule("linear:1.0")
 
 
+def test_dump_holds_every_non_special_position(lm, tmp_path):
+    from reprlab.lenses.talk.data import special_ids
+
+    d = dump(lm, TEXTS, "layers.1", tmp_path / "d", progress=False)
+    special = special_ids(lm.tokenizer)
+    enc = lm.tokenizer(TEXTS, add_special_tokens=True)["input_ids"]
+    want = [(r, p) for r, ids in enumerate(enc) for p, i in enumerate(ids) if i not in special]
+    assert list(zip(d.row.tolist(), d.pos.tolist(), strict=True)) == want
+    assert len(want) < sum(len(x) for x in enc)  # the special tokens were there, left out
+    assert not set(d.token.tolist()) & special
+    assert (d.row2 != d.row).all()
+    # the split keeps whole texts on one side, at least eval_rows held out
+    train, held = d.split(25)
+    assert len(held) >= 25 and not {int(d.row[i]) for i in train} & {int(d.row[i]) for i in held}
+    assert sorted(train + held) == list(range(len(d)))
+
+
 def test_dump_is_reused_without_a_forward_and_checks_the_model(lm, tmp_path):
-    d1 = dump(lm, TEXTS, "layers.1", tmp_path / "d", progress=False)
+    d1 = dump(lm, TEXTS, "layers.1", tmp_path / "d", progress=False, position="random")
     assert not d1.cache_hit and len(d1) == len(TEXTS)
     assert (d1.row2 != d1.row).all() and (d1.pos >= 1).all() and (d1.pos < d1.lengths).all()
     # A is the activation at (row, pos) of a fresh forward
@@ -141,13 +158,13 @@ def test_dump_is_reused_without_a_forward_and_checks_the_model(lm, tmp_path):
     calls = []
     handle = lm.model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        d2 = dump(lm, TEXTS, "layers.1", tmp_path / "d", progress=False)
+        d2 = dump(lm, TEXTS, "layers.1", tmp_path / "d", progress=False, position="random")
     finally:
         handle.remove()
     assert d2.cache_hit and calls == [] and torch.equal(d1.a, d2.a)
     other = make_tiny("llama", hidden=32, layers=2, seed=5)
     with pytest.raises(StoreError, match="captured from"):
-        dump(other, TEXTS, "layers.1", tmp_path / "d", progress=False)
+        dump(other, TEXTS, "layers.1", tmp_path / "d", progress=False, position="random")
     ids = original_tokens(d1, torch.tensor([0]), 3)
     p = int(d1.pos[0])
     assert ids[0, -1] == d1.input_ids[0, p]
@@ -197,7 +214,7 @@ def test_config_errors(lm):
     with pytest.raises(ConfigError, match="below 0"):
         TalkConfig(tau="cosine:1:-1")
     with pytest.raises(ConfigError, match="all 0"):
-        TalkConfig(w_kl="0", w_mse="0")
+        TalkConfig(w_kl="0", w_mse="0", w_lm="0")
     wide = make_tiny("llama", hidden=48, layers=2)
     with pytest.raises(ConfigError, match="width 32 but the decoder LM's is 48"):
         TalkModule(wide.model, wide.model, 32, [5, 6], 0, [], 0)
@@ -208,7 +225,7 @@ def test_config_errors(lm):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_cached_splice_equals_full_forward_splice(arch):
-    from reprlab.lenses.talk import splice_logits, target_logits
+    from reprlab.lenses.talk.splice import splice_logits, target_logits
     from reprlab.sites import resolve_sites
 
     lm = make_tiny(arch, hidden=32, layers=2)
@@ -230,7 +247,7 @@ def test_cached_splice_equals_full_forward_splice(arch):
 
 
 def test_sample_positions_fixed_and_random():
-    from reprlab.lenses.talk_data import _sample_positions
+    from reprlab.lenses.talk.data import _sample_positions
 
     lengths = torch.tensor([5, 2, 9])
     g = torch.Generator().manual_seed(0)

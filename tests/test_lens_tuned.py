@@ -10,7 +10,9 @@ from conftest import TEXTS, make_tiny
 from reprlab.errors import ConfigError, ModelError
 from reprlab.lenses import LogitLens, TunedLens, load_lens
 from reprlab.lenses.metrics import kl_logits
-from reprlab.lenses.tuned_train import TunedTrainConfig, evaluate_lenses, train_tuned
+from reprlab.lenses.tuned.evaluate import evaluate_lenses
+from reprlab.lenses.tuned.fit import train_tuned
+from reprlab.lenses.tuned.train import TunedTrainConfig
 
 TRAIN = [f"The {a} {b} is in the city of {c} ." for a in ("old", "tall", "red", "big")
          for b in ("tower", "bridge", "gate", "hall") for c in ("Paris", "Rome", "Tokyo")]

@@ -41,7 +41,8 @@ def _finite(values: list[float]) -> bool:
 
 
 def test_tuned_lens_reports_every_step():
-    from reprlab.lenses.tuned_train import TunedTrainConfig, train_tuned
+    from reprlab.lenses.tuned.fit import train_tuned
+    from reprlab.lenses.tuned.train import TunedTrainConfig
 
     lm = make_tiny("gpt2", layers=2)
     cfg = TunedTrainConfig(steps=4, tokens_per_step=80, batch_size=4, optimizer="adam",
@@ -55,8 +56,8 @@ def test_tuned_lens_reports_every_step():
 
 
 def test_talkative_lens_reports_every_step(tmp_path):
-    from reprlab.lenses.talk_data import dump
-    from reprlab.lenses.talk_train import TalkConfig, train_talk
+    from reprlab.lenses.talk.data import dump
+    from reprlab.lenses.talk.train import TalkConfig, train_talk
 
     lm = make_tiny("llama", hidden=32, layers=2)
     data = dump(lm, TEXTS, "layers.1", tmp_path / "d", progress=False)

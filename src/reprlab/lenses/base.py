@@ -24,8 +24,8 @@ FORMAT = "reprlab.lens/1"
 #: lens kind -> class (filled by ``@register``)
 LENS_KINDS: dict[str, type[Lens]] = {}
 #: lens kind -> module that registers it (imported by :func:`load_lens` on demand)
-KIND_MODULES = {"logit": "reprlab.lenses.logit", "tuned": "reprlab.lenses.tuned",
-                "talk": "reprlab.lenses.talk"}
+KIND_MODULES = {"logit": "reprlab.lenses.logit", "tuned": "reprlab.lenses.tuned.lens",
+                "talk": "reprlab.lenses.talk.lens"}
 
 
 def register(cls: type[Lens]) -> type[Lens]:

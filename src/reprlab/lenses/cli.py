@@ -82,7 +82,7 @@ class TunedTrainCommand:
         self.train_config()
 
     def train_config(self):
-        from reprlab.lenses.tuned_train import TunedTrainConfig
+        from reprlab.lenses.tuned.train import TunedTrainConfig
 
         names = {f.name for f in fields(TunedTrainConfig)}
         return TunedTrainConfig(**{k: getattr(self, k) for k in names})
@@ -137,11 +137,16 @@ class TalkTrainCommand:
     --tokens words, an encoder LM turns them back into the activation, and the model must
     behave the same with the reconstruction spliced in.
 
-    Loss = w_kl·KL(P_orig ‖ P_recon) + w_mse·MSE/Var(A) + w_lm·L_lm − w_ent·H. Weights and τ
-    take schedules: 0.5, constant:0.5, warmup:1:100, linear:1:0.1:2ep, cosine:1:0.1.
+    Recipes: consistency (end to end: Gumbel straight-through, loss = w_kl·KL(P_orig ‖
+    P_recon) + w_mse·MSE/Var(A) + w_lm·L_lm − w_ent·H) and nla (a warm start on the top tokens
+    of a tuned lens, --tuned, or on a file of explanations, --explanations; then GRPO with
+    reward −normalised MSE and a KL penalty to the warm-start decoder). Weights and τ take
+    schedules: 0.5, constant:0.5, warmup:1:100, linear:1:0.1:2ep, cosine:1:0.1:3ep.
+    Every non-special token position is a sample; held out: the last texts' samples.
 
     Examples:
-      reprlab lens talk train --model toy --site layers.2 --tokens 4 --out runs/talk
+      reprlab lens talk train --model toy --site layers.-2 --tokens 4 --out runs/talk
+      reprlab lens talk train --model toy --site layers.-2 --recipe nla --tuned runs/tuned
       torchrun --nproc_per_node 2 -m reprlab lens talk train --model toy --site layers.2
 
     Under torchrun / accelerate launch the processes split every step's --batch-size samples
@@ -152,19 +157,23 @@ class TalkTrainCommand:
     data: str = opt("builtin:toy-text", help="texts: builtin:NAME, .csv/.jsonl/.parquet, .txt")
     site: str = opt("layers.2", help="residual site to explain: embed or layers.N")
     tokens: int = opt(4, help="explanation length t (1-32)")
+    recipe: str = opt("consistency", help="consistency (Gumbel straight-through) or nla "
+                      "(warm start, then GRPO)")
     out: str = opt("runs/talk", help="run directory (resumes an interrupted run there)")
     store: str = opt("", help="activation dump to create or reuse across runs "
                      "(default: <out>/data)")
-    position: str = opt("random", help="token position per text: random or an index")
-    steps: int = opt(200, help="optimizer steps")
-    batch_size: int = opt(16, help="samples per step (split over the processes of a "
+    position: str = opt("all", help="samples: all (every non-special token position), or "
+                        "one per text: random or an index")
+    epochs: float = opt(3.0, help="epochs over the training samples (nla: of GRPO)")
+    steps: int = opt(0, help="optimizer steps (0: from --epochs)")
+    batch_size: int = opt(32, help="samples per step (split over the processes of a "
                           "torchrun job)")
     lr: float = opt(1e-4, help="AdamW learning rate of the decoder and encoder LMs")
     proj_lr: float = opt(1e-3, help="learning rate of the projections and soft prompts")
-    tau: str = opt("cosine:1.0:0.1", help="Gumbel temperature schedule (floored at 0.1)")
+    tau: str = opt("cosine:1.0:0.5:3ep", help="Gumbel temperature schedule (floored at 0.1)")
     w_kl: str = opt("1.0", help="weight schedule of the consistency KL")
     w_mse: str = opt("1.0", help="weight schedule of the normalised MSE")
-    w_lm: str = opt("0.0", help="weight schedule α of the LM fluency prior")
+    w_lm: str = opt("0.1", help="weight schedule α of the LM fluency prior")
     w_ent: str = opt("0.0", help="weight schedule of the entropy bonus")
     resample_ablation: bool = opt(False, help="splice Â + (A′ − Â′) with A′ from another text")
     freeze_decoder: bool = opt(False, help="train only the decoder's projection and prompt")
@@ -172,16 +181,28 @@ class TalkTrainCommand:
     decoder: str = opt("", help="decoder/encoder base LM (default: copies of --model)")
     rect_projection: bool = opt(False, help="allow a decoder of another width (learned "
                                 "rectangular projections, not identity)")
+    no_scale_match: bool = opt(False, help="inject the activation at its own norm (default: "
+                               "scaled to the embeddings' norm)")
+    warm_epochs: float = opt(1.0, help="nla: epochs of warm start")
+    grpo_samples: int = opt(4, help="nla: explanations sampled per activation (K)")
+    kl_ref: float = opt(0.01, help="nla: weight of KL(decoder ‖ warm-start decoder)")
+    len_penalty: float = opt(0.0, help="nla: reward penalty per share of tokens before a "
+                             "stop token")
+    explanations: str = opt("", help="nla: warm-start explanations, one per sample (.txt "
+                            "or .jsonl)")
+    echo_epochs: float = opt(1.0, help="epochs to train the context-echo baseline's encoder")
     prompt: str = opt("<embed> means", help="decoder prompt with one <embed> marker")
     encoder_layer: int | None = opt(None, help="encoder block read (default: the site's)")
     no_kv_cache: bool = opt(False, help="decode naively (recompute the prefix each token)")
     max_length: int = opt(64, help="truncate texts to this many tokens")
     limit: int = opt(0, help="use only the first N texts (0 = all)")
-    eval_rows: int = opt(64, help="held-out samples for the metrics")
+    eval_rows: int = opt(256, help="held-out samples for the metrics (whole texts)")
+    curve_rows: int = opt(256, help="held-out samples for the per-epoch curve")
     best_of: int = opt(4, help="K for best-of-K FVE")
-    tuned: str = opt("", help="a tuned-lens run: its readings appear beside the explanations")
+    tuned: str = opt("", help="a tuned-lens run: the nla warm start, and its readings "
+                     "beside the explanations")
     seed: int = opt(0, help="seed for sampling positions, data order and Gumbel noise")
-    checkpoint_every: int = opt(20, help="save the training state every N steps")
+    checkpoint_every: int = opt(50, help="save the training state every N steps")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
     no_progress: bool = opt(False, help="hide progress bars")
 
@@ -189,16 +210,20 @@ class TalkTrainCommand:
         require(self.limit >= 0, f"--limit must be 0 or more, got {self.limit}")
         require(self.best_of >= 1, f"--best-of must be at least 1, got {self.best_of}")
         cap("best_of", self.best_of, "--best-of")
-        require(self.position == "random" or self.position.lstrip("-").isdigit(),
-                f"--position must be random or a token index, got {self.position!r}")
-        self.talk_config()
+        require(self.position in ("all", "random") or self.position.lstrip("-").isdigit(),
+                f"--position must be all, random or a token index, got {self.position!r}")
+        cfg = self.talk_config()
+        require(cfg.recipe != "nla" or bool(self.tuned or self.explanations),
+                "--recipe nla needs warm-start explanations: pass --tuned RUN (a `reprlab lens "
+                "tuned train` run) or --explanations FILE")
 
     def talk_config(self):
-        from reprlab.lenses.talk_train import TalkConfig
+        from reprlab.lenses.talk.train import TalkConfig
 
         names = {f.name for f in fields(TalkConfig)} - {"kv_cache", "encoder_prompt",
-                                                        "lm_prefix", "grad_clip"}
-        return TalkConfig(kv_cache=not self.no_kv_cache,
+                                                        "lm_prefix", "grad_clip",
+                                                        "scale_match"}
+        return TalkConfig(kv_cache=not self.no_kv_cache, scale_match=not self.no_scale_match,
                           **{k: getattr(self, k) for k in names})
 
 
@@ -209,18 +234,25 @@ def run_talk_train(cfg: TalkTrainCommand) -> int:
                         store=cfg.store or None, position=cfg.position,
                         max_length=cfg.max_length, limit=cfg.limit or None,
                         best_of=cfg.best_of, device=cfg.device, progress=not cfg.no_progress,
-                        tuned=cfg.tuned or None)
+                        tuned=cfg.tuned or None, explanations=cfg.explanations or None,
+                        echo_epochs=cfg.echo_epochs)
     if res is None:  # another rank of a torchrun job
         return 0
     m, p = res["metrics"], res["probe"]
     if m:
-        best = m[f"fve_best_of_{m['best_of']}"]
-        print(f"held-out FVE {m['fve']:.3f} (best of {m['best_of']}: "
-              f"{best:.3f}; shuffled tokens {m['fve_shuffled']:.3f}; another sample's tokens "
-              f"{m['fve_other_sample']:.3f}; "
-              f"original tokens {m['fve_original_tokens']:.3f}), normalised RMSE "
-              f"{m['nrmse']:.3f}, KL {m['kl_bits']:.4f} bits, "
-              f"{m['token_usage']['distinct']} distinct tokens")
+        print(f"held-out samples: {m['samples']}; FVE [95% interval over held-out texts] and "
+              "KL (bits) with the reconstruction patched in:")
+        for r in m["baselines"]:
+            ci = f"[{r.get('fve_lo', float('nan')):6.3f}, {r.get('fve_hi', float('nan')):6.3f}]"
+            print(f"  {r['name']:<14} FVE {r['fve']:7.3f} {ci}   "
+                  f"KL {r.get('kl_bits', float('nan')):.4f}")
+        print(f"share of what the current-token lookup leaves that the lens explains: "
+              f"{m['share_of_lookup_residual']:.3f}; {m['token_usage']['distinct']} distinct "
+              "tokens")
+    lmk = res.get("landmarks") or {}
+    if lmk:
+        print(f"held-out landmark prompts whose explanation names the city or country: "
+              f"{lmk['share']:.2f} of {lmk['n']}")
     print(f"{p['text']!r} -> {p['explanation']!r} (FVE {p['fve']:.3f}; mentions Paris or "
           f"France: {'yes' if p['mentions_paris_or_france'] else 'no'})")
     print(f"report: {Path(cfg.out) / 'report.html'}")
@@ -231,15 +263,23 @@ def run_talk_train(cfg: TalkTrainCommand) -> int:
 class TalkExplainCommand:
     """Put activations of new texts into words with a trained talkative lens.
 
-    Example:
+    Every token of each text (special tokens aside) gets the lens's explanation, its FVE,
+    the logit (and tuned) lens's top tokens and, for a toy prompt, the world's fact.
+
+    Examples:
       reprlab lens talk explain runs/talk --text "The Eiffel Tower is in the city of"
+      reprlab lens talk explain runs/talk --text "..." --tuned runs/tuned --page explain.html
+      reprlab lens talk explain runs/talk --text "..." --json
     """
 
     run: str = opt(help="a `reprlab lens talk train` run directory", positional=True)
     text: list[str] = opt(factory=list, help="texts to explain (comma-separated)")
-    position: int = opt(-1, help="token position to explain (negative counts from the end)")
+    position: int | None = opt(None, help="one token position to explain (negative counts "
+                               "from the end; default: every token)")
     best_of: int = opt(1, help="also sample K explanations and keep the best reconstruction")
     tuned: str = opt("", help="a tuned-lens run: show its reading too")
+    json: bool = opt(False, help="print a JSON list, one object per position")
+    page: str = opt("", help="also write a self-contained HTML page here")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
 
     def __post_init__(self) -> None:
@@ -253,8 +293,20 @@ def run_talk_explain(cfg: TalkExplainCommand) -> int:
 
     rows = talk_explain(cfg.run, cfg.text, position=cfg.position, best_of=cfg.best_of,
                         tuned=cfg.tuned or None, device=cfg.device)
+    if cfg.page:
+        from reprlab.lenses.run import explain_page
+
+        explain_page(rows, cfg.page, f"Talkative lens explanations · {cfg.run}")
+    if cfg.json:
+        import json
+
+        keep = ("position", "token", "explanation", "fve", "kl_bits", "logit_lens",
+                "tuned_lens", "world_fact", "text", "best_words", "best_fve")
+        print(json.dumps([{k: r[k] for k in keep if k in r} for r in rows], indent=1))
+        return 0
     for r in rows:
-        print(f"{r['text']!r} at {r['token']!r}")
+        where = f"position {r['position']}, " if "position" in r else ""
+        print(f"{r['text']!r} at {where}{r['token']!r}")
         print(f"  words:       {r['explanation']}   (FVE {r['fve']:.3f}, KL {r['kl_bits']:.4f} "
               "bits)")
         if "best_words" in r:
@@ -262,6 +314,10 @@ def run_talk_explain(cfg: TalkExplainCommand) -> int:
         print(f"  logit lens:  {r['logit_lens']}")
         if "tuned_lens" in r:
             print(f"  tuned lens:  {r['tuned_lens']}")
+        if "world_fact" in r:
+            print(f"  world fact:  {r['world_fact']}")
+    if cfg.page:
+        print(f"page: {cfg.page}")
     return 0
 
 

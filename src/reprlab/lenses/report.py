@@ -38,13 +38,36 @@ def loss_figure(history: list[dict[str, Any]]) -> Any:
     axes[1].plot(steps, [h["fve_batch"] for h in history], lw=1.3)
     axes[1].set_title("FVE of the training batch")
     axes[1].set_ylim(bottom=max(-1.0, min(h["fve_batch"] for h in history)))
-    axes[2].plot(steps, [h["tau"] for h in history], lw=1.3, label="τ")
+    if any("tau" in h for h in history):
+        axes[2].plot(steps, [h.get("tau", float("nan")) for h in history], lw=1.3, label="τ")
     for key in sorted({k for h in history for k in h if k.startswith("w_")}):
         axes[2].plot(steps, [h[key] for h in history], lw=1.0, ls="--", label=key)
     axes[2].set_title("schedules")
-    axes[2].legend()
+    if axes[2].get_lines():
+        axes[2].legend()
     for ax in axes:
         ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def curve_figure(curves: list[dict[str, Any]], metrics: dict[str, Any]) -> Any:
+    """Held-out FVE per epoch of the lens, its shuffled and its empty explanation, with the
+    final baselines (current-token lookup, context echo, PCA) as horizontal lines."""
+    fig, ax = new_figure(6.5, 3.6)
+    x = [c["epoch"] for c in curves]
+    for key, label in (("fve", "lens"), ("fve_shuffled", "shuffled tokens"),
+                       ("fve_empty", "empty explanation")):
+        ax.plot(x, [c[key] for c in curves], marker="o", lw=1.4, label=label)
+    for key, label, style in (("fve_lookup", "current-token lookup", "--"),
+                              ("fve_context_echo", "context echo", ":"),
+                              ("fve_pca", "PCA (t components)", "-.")):
+        if key in metrics:
+            ax.axhline(metrics[key], color="#4b5563", ls=style, lw=1, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out FVE")
+    ax.set_ylim(bottom=max(-1.0, min([0.0] + [c["fve_shuffled"] for c in curves])))
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -20,13 +20,23 @@ from reprlab.errors import ConfigError, DataError, StoreError
 from reprlab.io import read_json, read_lines
 from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
-from reprlab.lenses.report import loss_figure, tuned_figure
-from reprlab.lenses.talk import TalkativeLens, read_activation
-from reprlab.lenses.talk_data import describe, dump, load_dump
-from reprlab.lenses.talk_eval import evaluate_talk
-from reprlab.lenses.talk_train import TalkConfig, train_talk
-from reprlab.lenses.tuned import TunedLens
-from reprlab.lenses.tuned_train import TunedTrainConfig, evaluate_lenses, train_tuned
+from reprlab.lenses.report import curve_figure, loss_figure, tuned_figure
+from reprlab.lenses.talk.data import describe, dump, load_dump
+from reprlab.lenses.talk.evaluate import evaluate_talk
+from reprlab.lenses.talk.explanations import file_explanations, lens_explanations
+from reprlab.lenses.talk.facts import (
+    landmark_checks,
+    names_fact,
+    uses_landmark_phrasing,
+    world_fact,
+)
+from reprlab.lenses.talk.lens import TalkativeLens
+from reprlab.lenses.talk.splice import read_activation
+from reprlab.lenses.talk.train import TalkConfig, train_talk
+from reprlab.lenses.tuned.evaluate import evaluate_lenses
+from reprlab.lenses.tuned.fit import train_tuned
+from reprlab.lenses.tuned.lens import TunedLens
+from reprlab.lenses.tuned.train import TunedTrainConfig
 from reprlab.lenses.unembed import unembed
 from reprlab.models import LoadedModel, as_loaded
 from reprlab.report import RunDir
@@ -225,24 +235,47 @@ def _model_of(manifest: dict, device: str) -> LoadedModel:
 # -- talkative lens -----------------------------------------------------------------------
 def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/talk", *,
                   cfg: TalkConfig | None = None, store: str | Path | None = None,
-                  position: str = "random", max_length: int = 64, limit: int | None = None,
+                  position: str = "all", max_length: int = 64, limit: int | None = None,
                   best_of: int = 4, device: str = "cpu", progress: bool = True,
-                  tuned: str | Path | None = None, **overrides: Any) -> dict[str, Any] | None:
-    """Dump activations (or reuse a dump), train, evaluate, write a run directory.
+                  tuned: str | Path | None = None, explanations: str | Path | None = None,
+                  echo_epochs: float = 1.0, keep_landmark_phrasings: bool = False,
+                  **overrides: Any) -> dict[str, Any] | None:
+    """Dump activations (or reuse a dump), train, evaluate against the baselines, write a run
+    directory.
+
+    Training texts that use the landmark check's phrasings ("X stands in", "X is in the
+    country of") are left out (unless ``keep_landmark_phrasings``), so the check runs on
+    phrasings the lens never saw. The ``nla`` recipe's warm start reads the top tokens of the
+    tuned lens of ``tuned`` (a tuned-lens run) or the explanations of a file.
 
     Under ``torchrun`` / ``accelerate launch`` the processes split every step's batch and end
     with the lens of one process; rank 0 writes the run. Returns the results on rank 0 and
     ``None`` elsewhere. ``overrides`` set :class:`TalkConfig` fields
-    (``site="layers.2", tokens=4, steps=300``).
+    (``site="layers.2", tokens=4, epochs=3``).
     """
     cfg = replace(cfg or TalkConfig(), **overrides)
+    if cfg.recipe == "nla" and not tuned and not explanations:
+        raise ConfigError("--recipe nla needs warm-start explanations: pass --tuned RUN (a "
+                          "`reprlab lens tuned train` run) or --explanations FILE")
     settings = {**asdict(cfg), "position": position, "max_length": max_length,
-                "best_of": best_of}
+                "best_of": best_of, "tuned": str(tuned) if tuned else None,
+                "explanations": str(explanations) if explanations else None,
+                "echo_epochs": echo_epochs}
     check_out(out, "lens-talk", settings, resumable=STATE)  # before the model loads
     lm = as_loaded(model, device=dd.rank_device(device))
+    site_name = resolve_sites(lm, cfg.site)
+    if len(site_name) != 1:
+        raise ConfigError(f"--site names {len(site_name)} sites; give one, e.g. layers.2")
+    site_name = site_name[0].name
+    tuned_lens = _tuned_of(tuned) if tuned else None
     world = dd.init_from_env(lm.device)
     try:
         texts, desc = load_texts(data, limit)
+        left_out = 0
+        if not keep_landmark_phrasings:
+            kept = [t for t in texts if not uses_landmark_phrasing(t)]
+            left_out = len(texts) - len(kept)
+            texts = kept
         out = Path(out)
         dump_dir = Path(store) if store else out / "data"
         run = None
@@ -251,34 +284,74 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
                                                                        lm.device),
                                 inputs={"model": lm.identity(), "data": desc}, seed=cfg.seed,
                                 resumable=STATE)
-            data_ = dump(lm, texts, resolve_sites(lm, cfg.site)[0].name, dump_dir,
-                         position=position, seed=cfg.seed,
-                         max_length=lm.clamp_length(max_length),
-                         progress=progress)
+            data_ = dump(lm, texts, site_name, dump_dir, position=position, seed=cfg.seed,
+                         max_length=lm.clamp_length(max_length), progress=progress)
         dd.barrier(world)
         if not world.main:  # read what rank 0 dumped, writing nothing
             data_ = load_dump(dump_dir, lm)
+        expl = None
+        if cfg.recipe == "nla":
+            expl = (file_explanations(explanations, lm.tokenizer, len(data_), cfg.tokens)
+                    if explanations else
+                    lens_explanations(lm, tuned_lens, data_, cfg.tokens))
         lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,
-                                          state_path=out / STATE)
+                                          state_path=out / STATE, explanations=expl)
         if not world.main:
             return None
         lens.save(out / "lens")
         run.files += ["lens.safetensors", "lens.json", "train_state.safetensors"]
-        metrics = evaluate_talk(lm, lens, data_, facts["eval_indices"], best_of=best_of,
-                                seed=cfg.seed)
-        tuned_lens = load_lens(Path(tuned) / "lens") if tuned else None
+        facts["texts_left_out_for_the_landmark_check"] = left_out
+        eval_idx = facts["eval_indices"]
+        held = set(eval_idx)
+        train_idx = [i for i in range(len(data_)) if i not in held]
+        metrics = evaluate_talk(lm, lens, data_, eval_idx, train_idx=train_idx,
+                                best_of=best_of, seed=cfg.seed, echo_epochs=echo_epochs)
         examples = explain_rows(lm, lens, [PROBE_TEXT] + _examples(data_, 5),
                                 tuned_lens, best_of=best_of)
         probe = examples[0]
         probe["mentions_paris_or_france"] = any(
             w in (probe["explanation"] + " " + probe.get("best_words", "")).lower()
             for w in PROBE_WORDS)
+        landmarks = landmark_check(lm, lens, tuned_lens)
         results = {"metrics": metrics, "history": history, "data": describe(data_),
-                   "facts": facts, "examples": examples, "probe": probe}
+                   "facts": facts, "curves": facts["curves"], "examples": examples,
+                   "probe": probe, "landmarks": landmarks}
         _talk_report(run, results, lm.name, cfg, _spec(model, lm), _spec(data, None))
         return results
     finally:
         dd.shutdown(world)
+
+
+def _tuned_of(tuned: str | Path) -> TunedLens:
+    path = Path(tuned)
+    lens = load_lens(path / "lens" if path.is_dir() else path)
+    if not isinstance(lens, TunedLens):
+        raise StoreError(f"{tuned} holds a {lens.kind} lens, not a tuned lens; give a "
+                         "`reprlab lens tuned train` run")
+    return lens
+
+
+def landmark_check(lm: LoadedModel, lens: TalkativeLens, tuned: TunedLens | None = None
+                   ) -> dict[str, Any]:
+    """The explanation at the last token of each held-out landmark prompt, and whether it
+    names the landmark's city or country (the toy world's facts; empty for other models)."""
+    try:
+        checks = landmark_checks()
+    except Exception:  # noqa: BLE001 - no toy world: nothing to check
+        return {}
+    if not checks:
+        return {}
+    rows = explain_rows(lm, lens, [c["text"] for c in checks], tuned)
+    out = []
+    hits = 0
+    for c, r in zip(checks, rows, strict=True):
+        ok = names_fact(r["ids"], c, lm.tokenizer)
+        hits += ok
+        out.append({"text": c["text"], "explanation": r["explanation"], "city": c["city"],
+                    "country": c["country"], "names_city_or_country": ok,
+                    "logit_lens": r.get("logit_lens"), "tuned_lens": r.get("tuned_lens"),
+                    "fve": r["fve"]})
+    return {"rows": out, "share": hits / len(out), "n": len(out)}
 
 
 def _examples(data: Any, n: int) -> list[str]:
@@ -293,25 +366,42 @@ def _talk_report(run: RunDir, results: dict, name: str, cfg: TalkConfig,
         run.write_csv("history.csv", results["history"])
         run.figure(loss_figure(results["history"]), "training.png",
                    "losses, batch FVE and schedules per step", "Training")
+    if results.get("curves"):
+        run.write_csv("curves.csv", results["curves"])
+        run.figure(curve_figure(results["curves"], m), "curves.png",
+                   "held-out FVE per epoch: the lens, its shuffled and empty explanations; "
+                   "the final baselines as lines", "Learning curves")
     if m:
-        rows = [{"reconstruction": "generated tokens (greedy)", "FVE": m["fve"]},
-                {"reconstruction": f"best of {m['best_of']} samples",
-                 "FVE": m[f"fve_best_of_{m['best_of']}"]},
-                {"reconstruction": "generated tokens shuffled", "FVE": m["fve_shuffled"]},
-                {"reconstruction": "another sample's tokens", "FVE": m["fve_other_sample"]},
-                {"reconstruction": "original context tokens", "FVE": m["fve_original_tokens"]}]
+        nan = float("nan")
+        rows = [{"reconstruction": r["name"], "FVE": r["fve"],
+                 "FVE 95% low": r.get("fve_lo", nan), "FVE 95% high": r.get("fve_hi", nan),
+                 "KL (bits)": r.get("kl_bits", nan)} for r in m["baselines"]]
         run.write_csv("baselines.csv", rows)
         run.table("Reconstruction vs baselines (held-out samples)", rows,
-                  f"normalised RMSE {m['nrmse']:.3f}; KL with the reconstruction spliced in "
-                  f"{m['kl_bits']:.4f} bits; {m['token_usage']['distinct']} distinct tokens")
-    ex = [{k: v for k, v in r.items() if k != "words"} for r in results["examples"]]
+                  f"{m['samples']} held-out samples; the lens explains "
+                  f"{m['share_of_lookup_residual']:.3f} of what the current-token lookup "
+                  f"leaves; normalised RMSE {m['nrmse']:.3f}; "
+                  f"{m['token_usage']['distinct']} distinct tokens")
+    lmk = results.get("landmarks") or {}
+    if lmk:
+        run.write_csv("landmarks.csv", lmk["rows"])
+        run.table("Held-out landmark prompts (last token)", lmk["rows"],
+                  f"names the right city or country in {lmk['share']:.2f} of {lmk['n']}")
+    ex = [{k: v for k, v in r.items() if k not in ("words", "ids")}
+          for r in results["examples"]]
     run.write_csv("examples.csv", ex)
     run.table("Example explanations", ex)
     p = results["probe"]
-    summary = (f"FVE {m.get('fve', float('nan')):.3f} on held-out activations (shuffled tokens "
-               f"{m.get('fve_shuffled', float('nan')):.3f}). '{PROBE_TEXT}' -> "
+    look = m.get("fve_lookup", float("nan"))
+    echo = m.get("fve_context_echo", float("nan"))
+    summary = (f"{cfg.recipe} recipe: FVE {m.get('fve', float('nan')):.3f} on held-out "
+               f"activations (current-token lookup {look:.3f}, context echo {echo:.3f}, "
+               f"shuffled tokens {m.get('fve_shuffled', float('nan')):.3f}, empty "
+               f"{m.get('fve_empty', float('nan')):.3f}). '{PROBE_TEXT}' -> "
                f"'{p['explanation']}' (mentions Paris or France: "
-               f"{'yes' if p['mentions_paris_or_france'] else 'no'}).")
+               f"{'yes' if p['mentions_paris_or_france'] else 'no'})"
+               + (f"; held-out landmark prompts named right: {lmk['share']:.2f}." if lmk
+                  else "."))
     extra = {"model_spec": model_spec, "data_spec": data_spec}
     run.finish(results, title=f"Talkative lens · {name} · {cfg.site}", summary=summary,
                extra_manifest=extra)
@@ -333,20 +423,78 @@ def explain_rows(lm: LoadedModel, lens: TalkativeLens, texts: list[str],
         top = logits.float().softmax(-1).topk(top_k, dim=-1).indices
         for i, r in enumerate(rows):
             r[name] = " ".join(lm.tokenizer.decode([int(t)]).strip() for t in top[i])
+    for r in rows:
+        fact = world_fact(r["text"])
+        if fact is not None:
+            r["world_fact"] = fact["answer"]
     return rows
 
 
-def talk_explain(run_dir: str | Path, texts: list[str], *, position: int = -1,
+def talk_explain(run_dir: str | Path, texts: list[str], *, position: int | None = None,
                  best_of: int = 1, tuned: str | Path | None = None, device: str = "cpu"
                  ) -> list[dict[str, Any]]:
-    """Explain activations of new texts with a trained talkative lens."""
+    """Explain activations of new texts with a trained talkative lens: at ``position`` of
+    each text, or (``None``) at every token that is not a special token, one row each with
+    ``position``, ``token``, ``explanation`` (the lens's own words), ``fve``, ``kl_bits``,
+    the logit (and tuned) lens's top tokens and, for a toy-world prompt at its last token,
+    ``world_fact``."""
     run_dir = Path(run_dir)
     RunDir.load_results(run_dir)
     manifest = read_json(run_dir / "manifest.json")
     _require_workflow(run_dir, manifest, "lens-talk")
     lm = _model_of(manifest, device)
     lens = load_lens(run_dir / "lens", lm=lm)
-    tl = None
-    if tuned:
-        tl = load_lens(Path(tuned) / "lens")
-    return explain_rows(lm, lens, texts, tl, position=position, best_of=best_of)
+    tl = _tuned_of(tuned) if tuned else None
+    if position is not None:
+        return explain_rows(lm, lens, texts, tl, position=position, best_of=best_of)
+    from reprlab.lenses.talk.data import special_ids
+
+    special = special_ids(lm.tokenizer)
+    out = []
+    for text in texts:
+        ids = lm.encode([text])["input_ids"][0].tolist()
+        positions = [p for p, i in enumerate(ids) if i not in special]
+        last = positions[-1] if positions else None
+        for p in positions:
+            r = explain_rows(lm, lens, [text], tl, position=p, best_of=best_of)[0]
+            fact = r.pop("world_fact", None)
+            row = {"text": text, "position": p, "token": r["token"],
+                   "explanation": r["explanation"], "fve": r["fve"], "kl_bits": r["kl_bits"],
+                   **{k: r[k] for k in ("logit_lens", "tuned_lens", "best_of", "best_words",
+                                        "best_fve")
+                      if k in r}}
+            if fact is not None and p == last:
+                row["world_fact"] = fact
+            out.append(row)
+    return out
+
+
+def explain_page(rows: list[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """A self-contained HTML page of per-token explanations (one table per text)."""
+    import html
+
+    from reprlab.io import atomic_write_text
+
+    cols = ["position", "token", "explanation", "fve", "logit_lens", "tuned_lens",
+            "world_fact"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;"
+             "margin-bottom:2em}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "td.num{text-align:right}</style>", f"<h1>{html.escape(title)}</h1>"]
+    for text in dict.fromkeys(r["text"] for r in rows):
+        parts.append(f"<h2>{html.escape(text)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        for r in (r for r in rows if r["text"] == text):
+            cells = []
+            for c in cols:
+                v = r.get(c, "")
+                if isinstance(v, float):
+                    cells.append(f"<td class='num'>{v:.3f}</td>")
+                else:
+                    cells.append(f"<td>{html.escape(str(v))}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+    p = Path(path)
+    atomic_write_text(p, "\n".join(parts) + "\n")
+    return p

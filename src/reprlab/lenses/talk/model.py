@@ -11,10 +11,18 @@ or naively (the whole prefix again for every token); both give the same tokens a
 Encoder: a soft prompt, then the tokens' embeddings (one-hot × the encoder's table); the state
 of the last token at block ``encoder_layer`` goes through ``proj_out`` (d×d, identity at init)
 to give the reconstruction Â.
+
+Scale matching: residual activations are far larger than token embeddings (norm ≈ 230 against
+≈ 1 at the toy's middle layers), so the activation is multiplied by ``scale`` (a power of two
+near mean embedding norm / mean activation norm) before ``proj_in``, and the encoder's state
+goes through ``proj_out`` at that same scale and is divided by it again: the projections work
+at the embeddings' scale, and since the factor is a power of two, scaling in and back out is
+exact in floating point.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +65,24 @@ def straight_through(logits: torch.Tensor, tau: float,
     return _StraightThrough.apply(soft, z.argmax(-1))
 
 
+def matching_scale(activation_norm: float, embedding_norm: float) -> float:
+    """The power of two nearest ``embedding_norm / activation_norm`` (1.0 for bad input)."""
+    if not (activation_norm > 0 and embedding_norm > 0) or not math.isfinite(
+            activation_norm / embedding_norm):
+        return 1.0
+    return float(2.0 ** round(math.log2(embedding_norm / activation_norm)))
+
+
+def to_embedding_scale(a: torch.Tensor, scale: float) -> torch.Tensor:
+    """Activations ``[..., d]`` at the embeddings' scale (``a · scale``)."""
+    return a * scale
+
+
+def from_embedding_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Back from the embeddings' scale (``x / scale``); exact inverse for a power of two."""
+    return x / scale
+
+
 def identity_linear(d_in: int, d_out: int, allow_rect: bool) -> nn.Linear:
     lin = nn.Linear(d_in, d_out)
     with torch.no_grad():
@@ -86,8 +112,9 @@ class TalkModule(nn.Module):
     def __init__(self, decoder: nn.Module, encoder: nn.Module, d_target: int,
                  prompt_ids: list[int], marker: int, encoder_prompt_ids: list[int],
                  encoder_layer: int, *, train_decoder: bool = True, train_encoder: bool = True,
-                 allow_rect: bool = False):
+                 allow_rect: bool = False, scale: float = 1.0):
         super().__init__()
+        self.scale = float(scale)
         self.decoder, self.encoder = decoder, encoder
         d_dec = decoder.get_input_embeddings().weight.shape[1]
         d_enc = encoder.get_input_embeddings().weight.shape[1]
@@ -139,7 +166,7 @@ class TalkModule(nn.Module):
     def prefix(self, a: torch.Tensor) -> torch.Tensor:
         """Decoder input embeddings ``[B, L, d_dec]`` with ``proj_in(a)`` at the marker."""
         b = a.shape[0]
-        slot = self.proj_in(a.to(self.proj_in.weight.dtype))[:, None]
+        slot = self.proj_in(to_embedding_scale(a.to(self.proj_in.weight.dtype), self.scale))[:, None]
         p = self.dec_prompt[None].expand(b, -1, -1)
         return torch.cat([p[:, : self.marker], slot, p[:, self.marker + 1:]], dim=1)
 
@@ -169,19 +196,32 @@ class TalkModule(nn.Module):
                 seq = torch.cat([seq, e], dim=1)
         return Generation(torch.stack(onehots, 1), torch.stack(logits, 1))
 
+    def score(self, a: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder logits ``[B, t, V]`` for the tokens ``ids [B, t]``: entry
+        ``i`` is the distribution the decoder gave token ``i`` after the prefix and ``ids[:, :i]``
+        (one forward; what sampling would have seen)."""
+        emb = self.decoder.get_input_embeddings().weight
+        seq = self.prefix(a)
+        x = torch.cat([seq, emb[ids[:, :-1]]], dim=1)
+        logits = self.decoder(inputs_embeds=x, use_cache=False).logits
+        n = seq.shape[1]
+        return logits[:, n - 1: n - 1 + ids.shape[1]].float()
+
     # -- encoder ---------------------------------------------------------------------------
     def encode(self, onehots: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``[B, d]`` from token one-hots ``[B, t, V]`` (or ids ``[B, t]``)."""
+        """Reconstruction ``[B, d]`` from token one-hots ``[B, t, V]`` (or ids ``[B, t]``;
+        ``t`` may be 0: the empty explanation, the encoder's prompt alone)."""
         emb = self.encoder.get_input_embeddings().weight
         if onehots.dtype in (torch.long, torch.int32, torch.int64):
             x = emb[onehots]
         else:
             x = onehots.to(emb.dtype) @ emb
-        if self.has_enc_prompt:
+        if self.has_enc_prompt or x.shape[1] == 0:
             x = torch.cat([self.enc_prompt[None].expand(x.shape[0], -1, -1), x], dim=1)
         with hooks.record(self.encoder, [self._enc_site], detach=False, stop=True) as cache:
             hooks.run_until_stop(lambda: self.encoder(inputs_embeds=x, use_cache=False))
-        return self.proj_out(cache[self._enc_site.name][:, -1])
+        h = to_embedding_scale(cache[self._enc_site.name][:, -1], self.scale)
+        return from_embedding_scale(self.proj_out(h), self.scale)
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

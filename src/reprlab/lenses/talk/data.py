@@ -2,10 +2,12 @@
 
 A dump directory holds an :class:`~reprlab.store.ActivationStore` captured at the site with
 position ``all`` (every token's activation), and ``samples.safetensors``: the pretokenised
-inputs (``input_ids [N, T]`` right-padded, ``lengths [N]``) and one sampled position per row
-(``row, pos``) with a partner from another sequence (``row2, pos2``) for resample ablation.
-``samples.json`` records the request; the same request again is a cache hit that runs no
-forward pass of the target model.
+inputs (``input_ids [N, T]`` right-padded, ``lengths [N]``) and the samples (``row, pos``):
+by default every token position of every text except special tokens (bos, eos, pad: their
+outlier activations would flatter any method), or one position per text (``random`` or an
+index). Each sample has a partner from another sequence (``row2, pos2``) for resample
+ablation. ``samples.json`` records the request; the same request again is a cache hit that
+runs no forward pass of the target model.
 """
 
 from __future__ import annotations
@@ -48,6 +50,36 @@ class LensData:
         return int(self.row.numel())
 
     @property
+    def token(self) -> torch.Tensor:
+        """The token id at each sample ``[N]``."""
+        return self.input_ids[self.row, self.pos]
+
+    def split(self, eval_rows: int) -> tuple[list[int], list[int]]:
+        """Training and held-out sample indices, split by whole texts: the held-out samples are
+        those of the last texts, as few texts as give at least ``eval_rows`` samples (a text's
+        positions never sit on both sides)."""
+        if eval_rows <= 0 or len(self) < 2:
+            return list(range(len(self))), []
+        rows = self.row.tolist()
+        order = sorted(set(rows))
+        held: set[int] = set()
+        count = 0
+        for r in reversed(order[1:]):  # keep at least one text to train on
+            held.add(r)
+            count += rows.count(r)
+            if count >= eval_rows:
+                break
+        train = [i for i, r in enumerate(rows) if r not in held]
+        return train, [i for i, r in enumerate(rows) if r in held]
+
+    def stats(self, idx: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean [d], variance [])`` of the samples ``idx``: the predict-the-mean baseline
+        and the MSE normaliser (mean over dimensions of the per-dimension variance)."""
+        a = self.a[torch.as_tensor(idx, dtype=torch.long)]
+        mean = a.mean(0)
+        return mean, ((a - mean) ** 2).mean()
+
+    @property
     def mean(self) -> torch.Tensor:
         return self.a.mean(0)
 
@@ -66,6 +98,7 @@ class LensData:
 
 def _sample_positions(lengths: torch.Tensor, position: str, min_position: int,
                       g: torch.Generator) -> torch.Tensor:
+    """One position per text: ``random`` (at least ``min_position``) or a token index."""
     if position == "random":
         lo = torch.full_like(lengths, min_position).clamp(max=lengths - 1)
         u = torch.rand(lengths.shape, generator=g)
@@ -73,15 +106,52 @@ def _sample_positions(lengths: torch.Tensor, position: str, min_position: int,
     try:
         k = int(position)
     except ValueError:
-        raise ConfigError(f"--position must be 'random' or a token index, got {position!r}") from None
+        raise ConfigError(f"--position must be all, random or a token index, got "
+                          f"{position!r}") from None
     p = torch.where(torch.tensor(k) < 0, lengths + k, torch.full_like(lengths, k))
     return p.clamp(min=0).minimum(lengths - 1)
 
 
+def all_positions(input_ids: torch.Tensor, lengths: torch.Tensor, special: set[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row, pos)`` of every real token that is not a special token."""
+    rows, cols = [], []
+    for r in range(input_ids.shape[0]):
+        for p in range(int(lengths[r])):
+            if int(input_ids[r, p]) not in special:
+                rows.append(r)
+                cols.append(p)
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+
+
+def _partners(row: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """For each sample, the index of a sample from another text (drawn uniformly)."""
+    n = row.numel()
+    out = torch.empty(n, dtype=torch.long)
+    for i in range(n):
+        for _ in range(64):
+            j = int(torch.randint(0, n, (1,), generator=g))
+            if row[j] != row[i]:
+                break
+        out[i] = j
+    return out
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """The tokenizer's special token ids (bos, eos, pad, unk, ...)."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        v = getattr(tokenizer, name, None)
+        if v is not None:
+            ids.add(int(v))
+    return {int(i) for i in ids}
+
+
 def dump(lm: LoadedModel, texts: list[str], site: str, out: str | Path, *,
-         position: str = "random", min_position: int = 1, seed: int = 0, max_length: int = 64,
+         position: str = "all", min_position: int = 1, seed: int = 0, max_length: int = 64,
          progress: bool = True, data_hash: str = "") -> LensData:
-    """Capture (or reuse) the activations at ``site`` and sample training positions."""
+    """Capture (or reuse) the activations at ``site`` and list the samples: every
+    non-special position (``all``) or one position per text."""
     from reprlab.capture import capture
 
     if len(texts) < 2:
@@ -94,7 +164,7 @@ def dump(lm: LoadedModel, texts: list[str], site: str, out: str | Path, *,
                     max_length=max_length, progress=progress, batch_size=16)
     site_name = store.sites[0]
     request = {"store": store.manifest["request_id"], "position": position,
-               "min_position": min_position, "seed": seed}
+               "min_position": min_position, "seed": seed, "samples": 2}
     rid = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:20]
     samples = out / "samples.safetensors"
     meta = out / "samples.json"
@@ -113,11 +183,21 @@ def dump(lm: LoadedModel, texts: list[str], site: str, out: str | Path, *,
             input_ids[r, : len(x)] = torch.tensor(x)
         g = torch.Generator().manual_seed(seed)
         n = len(ids)
-        row = torch.arange(n)
-        pos = _sample_positions(lengths, position, min_position, g)
-        shift = torch.randint(1, n, (n,), generator=g)
-        row2 = (row + shift) % n  # always another sequence
-        pos2 = _sample_positions(lengths[row2], position, min_position, g)
+        special = special_ids(tok)
+        if position == "all":
+            row, pos = all_positions(input_ids, lengths, special)
+            if row.numel() == 0:
+                raise DataError("the texts hold no token but special tokens; give real text")
+            if len(set(row.tolist())) < 2:
+                raise DataError("the talkative lens needs at least 2 texts with real tokens")
+            partner = _partners(row, g)
+            row2, pos2 = row[partner], pos[partner]
+        else:
+            row = torch.arange(n)
+            pos = _sample_positions(lengths, position, min_position, g)
+            shift = torch.randint(1, n, (n,), generator=g)
+            row2 = (row + shift) % n  # always another sequence
+            pos2 = _sample_positions(lengths[row2], position, min_position, g)
         from safetensors.torch import save
 
         atomic_write_bytes(samples, save({"input_ids": input_ids, "lengths": lengths,

@@ -40,7 +40,10 @@ def resample_splice(a_hat: torch.Tensor, a_other: torch.Tensor, a_other_hat: tor
 
 
 #: loss name -> (sign in the total, function name for the report)
-SIGNS: dict[str, float] = {"kl": 1.0, "mse": 1.0, "lm": 1.0, "entropy": -1.0}
+SIGNS: dict[str, float] = {"kl": 1.0, "mse": 1.0, "lm": 1.0, "entropy": -1.0,
+                           # the nla recipe: warm-start cross-entropy, GRPO policy loss and
+                           # the KL to the warm-start decoder (see :mod:`.grpo`)
+                           "ce": 1.0, "pg": 1.0, "kl_ref": 1.0}
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "kl": consistency_kl,

@@ -7,32 +7,16 @@ layer keeps the identity: its logit-lens reading already is the model's output.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
-from torch import nn
 
 from reprlab.lenses.base import register
 from reprlab.lenses.logit import LogitLens, model_summary
+from reprlab.lenses.tuned.train import fit_translators
+from reprlab.lenses.tuned.translators import Translators, translate
 from reprlab.lenses.unembed import layer_names
 from reprlab.models import LoadedModel
-
-
-def translate(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Residual translator: ``h [..., d] -> h + h Wᵀ + b`` with ``W [d, d]``, ``b [d]``."""
-    return h + h @ weight.T + bias
-
-
-class Translators(nn.Module):
-    """Trainable translators for every layer but the last: ``weight [L-1, d, d]``, ``bias``."""
-
-    def __init__(self, n_layers: int, d: int, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(n_layers - 1, d, d, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(n_layers - 1, d, dtype=dtype))
-
-    def forward(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        if layer >= self.weight.shape[0]:
-            return h
-        return translate(h, self.weight[layer].to(h.dtype), self.bias[layer].to(h.dtype))
 
 
 @register
@@ -44,14 +28,12 @@ class TunedLens(LogitLens):
     @classmethod
     def fit(cls, lm: LoadedModel, texts: list[str] | None = None, cfg=None,
             **kwargs) -> TunedLens:
-        """Train translators on ``texts`` (see :func:`tuned_train.train_tuned`)."""
-        import importlib
-
+        """Train translators on ``texts`` (see :func:`reprlab.lenses.tuned.train.fit_translators`)."""
         if texts is None:
             raise TypeError("TunedLens.fit(lm, texts, cfg) needs texts to train on")
-        # the trainer builds on this module, so it is looked up by name when fitting
-        trainer = importlib.import_module("reprlab.lenses.tuned_train")
-        return trainer.train_tuned(lm, texts, cfg, **kwargs)[0]
+        translators, history, cfg = fit_translators(lm, texts, cfg, **kwargs)
+        return cls.from_translators(lm, translators, {**asdict(cfg),
+                                                       "history_len": len(history)})
 
     @classmethod
     def identity(cls, lm: LoadedModel) -> TunedLens:

@@ -1,5 +1,6 @@
 """Fit a tuned lens (KL(final ‖ lens) summed over layers, a tokens-per-step budget, SGD with
-Nesterov momentum or Adam, resumable) and evaluate logit and tuned lenses layer by layer.
+Nesterov momentum or Adam, resumable). The loop returns the translators; :mod:`.fit` wraps
+them in a :class:`~reprlab.lenses.tuned.lens.TunedLens`.
 
 Data-parallel under ``torchrun`` / ``accelerate launch`` (:mod:`reprlab.distributed`): every
 process walks the same order of texts and the same micro-batches of ``batch_size`` texts, and
@@ -18,7 +19,6 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -26,15 +26,11 @@ from tqdm.auto import tqdm
 import reprlab.distributed as dd
 from reprlab.cliutil import finite_fields
 from reprlab.errors import ConfigError, DataError
-from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.metrics import (
     LN2,
-    cross_entropy_logits,
-    entropy_logits,
     kl_from_logp,
-    kl_logits,
 )
-from reprlab.lenses.tuned import Translators, TunedLens
+from reprlab.lenses.tuned.translators import Translators
 from reprlab.lenses.unembed import forward_states, layer_names, unembed
 from reprlab.models import LoadedModel
 from reprlab.sweeps.progress import report as report_step
@@ -88,13 +84,6 @@ class TunedTrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
 
-def encode_batches(lm: LoadedModel, texts: list[str], batch_size: int,
-                   max_length: int) -> list[dict]:
-    """Right-padded input batches of ``texts`` in the given order."""
-    return [lm.encode(texts[i:i + batch_size], padding_side="right", max_length=max_length)
-            for i in range(0, len(texts), batch_size)]
-
-
 def tuned_loss(lm: LoadedModel, translators: Translators, states: list[torch.Tensor],
                final_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ over layers (but the last) of Σ over real tokens of KL(final ‖ lens), in nats."""
@@ -138,17 +127,18 @@ def _micro_batch(lm: LoadedModel, translators: Translators, texts: list[str],
     return int(mask.sum()), float(loss.detach())
 
 
-def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None = None, *,
-                state_path: str | Path | None = None, progress: bool = True,
-                stop_after: int | None = None, world: dd.World | None = None
-                ) -> tuple[TunedLens, list[dict]]:
-    """Fit translators on ``texts``; returns the lens and the loss history per step.
+def fit_translators(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None = None,
+                    *, state_path: str | Path | None = None, progress: bool = True,
+                    stop_after: int | None = None, world: dd.World | None = None
+                    ) -> tuple[Translators, list[dict], TunedTrainConfig]:
+    """Fit translators on ``texts``; returns them (on the CPU), the loss history per step and
+    the settings used.
 
     With ``state_path`` the run checkpoints every ``cfg.checkpoint_every`` steps and resumes
     from the file when it exists. ``stop_after`` (a test aid; also ``REPRLAB_STOP_AFTER``)
     interrupts the run after that step's checkpoint. With a ``world`` of several processes
     (:func:`reprlab.distributed.init_from_env`) every rank calls this with the same texts and
-    settings; each runs its slice of every micro-batch, all return the same lens and history,
+    settings; each runs its slice of every micro-batch, all return the same translators and history,
     and only rank 0 writes ``state_path``.
     """
     cfg = cfg or TunedTrainConfig()
@@ -224,46 +214,4 @@ def train_tuned(lm: LoadedModel, texts: list[str], cfg: TunedTrainConfig | None 
                 raise KeyboardInterrupt
     finally:
         bar.close()
-    lens = TunedLens.from_translators(lm, translators.cpu(), {**asdict(cfg), "history_len":
-                                                              len(history)})
-    return lens, history
-
-
-def evaluate_lenses(lm: LoadedModel, lenses: dict[str, LogitLens], texts: list[str], *,
-                    batch_size: int = 8, max_length: int = 128,
-                    progress: bool = False) -> list[dict[str, Any]]:
-    """Per layer and lens: KL(final ‖ lens), cross-entropy of the next token and entropy, in
-    bits per token, averaged over every real token (CE over tokens that have a next token)."""
-    names = layer_names(lm)
-    sums: dict[tuple[str, int, str], float] = {}
-    n_tok, n_ce = 0, 0
-    final_ce = 0.0
-    moved = {k: v.to(lm.device) for k, v in lenses.items()}
-    for batch in tqdm(encode_batches(lm, texts, batch_size, max_length), desc="lens eval",
-                      disable=not progress):
-        states, final = forward_states(lm, batch)
-        mask = batch["attention_mask"].bool()
-        ids = batch["input_ids"]
-        nxt = mask[:, 1:] & mask[:, :-1]
-        n_tok += int(mask.sum())
-        n_ce += int(nxt.sum())
-        final_ce += float(cross_entropy_logits(final[:, :-1], ids[:, 1:])[nxt].sum())
-        with torch.no_grad():
-            for lname, lens in moved.items():
-                for i, h in enumerate(states):
-                    lg = lens.logits(lm, h, i)
-                    vals = {"kl": kl_logits(final, lg)[mask].sum(),
-                            "entropy": entropy_logits(lg)[mask].sum(),
-                            "ce": cross_entropy_logits(lg[:, :-1], ids[:, 1:])[nxt].sum()}
-                    for k, v in vals.items():
-                        sums[(lname, i, k)] = sums.get((lname, i, k), 0.0) + float(v)
-    rows = []
-    for i, name in enumerate(names):
-        row: dict[str, Any] = {"layer": name}
-        for lname in lenses:
-            row[f"{lname}_kl_bits"] = sums[(lname, i, "kl")] / n_tok / LN2
-            row[f"{lname}_ce_bits"] = sums[(lname, i, "ce")] / max(1, n_ce) / LN2
-            row[f"{lname}_entropy_bits"] = sums[(lname, i, "entropy")] / n_tok / LN2
-        row["model_ce_bits"] = final_ce / max(1, n_ce) / LN2
-        rows.append(row)
-    return rows
+    return translators.cpu(), history, cfg
