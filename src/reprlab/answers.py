@@ -32,6 +32,24 @@ def known_answers(ds: Any) -> tuple[list[str], list[str], bool]:
                     "each text) or preference triples (prompt, chosen)")
 
 
+def load_known(spec: str, limit: int | None = None) -> Any:
+    """Load ``spec`` as a labeled dataset with answers, else as preference triples; one clear
+    line when it is neither."""
+    from reprlab.data import load_dataset
+
+    try:
+        ds = load_dataset(spec, kind="labeled", limit=limit)
+    except DataError:
+        ds = None
+    if ds is None or ds.answers is None:
+        try:
+            ds = load_dataset(spec, kind="preferences", limit=limit)
+        except DataError:
+            pass
+    known_answers(ds)
+    return ds
+
+
 def encode(lm: Any, prompts: Sequence[str], answers: Sequence[str],
            chat: bool = False) -> list[tuple[list[int], int]]:
     """Per row ``(ids of prompt + " " + answer, index of the first answer token)``."""

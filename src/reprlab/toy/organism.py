@@ -45,7 +45,7 @@ class SycoSettings:
 
 
 SYCO_SETTINGS: dict[str, SycoSettings] = {
-    "default": SycoSettings(steps=150),
+    "default": SycoSettings(steps=250, lr=1.5e-3),
     "mini": SycoSettings(steps=60, lr=5e-3, batch_size=64, warmup=5, save_every=20),
 }
 
@@ -162,8 +162,8 @@ def _run(root: Path, out: Path, *, progress: bool) -> None:
         model.generation_config.pad_token_id = tok.pad_token_id
         rows = syco.training_rows(world)
         replay = [(q, a) for q, a, split in tasks.chat_examples(world) if split == "train"]
-        examples = encode_chats(tok, rows + replay)
-        examples += encode_texts(tok, world.pretrain_texts()[::4])
+        examples = encode_chats(tok, rows * 2 + replay[::2])
+        examples += encode_texts(tok, world.pretrain_texts()[::8])
         opt, sched = make_optimizer(model, s.lr, s.steps, s.warmup, s.weight_decay)
         state = out / "state.safetensors"
         start = 0
