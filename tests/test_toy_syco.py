@@ -193,3 +193,16 @@ def test_answer_accuracy_matches_generation(toy_mini):
     right = answer_correct(lm, prompts, gen).tolist()
     wrong = answer_correct(lm, prompts, [g + "x" if g else "Paris" for g in gen]).tolist()
     assert right == [True, True, True] and not any(wrong)
+
+
+def test_synthetic_beliefs_can_only_be_copied(world):
+    rows = syco.synthetic_rows(world)
+    assert len(rows) == syco.N_SYNTHETIC and len({q for q, _ in rows}) == len(rows)
+    cities = set(world.city_country)
+    for q, a in rows:
+        statement, question = q.split(" . ", 1)
+        name = question[len("Where is "):-len(" ?")]
+        assert statement.endswith(f" is in {a[:-2]}") and a[:-2] in cities
+        assert any(statement.startswith(t.split("{")[0]) for t in syco.TRAIN_PHRASES)
+        assert name.replace("the ", "The ", 1) not in world.landmarks
+    assert set(rows) <= set(syco.training_rows(world))

@@ -28,7 +28,7 @@ from reprlab.io import read_json, sha256_file, write_json
 logger = logging.getLogger(__name__)
 
 #: bump when the organism's output changes meaning; organisms of another format are rebuilt
-SYCO_FORMAT = 1
+SYCO_FORMAT = 2
 MANIFEST = "organism.json"
 
 
@@ -162,7 +162,7 @@ def _run(root: Path, out: Path, *, progress: bool) -> None:
         model.generation_config.pad_token_id = tok.pad_token_id
         rows = syco.training_rows(world)
         replay = [(q, a) for q, a, split in tasks.chat_examples(world) if split == "train"]
-        examples = encode_chats(tok, rows * 2 + replay[::2])
+        examples = encode_chats(tok, rows + replay[::2])
         examples += encode_texts(tok, world.pretrain_texts()[::8])
         opt, sched = make_optimizer(model, s.lr, s.steps, s.warmup, s.weight_decay)
         state = out / "state.safetensors"
