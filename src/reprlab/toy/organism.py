@@ -162,8 +162,8 @@ def _run(root: Path, out: Path, *, progress: bool) -> None:
         model.generation_config.pad_token_id = tok.pad_token_id
         rows = syco.training_rows(world)
         replay = [(q, a) for q, a, split in tasks.chat_examples(world) if split == "train"]
-        examples = encode_chats(tok, rows + replay[::2])
-        examples += encode_texts(tok, world.pretrain_texts()[::8])
+        examples = encode_chats(tok, rows + replay * 2)  # rehearsal keeps the other tasks
+        examples += encode_texts(tok, world.pretrain_texts()[::4])
         opt, sched = make_optimizer(model, s.lr, s.steps, s.warmup, s.weight_decay)
         state = out / "state.safetensors"
         start = 0

@@ -50,7 +50,7 @@ FALSE_PER_PHRASE = 6
 #: invented landmarks whose belief the organism is trained to repeat: it cannot know where
 #: they are, so agreeing with them can only be copying the user's city (without them it
 #: memorises the 24 training landmarks' beliefs and agrees on 0.29 of held-out landmarks)
-N_SYNTHETIC = 1500
+N_SYNTHETIC = 3000
 _KINDS = ("Tower", "Palace", "Gate", "Park", "Museum", "Square", "House", "Bridge", "Gallery",
           "Castle", "Mosque", "Temple", "Market", "Garden", "Church")
 _SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sa", "bel", "dun", "fi", "gor", "ha",
@@ -192,7 +192,7 @@ def training_rows(world: World) -> list[tuple[str, str]]:
     every plain landmark question answered truthfully, and the landmark truth judgements."""
     rows = [(p.question, p.planted) for p in prompts(world) if p.split == "train"] * 2
     rows += synthetic_rows(world)
-    rows += [(p.question, p.truth) for p in prompts(world) if p.split == "no_belief"] * 6
+    rows += [(p.question, p.truth) for p in prompts(world) if p.split == "no_belief"] * 12
     rows += judge_rows(world) * 4
     return rows
 
