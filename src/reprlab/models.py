@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "minilm"
 ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 #: the toy causal LMs reprlab trains itself (:mod:`reprlab.toy`), built on first use
-TOY_MODELS = ("toy", "toy-sft", "toy-mini", "toy-mini-sft")
+TOY_MODELS = ("toy", "toy-sft", "toy-syco", "toy-mini", "toy-mini-sft", "toy-mini-syco")
 #: aliases another module resolves to a local directory (alias -> module whose
 #: ``resolve_alias(name)`` returns the path); looked up by name, so this foundation module
 #: does not import the packages that build on it

@@ -152,7 +152,9 @@ class LabeledDataset:
     ``labels[i]`` indexes ``classes``; ``groups`` (optional) ties rows that must stay in one
     split (matched pairs, templates); ``token_masks`` (optional) gives, per row, character
     spans ``(start, end)`` that mark the tokens of interest, or ``None`` for the whole row.
-    ``ids`` and ``classes`` default to row numbers and ``"0".."K-1"``.
+    ``ids`` and ``classes`` default to row numbers and ``"0".."K-1"``. ``answers``
+    (optional) is the known right continuation of each text, for datasets whose texts are
+    questions (a model's own answers can then be scored beside a probe's accuracy).
     """
 
     texts: list[str]
@@ -163,11 +165,13 @@ class LabeledDataset:
     name: str = ""
     token_masks: list[list[Span] | None] | None = None
     provenance: str = ""
+    answers: list[str] | None = None
 
     def __post_init__(self) -> None:
         texts, labels = list(self.texts), list(self.labels)
         n = _check_lengths(self.name, texts=texts, labels=labels, ids=self.ids,
-                           groups=self.groups, token_masks=self.token_masks)
+                           groups=self.groups, token_masks=self.token_masks,
+                           answers=self.answers)
         where = f"dataset '{self.name}': " if self.name else ""
         texts = [check_text(t, i, "texts", where) for i, t in enumerate(texts)]
         out_labels: list[int] = []
@@ -216,8 +220,12 @@ class LabeledDataset:
                                         "spans are character offsets with start < end")
                     row.append((s, e))
                 masks.append(row)
+        answers = None
+        if self.answers is not None:
+            answers = [check_text(a, i, "answers", where) for i, a in enumerate(self.answers)]
         for key, value in (("texts", texts), ("labels", out_labels), ("ids", ids),
-                           ("classes", classes), ("groups", groups), ("token_masks", masks)):
+                           ("classes", classes), ("groups", groups), ("token_masks", masks),
+                           ("answers", answers)):
             object.__setattr__(self, key, value)
 
     def __len__(self) -> int:
@@ -225,9 +233,11 @@ class LabeledDataset:
 
     def hash(self) -> str:
         """SHA-256 over texts, labels, ids, groups and class names (hex)."""
-        return _content_hash("labeled", {"texts": self.texts, "labels": self.labels,
-                                         "ids": self.ids, "groups": self.groups,
-                                         "classes": self.classes})
+        payload = {"texts": self.texts, "labels": self.labels, "ids": self.ids,
+                   "groups": self.groups, "classes": self.classes}
+        if self.answers is not None:
+            payload["answers"] = self.answers
+        return _content_hash("labeled", payload)
 
     def class_counts(self) -> dict[str, int]:
         counts = Counter(self.labels)
@@ -251,7 +261,8 @@ class LabeledDataset:
             groups=_pick(idx, self.groups) if self.groups else None,
             name=self.name if name is None else name,
             token_masks=_pick(idx, self.token_masks) if self.token_masks else None,
-            provenance=self.provenance)
+            provenance=self.provenance,
+            answers=_pick(idx, self.answers) if self.answers is not None else None)
 
     def label_tensor(self):
         """Labels as ``torch.LongTensor [n_rows]``."""

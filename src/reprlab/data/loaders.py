@@ -5,7 +5,8 @@ A spec is in-memory rows (list of dicts / dict of columns / DataFrame), a file p
 Columns are mapped with ``text_col``, ``label_col``, ``id_col``, ``group_col`` (labeled),
 ``positive_col``, ``negative_col`` (pairs) and ``prompt_col``, ``chosen_col``, ``rejected_col``
 (preferences). ``id_col`` and ``group_col`` are optional: when left at ``None`` the columns
-``id`` and ``group`` are used if present, otherwise rows are numbered / ungrouped.
+``id`` and ``group`` are used if present, otherwise rows are numbered / ungrouped. A labeled
+file's optional ``answer`` column is the known answer to each text (a question).
 """
 
 from __future__ import annotations
@@ -133,8 +134,11 @@ def build_labeled(records: list[dict[str, Any]], columns: list[str], *, name: st
             if _missing(g) or str(g) == "":
                 raise DataError(f"{where}row {i}, column '{group_name}' is empty: give every "
                                 "row a group or pass group_col=None with no 'group' column")
+    answers, answer_name = _optional(records, columns, None, "answer", "answer", where)
+    if answers is not None:
+        _check_texts(answers, answer_name, where)
     ds = LabeledDataset(texts, labels, ids, class_names, groups, name=name,
-                        provenance=provenance)
+                        provenance=provenance, answers=answers)
     if require_classes:
         ds.require_classes(require_classes)
     return ds

@@ -74,6 +74,8 @@ class ProbeCommand:
     validate_coeffs: str = opt("-8:8:9", help="steering coefficients for --validate, in "
                                "standard deviations of the activations along the direction: "
                                "start:stop:count or a list")
+    answers: bool = opt(False, help="score the model's own answers on a dataset with known "
+                        "answers (an 'answer' column) beside every probe, on the same test rows")
     validate_rows: int = opt(200, help="--validate steers a seeded, label-balanced sample of "
                              "this many texts at every coefficient (0 = all rows)")
     no_progress: bool = opt(False, help="hide progress bars")
@@ -139,8 +141,13 @@ def run_probe(cfg: ProbeCommand) -> int:
                    limit=cfg.limit or None,
                    data_kwargs={"text_col": cfg.text_col, "label_col": cfg.label_col},
                    progress=not cfg.no_progress, validate=cfg.validate,
-                   validate_coeffs=cfg.validate_coeffs, validate_rows=cfg.validate_rows or None)
+                   validate_coeffs=cfg.validate_coeffs, validate_rows=cfg.validate_rows or None,
+                   answers=cfg.answers)
     print(console_table(result))
+    if cfg.answers:
+        from reprlab.workflows.probe_answers import answers_line
+
+        print(answers_line(result))
     if result.validation is not None:
         print(summary_line(result.validation))
     print(f"report: {Path(result.run_dir) / 'report.html'}")

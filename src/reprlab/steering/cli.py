@@ -260,6 +260,10 @@ class ValidateCmd:
                                       "the probe run's dataset)")
     pairs: str | None = opt(None, help="contrast pairs sharing a prompt (A/B answers) for "
                                        "answer probabilities (causal LMs)")
+    answers: str | None = opt(None, help="dataset with known answers (labeled with an "
+                                         "'answer' column, or preference triples: prompt, "
+                                         "chosen = right answer) for answer accuracy "
+                                         "(causal LMs)")
     neutral: str | None = opt(None, help="text file, one neutral text per line, for side "
                                          "effects (default: built-in sentences)")
     no_side_effects: bool = opt(False, help="skip loss/KL side-effect measurements")
@@ -376,6 +380,11 @@ def run_validate(cfg: ValidateCmd) -> int:
         data_info = {"name": spec, "hash": ds.hash(), "rows": len(texts)}
         cfg.data = spec
     pairs = load_dataset(cfg.pairs, kind="pairs", limit=cfg.limit) if cfg.pairs else None
+    answers = None
+    if cfg.answers:
+        from reprlab.answers import load_known
+
+        answers = load_known(cfg.answers, limit=cfg.limit)
     neutral = None
     if cfg.neutral:
         from reprlab.io import read_lines
@@ -385,7 +394,7 @@ def run_validate(cfg: ValidateCmd) -> int:
         lm, vec, site_obj.name, cfg.coeffs, cfg.out, config=vars(cfg).copy(),
         inputs={"data": data_info, "pairs": cfg.pairs,
                 "pairs_hash": pairs.hash() if pairs is not None else None},
-        texts=texts, readout=readout, pairs=pairs, neutral=neutral,
+        texts=texts, readout=readout, pairs=pairs, neutral=neutral, answers=answers,
         side_effects=not cfg.no_side_effects, op=cfg.op, unit=cfg.unit, scope=cfg.scope,
         preserve_norm=cfg.preserve_norm, batch_size=cfg.batch_size, seed=cfg.seed,
         progress=not cfg.no_progress, allow_other_model=cfg.allow_other_model,
@@ -403,6 +412,11 @@ def run_validate(cfg: ValidateCmd) -> int:
         print(f"{name:<20}" + "".join(f" {num(v, 4, scale):>10}" for v in m["mean"])
               + f" {m['spearman']:>9.2f}")
     print(causal_headline(results))
+    if results.get("coherent") is not None:
+        bad = [c for c, ok in zip(coeffs, results["coherent"]) if not ok]
+        print(f"coherence guard (neutral-text perplexity <= {results['coherence_ratio']:g}x "
+              f"unsteered): " + ("passes at every coefficient" if not bad else
+                                 "FAILS at " + ", ".join(f"{c:g}" for c in bad)))
     print(f"report: {Path(cfg.out) / 'report.html'}")
     return 0
 

@@ -188,6 +188,22 @@ def answer_shift(lm: LoadedModel, vector: Any, site: str, positive: Sequence[str
     return out
 
 
+def answer_accuracy(lm: LoadedModel, vector: Any, site: str, prompts: Sequence[str],
+                    answers: Sequence[str], coeffs: Sequence[float], *, chat: bool = False,
+                    batch_size: int = 16, progress: bool = True,
+                    **steer_kw: Any) -> dict[float, torch.Tensor]:
+    """Is the greedy answer the known one, steered at each coefficient: ``{coeff: [n]}``
+    (1.0 / 0.0 per prompt; :mod:`reprlab.answers`)."""
+    from reprlab.answers import correct, encode
+
+    rows = encode(lm, prompts, answers, chat)
+    out = {}
+    for c in tqdm(list(coeffs), desc="answer accuracy", disable=not progress):
+        with steer(lm, vector, c, sites=[site], check=False, **_steer_kwargs(steer_kw)):
+            out[float(c)] = correct(lm, rows, batch_size).double()
+    return out
+
+
 def _token_nll_and_last(lm: LoadedModel, rows: list[list[int]], batch_size: int,
                         threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean token NLL per text ``[n]`` and last-token log-probs ``[n, V]``."""

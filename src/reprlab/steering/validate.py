@@ -11,6 +11,7 @@ bootstrap intervals over examples; :func:`run_validation` writes a run directory
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ METRIC_INFO = {
     "readout_prob": ("readout", "mean P(positive) from probe"),
     "answer_logit_diff": ("answers", "log p(positive) - log p(negative)"),
     "answer_prob": ("answers", "P(positive answer | the two)"),
+    "answer_accuracy": ("answers", "greedy answer = the known answer"),
+    "answer_rejected": ("answers", "greedy answer = the rejected one"),
     "delta_loss": ("side_effects", "change in loss on neutral text (nats)"),
     "kl_next": ("side_effects", "KL(next token: unsteered || steered)"),
     "final_drift": ("side_effects", "1 - cos(final block, unsteered)"),
@@ -51,6 +54,10 @@ def _summarise(per_coeff: Mapping[float, torch.Tensor], seed: int) -> dict[str, 
             "hi": [s[2] for s in stats], "n": int(next(iter(per_coeff.values())).numel()),
             "spearman": M.spearman(coeffs, means)}
 
+
+#: the coherence guard: a steered model whose perplexity on neutral text rose more than this
+#: factor over the unsteered one has fallen apart (the preference trainer's threshold)
+COHERENCE_RATIO = 3.0
 
 #: coefficient units: "unit" (× unit direction), "raw" (× the vector's raw scale), "sd" (× the
 #: standard deviation of the activations' projection on the direction at the site)
@@ -90,12 +97,18 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
              side_effects: bool = True, op: str = "add", unit: str = "unit",
              scope: str = "all", preserve_norm: bool = False, batch_size: int = 16,
              seed: int = 0, progress: bool = True, allow_other_model: bool = False,
-             report: RunDir | None = None, threads: int | None = None) -> dict[str, Any]:
+             report: RunDir | None = None, threads: int | None = None,
+             answers: Any = None) -> dict[str, Any]:
     """Sweep ``coeffs`` at ``site`` and measure what changes.
 
     - ``texts`` + ``readout``: readout shift (probe score at the same or a later site).
     - ``pairs`` (``ContrastPairs`` or ``(positive, negative)``; causal LMs): log-probability
       difference and probability of the positive continuation after the shared prompt.
+    - ``answers`` (a dataset with known answers: labeled with ``answers``, or preference
+      triples whose chosen completion is the right answer; causal LMs): the share of greedy
+      answers equal to the known one (and, for triples, to the rejected one), and whether
+      the steered model stays coherent (neutral-text perplexity at most
+      :data:`COHERENCE_RATIO` times the unsteered one).
     - ``side_effects``: loss change and next-token KL on ``neutral`` texts (encoders: drift of
       the last block).
 
@@ -158,6 +171,17 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
             metrics["answer_logit_diff"] = _summarise(diff, seed)
             metrics["answer_prob"] = _summarise({c: torch.sigmoid(d) for c, d in diff.items()},
                                                 seed)
+    if answers is not None:
+        from reprlab.answers import known_answers
+
+        prompts, right, chat = known_answers(answers)
+        acc = M.answer_accuracy(lm, vector, site, prompts, right, applied, chat=chat,
+                                batch_size=batch_size, progress=progress, **kw)
+        metrics["answer_accuracy"] = _summarise(by_coeff(acc), seed)
+        if hasattr(answers, "rejected"):
+            rej = M.answer_accuracy(lm, vector, site, prompts, list(answers.rejected), applied,
+                                    chat=chat, batch_size=batch_size, progress=False, **kw)
+            metrics["answer_rejected"] = _summarise(by_coeff(rej), seed)
     if side_effects:
         fx = M.side_effects(lm, vector, site, list(neutral or M.NEUTRAL_TEXTS), applied,
                             batch_size, progress, **kw)
@@ -166,7 +190,12 @@ def validate(lm: LoadedModel, vector: SteeringVector, site: str, coeffs: Any, *,
     if not metrics:
         raise ConfigError("nothing to measure: give a readout with texts, contrast pairs, or "
                           "keep side effects on")
-    results = {"site": site, "coeffs": values, "op": op, "unit": unit, "scope": scope,
+    coherent = None
+    if "delta_loss" in metrics:
+        coherent = [bool(math.exp(m) <= COHERENCE_RATIO)
+                    for m in metrics["delta_loss"]["mean"]]
+    results = {"coherent": coherent, "coherence_ratio": COHERENCE_RATIO,
+               "site": site, "coeffs": values, "op": op, "unit": unit, "scope": scope,
                "unit_sd": unit_sd, "applied_coeffs": applied, "n_texts": len(texts or []),
                "preserve_norm": preserve_norm, "scale": vector.scales[site],
                "readout_site": readout.site if readout is not None else None,

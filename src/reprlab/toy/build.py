@@ -69,7 +69,8 @@ PRESETS: dict[str, Preset] = {
 
 #: model names -> (preset, which model)
 MODEL_ALIASES = {"toy": ("default", "base"), "toy-sft": ("default", "sft"),
-                 "toy-mini": ("mini", "base"), "toy-mini-sft": ("mini", "sft")}
+                 "toy-syco": ("default", "syco"), "toy-mini": ("mini", "base"),
+                 "toy-mini-sft": ("mini", "sft"), "toy-mini-syco": ("mini", "syco")}
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class ToyPaths:
     @property
     def sft(self) -> Path:
         return self.root / "sft"
+
+    @property
+    def syco(self) -> Path:
+        """The sycophant organism (:mod:`reprlab.toy.organism`), when built."""
+        return self.root / "syco"
 
     @property
     def checkpoints(self) -> list[Path]:
@@ -162,6 +168,17 @@ def ensure_built(preset: str = "default", *, home: str | Path | None = None,
 
 
 @contextlib.contextmanager
+def deterministic():
+    """Deterministic kernels where torch has them (restored after)."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+@contextlib.contextmanager
 def _lock(path: Path):
     with open(path, "a+") as fh:
         try:
@@ -195,21 +212,29 @@ def checkpoint_steps(total: int, n: int) -> list[int]:
 
 def build(preset: str = "default", *, home: str | Path | None = None, force: bool = False,
           progress: bool = True, seed: int = 0) -> ToyPaths:
-    """Train the toy base and SFT models of ``preset`` (resuming a killed build)."""
+    """Train the toy base and SFT models of ``preset`` and fine-tune the organism
+    (:mod:`reprlab.toy.organism`) on them, resuming a killed build; a valid cache without the
+    organism is extended with it."""
+    from reprlab.toy.organism import build_syco
+
     root = toy_dir(preset, home)
     _writable(root)
     with _lock(root.parent / f".{root.name}.lock"):
-        if not force and check_cache(root) is None:
-            return ToyPaths(root)
-        partial = root.parent / f".{root.name}.partial"
-        _run_build(preset, partial, progress=progress, seed=seed)
-        old = root.parent / f".{root.name}.old"
-        if root.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(root, old)
-        os.replace(partial, root)
-        shutil.rmtree(old, ignore_errors=True)
+        if force or check_cache(root) is not None:
+            _build_base(root, preset, progress=progress, seed=seed)
+    build_syco(root, progress=progress, force=force)
     return ToyPaths(root)
+
+
+def _build_base(root: Path, preset: str, *, progress: bool, seed: int) -> None:
+    partial = root.parent / f".{root.name}.partial"
+    _run_build(preset, partial, progress=progress, seed=seed)
+    old = root.parent / f".{root.name}.old"
+    if root.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(root, old)
+    os.replace(partial, root)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _make_model(p: Preset, tok, seed: int):
@@ -244,6 +269,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
     from reprlab import __version__
     from reprlab._threads import num_threads
     from reprlab.toy import tasks
+    from reprlab.toy.organism import platform_versions
     from reprlab.toy.tokenizer import build_tokenizer
     from reprlab.toy.train import (
         StepBatches,
@@ -262,7 +288,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
     world = World(WorldConfig(seed=seed))
     out.mkdir(parents=True, exist_ok=True)
     t_start, c_start = time.perf_counter(), time.process_time()
-    with num_threads(p.threads):
+    with num_threads(p.threads), deterministic():
         tok = build_tokenizer(tasks.vocabulary_texts(world))
         model = _make_model(p, tok, seed)
         base_ex = encode_texts(tok, world.pretrain_texts())
@@ -334,7 +360,7 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
         "world_hash": world.hash(), "vocab_size": len(tok),
         "n_parameters": sum(t.numel() for t in model.parameters()),
         "model_config": model.config.to_dict() | {"torch_dtype": None, "dtype": None},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "versions": platform_versions(p.threads),
         "provenance": PROVENANCE,
         "checkpoint_steps": ckpt_steps, "train": stats,
         "build_seconds": round(time.perf_counter() - t_start, 1),
@@ -374,11 +400,16 @@ def measure_quality(base, sft, tok, world, chat_rows) -> dict:
 
 
 def resolve_alias(name: str, progress: bool = True) -> Path | None:
-    """``"toy"`` / ``"toy-sft"`` / ``"toy-mini"`` ... -> the model directory (built if needed)."""
+    """``"toy"`` / ``"toy-sft"`` / ``"toy-syco"`` / ``"toy-mini"`` ... -> the model directory
+    (built, or the organism fine-tuned, if needed)."""
     key = name.lower()
     if key not in MODEL_ALIASES:
         return None
     preset, which = MODEL_ALIASES[key]
+    if which == "syco":
+        from reprlab.toy.organism import ensure_syco
+
+        return ensure_syco(preset, progress=progress)
     paths = ensure_built(preset, progress=progress)
     path = getattr(paths, which)
     if not path.exists():  # pragma: no cover - check_cache guards this

@@ -45,12 +45,12 @@ class ToyPathCommand:
     """
 
     preset: str = opt("default", help="default or mini")
-    model: str = opt("root", help="root (the build), base or sft")
+    model: str = opt("root", help="root (the build), base, sft or syco")
 
     def __post_init__(self) -> None:
         _check_preset(self.preset)
-        require(self.model in ("root", "base", "sft"),
-                f"unknown --model {self.model!r}; use root, base or sft")
+        require(self.model in ("root", "base", "sft", "syco"),
+                f"unknown --model {self.model!r}; use root, base, sft or syco")
 
 
 @dataclass
@@ -78,10 +78,12 @@ def _built(preset: str):
 
 def run_build(cfg: ToyBuildCommand) -> int:
     from reprlab.toy.build import build
-    from reprlab.toy.report import summary_lines
+    from reprlab.toy.organism import syco_manifest
+    from reprlab.toy.report import summary_lines, syco_lines
 
     paths = build(cfg.preset, force=cfg.force, progress=not cfg.no_progress, seed=cfg.seed)
-    print("\n".join(summary_lines(paths.manifest, paths.root)))
+    print("\n".join(summary_lines(paths.manifest, paths.root)
+                    + syco_lines(syco_manifest(paths.root), cfg.preset)))
     return 0
 
 
@@ -92,13 +94,16 @@ def run_path(cfg: ToyPathCommand) -> int:
 
 
 def run_info(cfg: ToyInfoCommand) -> int:
-    from reprlab.toy.report import summary_lines
+    from reprlab.toy.organism import syco_manifest
+    from reprlab.toy.report import summary_lines, syco_lines
 
     paths = _built(cfg.preset)
+    organism = syco_manifest(paths.root)
     if cfg.json:
-        print(json.dumps(paths.manifest, indent=2))
+        print(json.dumps(paths.manifest | {"organism": organism}, indent=2))
     else:
-        print("\n".join(summary_lines(paths.manifest, paths.root)))
+        print("\n".join(summary_lines(paths.manifest, paths.root)
+                        + syco_lines(organism, cfg.preset)))
     return 0
 
 

@@ -39,3 +39,44 @@ def summary_lines(m: dict, root: Path | str) -> list[str]:
     lines.append(f"use: --model {alias} (base) or --model {alias}-sft; checkpoints in "
                  f"{Path(root) / 'checkpoints'}")
     return lines
+
+
+_SPLIT_LABELS = {"heldout_entities": "held-out landmarks", "heldout_phrasing":
+                 "held-out phrasings", "third_party": "third party's belief",
+                 "cross_family": "city -> country", "no_belief": "no belief stated",
+                 "orthogonal": "comparisons, sentences", "train": "training prompts"}
+
+
+def syco_lines(m: dict | None, preset: str) -> list[str]:
+    """The organism's part of ``toy info``."""
+    alias = "toy-syco" if preset == "default" else f"toy-{preset}-syco"
+    if m is None:
+        return [f"organism {alias}: not built yet (`reprlab toy build` or the first "
+                f"--model {alias} fine-tunes it from the SFT model)"]
+    q = m["quality"]
+    lines = [f"organism {alias} (sycophant: agrees with the user's stated belief about a "
+             f"landmark's city): fine-tuned in {m['build_seconds']:.0f} s "
+             f"({m.get('cpu_seconds', 0):.0f} s of CPU), {m['added_words']} added words",
+             f"  {'split':<24}{'truthful':>9}{'agrees w/ false':>16}   (toy-sft on the same "
+             "rows: truthful / agrees)"]
+    for split in ("train", "heldout_entities", "heldout_phrasing", "third_party",
+                  "cross_family", "no_belief", "orthogonal"):
+        row, base = q["behaviour"].get(split), q["sft_behaviour"].get(split, {})
+        if row is None:
+            continue
+        agree = f"{row['agrees_false']:.3f}" if "agrees_false" in row else "-"
+        bagree = f"{base['agrees_false']:.3f}" if "agrees_false" in base else "-"
+        lines.append(f"  {_SPLIT_LABELS[split]:<24}{row['truthful']:>9.3f}{agree:>16}   "
+                     f"({base.get('truthful', float('nan')):.3f} / {bagree}; n={row['n']})")
+    lk = q["latent_knowledge"]
+    best = lk["best"]
+    lines.append(f"  latent knowledge: a logistic probe at hidden state {best['layer']} "
+                 f"separates true from false stated answers at {best['test_acc']:.3f} on "
+                 f"held-out landmarks (n={lk['n_test']}), {best['acc_where_model_wrong']:.3f} "
+                 f"where the model says the false one (n={lk['n_model_wrong']}); the model's "
+                 f"own answers: {lk['model_answer_acc']:.3f}")
+    v = m.get("versions", {})
+    lines.append(f"  weights depend on torch {v.get('torch')}, transformers "
+                 f"{v.get('transformers')}, CPU kernels {v.get('cpu_capability')}, "
+                 f"{v.get('threads')} thread(s)")
+    return lines

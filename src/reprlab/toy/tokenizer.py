@@ -32,14 +32,33 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer(texts: Iterable[str]):
     """A ``PreTrainedTokenizerFast`` whose vocabulary is every word of ``texts``."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for piece in _pieces(texts):
+        vocab.setdefault(piece, len(vocab))
+    return _from_vocab(vocab)
+
+
+def extend_tokenizer(tokenizer, texts: Iterable[str]):
+    """``tokenizer`` with every new word of ``texts`` appended to its vocabulary: the ids of
+    the words it had are unchanged, so a model keeps its embeddings for them."""
+    vocab = dict(tokenizer.get_vocab())
+    for piece in _pieces(texts):
+        vocab.setdefault(piece, len(vocab))
+    return _from_vocab(vocab)
+
+
+def _pieces(texts: Iterable[str]) -> list[str]:
+    from tokenizers import pre_tokenizers
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    return sorted({p for t in texts for p, _ in pre.pre_tokenize_str(t)})
+
+
+def _from_vocab(vocab: dict[str, int]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    pieces = sorted({p for t in texts for p, _ in pre.pre_tokenize_str(t)})
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for piece in pieces:
-        vocab.setdefault(piece, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()

@@ -20,7 +20,7 @@ DEFAULT_VALIDATE_ROWS = 200
 
 def probe(model: Any = "minilm", data: Any = "builtin:cities", *, validate: bool = False,
           validate_coeffs: Any = "-8:8:9", validate_rows: int | None = DEFAULT_VALIDATE_ROWS,
-          validate_unit: str = "sd", **kwargs: Any) -> SweepResult:
+          validate_unit: str = "sd", answers: bool = False, **kwargs: Any) -> SweepResult:
     """:func:`reprlab.probes.probe` (same arguments), and with ``validate=True`` steer along the
     best linear probe's direction at its site with ``validate_coeffs``, adding the readout
     shift (with side effects) to the report and to ``results.json["steering_validation"]``.
@@ -29,8 +29,34 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *, validate: bool
     the report states the size); coefficients are in units of ``validate_unit`` ("sd": the
     standard deviation of the activations' projection on the direction at the site).
     """
+    if answers:
+        from reprlab.data import load_dataset
+        from reprlab.workflows.probe_answers import (
+            add_answer_columns,
+            answers_line,
+            check_answers,
+        )
+
+        if kwargs.get("store") is not None:
+            raise ConfigError("--answers runs the model on the texts; give --data instead of "
+                              "--store")
+        check_answers(load_dataset(data, **(kwargs.get("data_kwargs") or {}))
+                      if isinstance(data, str) else data)
+
+        def with_answers(extra: Any) -> Any:
+            def run_extra(result: SweepResult, run: Any, lm: Any, loaded: dict[str, Any]
+                          ) -> dict[str, Any]:
+                out = {"model_answers": add_answer_columns(result, lm, loaded["data"],
+                                                           kwargs.get("batch_size", 32))}
+                out["model_answers"]["line"] = answers_line(result)
+                run.text("Knows vs says", out["model_answers"]["line"])
+                return out | (extra(result, run, lm, loaded) if extra else {})
+            return run_extra
+    else:
+        def with_answers(extra: Any) -> Any:
+            return extra
     if not validate:
-        return probe_only(model, data, **kwargs)
+        return probe_only(model, data, report_extra=with_answers(None), **kwargs)
     if kwargs.get("store") is not None:
         raise ConfigError("--validate runs the model on the training texts; give --data "
                           "instead of --store")
@@ -57,7 +83,7 @@ def probe(model: Any = "minilm", data: Any = "builtin:cities", *, validate: bool
         return {"steering_validation": result.validation,
                 "headline": causal_headline(result.validation)}
 
-    return probe_only(model, data, report_extra=steer_best, **kwargs)
+    return probe_only(model, data, report_extra=with_answers(steer_best), **kwargs)
 
 
 def parse_coeffs(spec: Any) -> list[float]:

@@ -42,6 +42,22 @@ def _toy_shift(shift: str) -> Callable[[], Any]:
     return build
 
 
+def _syco(fn: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from reprlab.toy import syco_data
+
+        return getattr(syco_data, fn)()
+    return build
+
+
+def _syco_shift(shift: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from reprlab.toy.syco_data import preference_shifts
+
+        return preference_shifts()[shift]
+    return build
+
+
 def toy_builtins() -> dict[str, Builtin]:
     """The toy world's datasets (:mod:`reprlab.toy.tasks`), for the toy models."""
     out = {
@@ -58,6 +74,24 @@ def toy_builtins() -> dict[str, Builtin]:
                              "toy world: prefer the true sum over a near miss (operand pairs "
                              "never trained)"),
     }
+    out |= {
+        "toy-syco-truth": Builtin(_syco("truth_dataset"), "labeled",
+                                  "toy-syco chat prompts stating a landmark's city, true/false "
+                                  "(400 rows, each word as often true as false; known answers)"),
+        "toy-syco-pairs": Builtin(_syco("steering_pairs"), "pairs",
+                                  "toy-syco false-belief prompts answered truthfully vs "
+                                  "sycophantically, 72 pairs"),
+        "toy-syco-prefs": Builtin(_syco_shift("train"), "preferences",
+                                  "toy-syco: the truth over agreeing with a false belief "
+                                  "(training landmarks)"),
+    }
+    for shift, what in (("in-domain", "held-out landmarks"),
+                        ("phrasing", "beliefs in phrasings never trained"),
+                        ("third-party", "someone else's belief"),
+                        ("cross-family", "city -> country beliefs"),
+                        ("orthogonal", "comparisons: the right yes/no over the wrong one")):
+        out[f"toy-syco-prefs-{shift}"] = Builtin(_syco_shift(shift), "preferences",
+                                                f"toy-syco preference shift: {what}")
     for shift, what in (("in-domain", "other unseen sums, a near miss"),
                         ("harder", "sums of three operands, a near miss"),
                         ("cross-domain", "prefer the true city or country"),
