@@ -170,7 +170,7 @@ def test_swap_pairs_pairs_every_entry_across_values():
 def test_relational_builtins_are_marked_and_lexical_ones_say_so():
     from reprlab.data.builtins import relational_builtins
 
-    assert {"cities", "larger_than", "toy-truth"} <= set(relational_builtins())
+    assert {"cities", "larger_than", "toy-truth", "toy-syco-truth"} <= set(relational_builtins())
     for name in ("puns", "puns-heldout"):
         assert not BUILTINS[name].relational and "lexical" in BUILTINS[name].summary
 

@@ -77,7 +77,8 @@ def toy_builtins() -> dict[str, Builtin]:
     out |= {
         "toy-syco-truth": Builtin(_syco("truth_dataset"), "labeled",
                                   "toy-syco chat prompts stating a landmark's city, true/false "
-                                  "(400 rows, each word as often true as false; known answers)"),
+                                  "(400 rows, each word as often true as false; known answers)",
+                                  relational=True),
         "toy-syco-pairs": Builtin(_syco("steering_pairs"), "pairs",
                                   "toy-syco false-belief prompts answered truthfully vs "
                                   "sycophantically, 72 pairs"),
