@@ -133,7 +133,7 @@ class ToyMini:
     """A mini toy build (same world and code path as ``toy``, tiny model, few steps)."""
 
     def __init__(self, home: Path):
-        from reprlab.toy.build import build
+        from reprlab.toy.variants import build
 
         self.home = home
         self.paths = build("mini", home=home, progress=False)

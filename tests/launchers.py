@@ -49,7 +49,9 @@ def launch(argv: list[str], home: Path, cwd: Path, launcher: str = "torchrun",
     res = subprocess.run([*launcher_head(launcher), "-m", "reprlab", *argv],
                          env=launch_env(home), cwd=cwd, capture_output=True, text=True,
                          timeout=timeout)
-    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
+    said = [ln for ln in (res.stdout + res.stderr).splitlines() if "error: " in ln]
+    assert res.returncode == 0, ("\n".join(said[:4]) + "\n" + res.stdout[-1500:]
+                                 + res.stderr[-3000:])
     return res
 
 

@@ -64,6 +64,10 @@ def dpo(toy_mini, tmp_path_factory):
     with pytest.raises(Killed):
         train(str(toy_mini.sft), out=root / "cut", on_step=kill_at(3), **kw)
     assert not (root / "cut" / "manifest.json").exists()
+    from reprlab.lock import held, release
+
+    assert held(root / "cut")  # this process still writes it, as a killed one would have
+    release(root / "cut")  # the kernel lets a killed process's lock go; the raise does not
     resumed = launch(["prefs", "train", *model, *COMMON, "--ref-cache", str(root / "cache1"),
                       "--out", str(root / "cut")], root / "home", root)
     return root, res, resumed

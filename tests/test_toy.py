@@ -9,8 +9,9 @@ import torch
 
 from reprlab.cli import main
 from reprlab.toy import tasks
-from reprlab.toy.build import build, check_cache, checkpoint_steps
+from reprlab.toy.build import check_cache, checkpoint_steps
 from reprlab.toy.tokenizer import build_tokenizer
+from reprlab.toy.variants import build
 from reprlab.toy.world import World, WorldConfig
 
 
@@ -190,7 +191,7 @@ def test_crashed_build_resumes_to_the_same_model(tmp_path, toy_mini, monkeypatch
 
 
 def test_corrupt_or_foreign_cache_is_rebuilt(tmp_path, caplog):
-    from reprlab.toy.build import ensure_built
+    from reprlab.toy.variants import ensure_built
 
     paths = build("mini", home=tmp_path, progress=False)
     weights = paths.base / "model.safetensors"

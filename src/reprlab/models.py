@@ -30,7 +30,7 @@ TOY_MODELS = ("toy", "toy-sft", "toy-syco", "toy-mini", "toy-mini-sft", "toy-min
 #: aliases another module resolves to a local directory (alias -> module whose
 #: ``resolve_alias(name)`` returns the path); looked up by name, so this foundation module
 #: does not import the packages that build on it
-ALIAS_RESOLVERS = dict.fromkeys(TOY_MODELS, "reprlab.toy.build")
+ALIAS_RESOLVERS = dict.fromkeys(TOY_MODELS, "reprlab.toy.variants")
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,

@@ -79,7 +79,7 @@ def resolve_folder(model: str) -> Path:
     from reprlab.models import TOY_MODELS
 
     if model.lower() in TOY_MODELS:
-        from reprlab.toy.build import resolve_alias
+        from reprlab.toy.variants import resolve_alias
 
         try:
             folder = Path(resolve_alias(model))

@@ -21,8 +21,12 @@ def __getattr__(name: str) -> Any:
         from reprlab.toy.tasks import preference_shifts
 
         return preference_shifts
-    if name in ("build", "ensure_built", "toy_home"):
-        from reprlab.toy import build
+    if name in ("build", "ensure_built"):
+        from reprlab.toy import variants
 
-        return getattr(build, name)
+        return getattr(variants, name)
+    if name == "toy_home":
+        from reprlab.toy.build import toy_home
+
+        return toy_home
     raise AttributeError(name)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reprlab.errors import ConfigError, ModelError
+from reprlab.errors import ConfigError
 from reprlab.io import apply_umask, read_json, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
@@ -151,9 +151,10 @@ def check_cache(root: Path) -> str | None:
     return None
 
 
-def ensure_built(preset: str = "default", *, home: str | Path | None = None,
-                 progress: bool = True) -> ToyPaths:
-    """The cached build of ``preset``; built (or rebuilt, saying why) when missing or bad."""
+def ensure_base(preset: str = "default", *, home: str | Path | None = None,
+                progress: bool = True) -> ToyPaths:
+    """The cached base and SFT models of ``preset``; built (or rebuilt, saying why) when
+    missing or bad. (:func:`reprlab.toy.variants.ensure_built` adds the organism.)"""
     root = toy_dir(preset, home)
     problem = check_cache(root)
     if problem is None:
@@ -164,7 +165,22 @@ def ensure_built(preset: str = "default", *, home: str | Path | None = None,
     else:
         logger.warning("the cached toy model in %s is not usable: %s; rebuilding it", root,
                        problem)
-    return build(preset, home=home, progress=progress)
+    return build_base(preset, home=home, progress=progress)
+
+
+def platform_versions(threads: int) -> dict:
+    """What the weights depend on besides code and seed: library versions, the CPU kernel
+    family torch dispatches to, and the thread count."""
+    import transformers
+
+    info = {"torch": torch.__version__, "transformers": transformers.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": threads, "deterministic_algorithms": True}
+    try:
+        info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
+    except AttributeError:  # pragma: no cover
+        pass
+    return info
 
 
 @contextlib.contextmanager
@@ -210,19 +226,15 @@ def checkpoint_steps(total: int, n: int) -> list[int]:
     return sorted(s for s in steps if 0 <= s <= total)
 
 
-def build(preset: str = "default", *, home: str | Path | None = None, force: bool = False,
-          progress: bool = True, seed: int = 0) -> ToyPaths:
-    """Train the toy base and SFT models of ``preset`` and fine-tune the organism
-    (:mod:`reprlab.toy.organism`) on them, resuming a killed build; a valid cache without the
-    organism is extended with it."""
-    from reprlab.toy.organism import build_syco
-
+def build_base(preset: str = "default", *, home: str | Path | None = None,
+               force: bool = False, progress: bool = True, seed: int = 0) -> ToyPaths:
+    """Train the toy base and SFT models of ``preset``, resuming a killed build (a valid cache
+    is kept unless ``force``). :func:`reprlab.toy.variants.build` adds the organism."""
     root = toy_dir(preset, home)
     _writable(root)
     with _lock(root.parent / f".{root.name}.lock"):
         if force or check_cache(root) is not None:
             _build_base(root, preset, progress=progress, seed=seed)
-    build_syco(root, progress=progress, force=force)
     return ToyPaths(root)
 
 
@@ -269,7 +281,6 @@ def _run_build(preset: str, out: Path, *, progress: bool, seed: int) -> None:
     from reprlab import __version__
     from reprlab._threads import num_threads
     from reprlab.toy import tasks
-    from reprlab.toy.organism import platform_versions
     from reprlab.toy.tokenizer import build_tokenizer
     from reprlab.toy.train import (
         StepBatches,
@@ -399,20 +410,3 @@ def measure_quality(base, sft, tok, world, chat_rows) -> dict:
                     ["train"]["all"]}}
 
 
-def resolve_alias(name: str, progress: bool = True) -> Path | None:
-    """``"toy"`` / ``"toy-sft"`` / ``"toy-syco"`` / ``"toy-mini"`` ... -> the model directory
-    (built, or the organism fine-tuned, if needed)."""
-    key = name.lower()
-    if key not in MODEL_ALIASES:
-        return None
-    preset, which = MODEL_ALIASES[key]
-    if which == "syco":
-        from reprlab.toy.organism import ensure_syco
-
-        return ensure_syco(preset, progress=progress)
-    paths = ensure_built(preset, progress=progress)
-    path = getattr(paths, which)
-    if not path.exists():  # pragma: no cover - check_cache guards this
-        raise ModelError(f"the toy build in {paths.root} lacks {which}/; run `reprlab toy "
-                         "build --force`")
-    return path

@@ -77,9 +77,9 @@ def _built(preset: str):
 
 
 def run_build(cfg: ToyBuildCommand) -> int:
-    from reprlab.toy.build import build
     from reprlab.toy.organism import syco_manifest
     from reprlab.toy.report import summary_lines, syco_lines
+    from reprlab.toy.variants import build
 
     paths = build(cfg.preset, force=cfg.force, progress=not cfg.no_progress, seed=cfg.seed)
     print("\n".join(summary_lines(paths.manifest, paths.root)

@@ -87,9 +87,9 @@ def check_syco(root: Path) -> str | None:
 def ensure_syco(preset: str = "default", *, home: str | Path | None = None,
                 progress: bool = True) -> Path:
     """The organism's model directory; fine-tuned now (saying so) when missing or bad."""
-    from reprlab.toy.build import ensure_built
+    from reprlab.toy.build import ensure_base
 
-    paths = ensure_built(preset, home=home, progress=progress)
+    paths = ensure_base(preset, home=home, progress=progress)
     problem = check_syco(paths.root)
     if problem is None:
         return paths.root / "syco"
@@ -130,7 +130,7 @@ def _run(root: Path, out: Path, *, progress: bool) -> None:
     from reprlab import __version__
     from reprlab._threads import num_threads
     from reprlab.toy import syco, tasks
-    from reprlab.toy.build import PRESETS, _load, _save_model, deterministic
+    from reprlab.toy.build import PRESETS, _load, _save_model, deterministic, platform_versions
     from reprlab.toy.tokenizer import extend_tokenizer
     from reprlab.toy.train import (
         StepBatches,
@@ -204,21 +204,6 @@ def _run(root: Path, out: Path, *, progress: bool) -> None:
                   for f in sorted(out.rglob("*")) if f.is_file()}
     write_json(out / MANIFEST, m)
     logger.info("toy organism %s done in %.0f s", preset, m["build_seconds"])
-
-
-def platform_versions(threads: int) -> dict:
-    """What the weights depend on besides code and seed: library versions, the CPU kernel
-    family torch dispatches to, and the thread count."""
-    import transformers
-
-    info = {"torch": torch.__version__, "transformers": transformers.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": threads, "deterministic_algorithms": True}
-    try:
-        info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
-    except AttributeError:  # pragma: no cover
-        pass
-    return info
 
 
 def syco_manifest(root: Path) -> dict | None:
