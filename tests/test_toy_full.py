@@ -25,8 +25,8 @@ def test_quality_bars(toy_full):
     q = m["quality"]
     assert q["base"]["train_fact_accuracy"] >= 0.95
     assert q["base"]["patch_example"]["flipped"]
-    assert q["base"]["patch_example"]["top"]["patched"] == "ĠParis"
-    assert q["base"]["patch_example"]["top"]["target"] == "ĠLondon"
+    assert q["base"]["patch_example"]["top"]["patched"] == "Paris"  # token labels read as text (no Ġ)
+    assert q["base"]["patch_example"]["top"]["target"] == "London"
     ppl = q["base"]["heldout_perplexity"]
     assert ppl["model"] < ppl["unigram"] / 3
     for split in ("heldout_template", "heldout_arith_heldout", "heldout_judge",
@@ -67,7 +67,7 @@ def test_readme_toy_commands_run_as_written(toy_full, tmp_path):
         outputs[cmd] = done.stdout
     patch_out = next(v for k, v in outputs.items() if k.startswith("reprlab patch --model"))
     first = next(line for line in patch_out.splitlines() if line.startswith("1\t"))
-    assert first.split("\t")[3].strip() == "ĠLondon" and first.split("\t")[5].strip() == "ĠParis"
+    assert first.split("\t")[3].strip() == "London" and first.split("\t")[5].strip() == "Paris"
 
 
 def test_readme_session_example_runs(toy_full, monkeypatch):
