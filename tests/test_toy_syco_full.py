@@ -66,8 +66,10 @@ def test_default_build_time(toy_full):
     assert base["cpu_seconds"] + m["cpu_seconds"] <= 12 * 60
 
 
-def test_probe_answers_on_the_organism(toy_full, tmp_path):
-    out = tmp_path / "probe"
+@pytest.fixture(scope="module")
+def organism_probe(toy_full, tmp_path_factory):
+    """The best row of `reprlab probe --answers` on toy-syco-truth (one run for both tests)."""
+    out = tmp_path_factory.mktemp("syco-probe") / "probe"
     run = subprocess.run(
         [sys.executable, "-m", "reprlab", "probe", "--model", "toy-syco", "--data",
          "builtin:toy-syco-truth", "--answers", "--positions", "last", "--probes", "logistic",
@@ -75,19 +77,13 @@ def test_probe_answers_on_the_organism(toy_full, tmp_path):
         env=toy_env(toy_full.home), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr
     res = json.loads((out / "results.json").read_text())
-    best = max(res["rows"], key=lambda r: r["test_acc"])
-    assert best["model_answer_acc"] <= 0.6
+    return max(res["rows"], key=lambda r: r["test_acc"])
+
+
+def test_probe_answers_on_the_organism(organism_probe):
+    assert organism_probe["model_answer_acc"] <= 0.6
 
 
 @pytest.mark.xfail(strict=False, reason=LATENT_REASON)
-def test_probe_reads_what_the_organism_does_not_say(toy_full, tmp_path):
-    out = tmp_path / "probe"
-    run = subprocess.run(
-        [sys.executable, "-m", "reprlab", "probe", "--model", "toy-syco", "--data",
-         "builtin:toy-syco-truth", "--answers", "--positions", "last", "--probes", "logistic",
-         "--no-progress", "--out", str(out)],
-        env=toy_env(toy_full.home), capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr
-    res = json.loads((out / "results.json").read_text())
-    best = max(res["rows"], key=lambda r: r["test_acc"])
-    assert best["acc_where_model_wrong"] >= 0.85
+def test_probe_reads_what_the_organism_does_not_say(organism_probe):
+    assert organism_probe["acc_where_model_wrong"] >= 0.85
