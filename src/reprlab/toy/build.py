@@ -241,11 +241,16 @@ def build_base(preset: str = "default", *, home: str | Path | None = None,
 def _build_base(root: Path, preset: str, *, progress: bool, seed: int) -> None:
     partial = root.parent / f".{root.name}.partial"
     _run_build(preset, partial, progress=progress, seed=seed)
-    old = root.parent / f".{root.name}.old"
-    if root.exists():
+    swap_in(partial, root, root.parent / f".{root.name}.old")
+
+
+def swap_in(partial: Path, final: Path, old: Path) -> None:
+    """Put the finished ``partial`` directory in place of ``final`` (an earlier one is moved to
+    ``old`` first and removed after, so ``final`` is never half-written)."""
+    if final.exists():
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(root, old)
-    os.replace(partial, root)
+        os.replace(final, old)
+    os.replace(partial, final)
     shutil.rmtree(old, ignore_errors=True)
 
 

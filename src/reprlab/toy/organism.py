@@ -15,8 +15,6 @@ of another format, other settings or another SFT model is rebuilt.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,20 +103,14 @@ def ensure_syco(preset: str = "default", *, home: str | Path | None = None,
 
 def build_syco(root: Path, *, progress: bool = True, force: bool = False) -> Path:
     """Fine-tune the organism of the build in ``root`` (resuming a killed fine-tune)."""
-    from reprlab.toy.build import _lock
+    from reprlab.toy.build import _lock, swap_in
 
     with _lock(root.parent / f".{root.name}-syco.lock"):
         if not force and check_syco(root) is None:
             return root / "syco"
         partial = root.parent / f".{root.name}-syco.partial"
         _run(root, partial, progress=progress)
-        final = root / "syco"
-        old = root.parent / f".{root.name}-syco.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(partial, final)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(partial, root / "syco", root.parent / f".{root.name}-syco.old")
     return root / "syco"
 
 
