@@ -185,7 +185,7 @@ def up(model: str = "toy", port: int = 8001, redis_port: int = 6379, ray_port: i
         spawn("api", [sys.executable, "-m", "gunicorn", "--config",
                       "python:ndif.services.api.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
                       "ndif.services.api.app:app"])
-        _wait_http(host, timeout=60)
+        _wait_http(host, timeout=180)
     except BaseException:
         down()
         raise
@@ -198,19 +198,25 @@ def up(model: str = "toy", port: int = 8001, redis_port: int = 6379, ray_port: i
 
 
 def _wait_http(host: str, timeout: float) -> None:
+    """Wait until the API answers ``/connected`` with 200: its dispatcher has reached Ray.
+
+    ``/ping`` answers as soon as gunicorn serves, while requests still get 503
+    ("compute backend is reconnecting") until the dispatcher's first Ray connection,
+    which takes longer on a loaded machine.
+    """
     import urllib.request
 
     end = time.time() + timeout
+    last = "no answer"
     while time.time() < end:
         try:
-            urllib.request.urlopen(host + "/ping", timeout=2)
+            urllib.request.urlopen(host + "/connected", timeout=2)
             return
         except Exception as exc:
-            if getattr(exc, "code", None):  # an HTTP answer: the API is serving
-                return
+            last = f"HTTP {exc.code}" if getattr(exc, "code", None) else type(exc).__name__
             time.sleep(0.5)
-    raise ConfigError(f"NDIF's API did not answer at {host} within {timeout:.0f} s "
-                      f"(logs: {state_dir() / 'logs'})")
+    raise ConfigError(f"NDIF's API at {host} did not report its compute backend connected "
+                      f"within {timeout:.0f} s (last: {last}; logs: {state_dir() / 'logs'})")
 
 
 def down() -> list[int]:
