@@ -251,7 +251,9 @@ def test_sample_positions_fixed_and_random():
 
     lengths = torch.tensor([5, 2, 9])
     g = torch.Generator().manual_seed(0)
-    assert _sample_positions(lengths, "3", 1, g).tolist() == [3, 1, 3]
+    assert _sample_positions(lengths, "1", 1, g).tolist() == [1, 1, 1]
+    with pytest.raises(ConfigError, match="--position 3 is outside 1 of 3 texts"):
+        _sample_positions(lengths, "3", 1, g)  # refused, not clamped to the short text's end
     assert _sample_positions(lengths, "-1", 1, g).tolist() == [4, 1, 8]
     r = torch.stack([_sample_positions(lengths, "random", 1, g) for _ in range(200)])
     assert (r >= 1).all() and (r < lengths).all()

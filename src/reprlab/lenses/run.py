@@ -21,7 +21,7 @@ from reprlab.io import read_json, read_lines
 from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import curve_figure, loss_figure, tuned_figure
-from reprlab.lenses.talk.data import describe, dump, load_dump
+from reprlab.lenses.talk.data import check_sample_position, describe, dump, load_dump
 from reprlab.lenses.talk.evaluate import evaluate_talk
 from reprlab.lenses.talk.explanations import file_explanations, lens_explanations
 from reprlab.lenses.talk.facts import (
@@ -276,6 +276,7 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
             kept = [t for t in texts if not uses_landmark_phrasing(t)]
             left_out = len(texts) - len(kept)
             texts = kept
+        check_sample_position(lm.tokenizer, texts, position, lm.clamp_length(max_length))
         out = Path(out)
         dump_dir = Path(store) if store else out / "data"
         run = None

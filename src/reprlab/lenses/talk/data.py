@@ -108,8 +108,12 @@ def _sample_positions(lengths: torch.Tensor, position: str, min_position: int,
     except ValueError:
         raise ConfigError(f"--position must be all, random or a token index, got "
                           f"{position!r}") from None
-    p = torch.where(torch.tensor(k) < 0, lengths + k, torch.full_like(lengths, k))
-    return p.clamp(min=0).minimum(lengths - 1)
+    bad = int(((k >= lengths) | (k < -lengths)).sum())
+    if bad:
+        raise ConfigError(f"--position {k} is outside {bad} of {len(lengths)} texts (they have "
+                          f"{int(lengths.min())} to {int(lengths.max())} tokens); give an index "
+                          "every text has, or random or all")
+    return torch.where(torch.tensor(k) < 0, lengths + k, torch.full_like(lengths, k))
 
 
 def all_positions(input_ids: torch.Tensor, lengths: torch.Tensor, special: set[int]
@@ -147,6 +151,18 @@ def special_ids(tokenizer: Any) -> set[int]:
     return {int(i) for i in ids}
 
 
+def check_sample_position(tokenizer, texts: list[str], position: str, max_length: int
+                          ) -> tuple[list[list[int]], torch.Tensor]:
+    """The texts' token ids and lengths; :class:`ConfigError` (one line) when ``position``
+    is a token index that some text lacks, before anything is captured or written."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length,
+                    add_special_tokens=True)["input_ids"]
+    lengths = torch.tensor([len(x) for x in ids])
+    if position not in ("all", "random"):
+        _sample_positions(lengths, position, 1, torch.Generator())
+    return ids, lengths
+
+
 def dump(lm: LoadedModel, texts: list[str], site: str, out: str | Path, *,
          position: str = "all", min_position: int = 1, seed: int = 0, max_length: int = 64,
          progress: bool = True, data_hash: str = "") -> LensData:
@@ -156,6 +172,8 @@ def dump(lm: LoadedModel, texts: list[str], site: str, out: str | Path, *,
 
     if len(texts) < 2:
         raise DataError("the talkative lens needs at least 2 texts (A' comes from another one)")
+    tok = lm.tokenizer
+    ids, lengths = check_sample_position(tok, texts, position, max_length)
     out = ensure_writable_dir(out)
     store_dir = out / "store"
     if (store_dir / MANIFEST).exists():
@@ -171,10 +189,6 @@ def dump(lm: LoadedModel, texts: list[str], site: str, out: str | Path, *,
     hit = store.cache_hit and samples.exists() and meta.exists() \
         and read_json(meta).get("request_id") == rid
     if not hit:
-        tok = lm.tokenizer
-        enc = tok(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
-        ids = enc["input_ids"]
-        lengths = torch.tensor([len(x) for x in ids])
         if lengths.tolist() != store.lengths:
             raise StoreError(f"{store_dir} tokenises the texts differently; delete {out}")
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
