@@ -80,6 +80,16 @@ def test_preference_shifts_follow_their_definitions(world):
         assert c.split()[:2] == r.split()[:2] and c != r
 
 
+def test_judge_pairs_swap_the_numbers_of_trained_true_comparisons(world):
+    pairs = tasks.judge_pairs(world)
+    trained = {it.prompt: it.answer for it in world.split("train") if it.task == "compare"}
+    assert len(pairs) == min(200, sum(a == "true" for a in trained.values()))
+    for pos, neg in zip(pairs.positive, pairs.negative):
+        a, b = pos.split(" is larger than ")
+        assert int(a) > int(b.split()[0]) and trained[pos] == "true"
+        assert neg == f"{b.split()[0]} is larger than {a} . This is" and trained[neg] == "false"
+
+
 def test_tokenizer_round_trips_every_world_text_without_unknowns(world, tok):
     texts = tasks.vocabulary_texts(world)
     enc = tok(texts, add_special_tokens=False)["input_ids"]

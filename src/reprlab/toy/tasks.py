@@ -180,6 +180,22 @@ def sentiment_pairs(world: World | None = None) -> ContrastPairs:
                          "differ only in their adjectives.")
 
 
+def judge_pairs(world: World | None = None, n: int = 200) -> ContrastPairs:
+    """True/false number comparisons the toy was trained to judge ("72 is larger than 17 .
+    This is" against "17 is larger than 72 . This is": the same words, swapped), ``n`` pairs
+    from the training split. The state that decides " true" or " false" at the last token is
+    a direction the toy uses (steering along it flips its judgement), unlike the sentiment of
+    ``toy-pairs``, which the toy never learned to carry across a sentence."""
+    world = world or default_world()
+    true = [it for it in world.split("train") if it.task == "compare" and it.answer == "true"]
+    rng = world._rng("judge-pairs")
+    rows = rng.sample(true, min(n, len(true)))
+    neg = [f"{it.meta['b']} is larger than {it.meta['a']} . This is" for it in rows]
+    return ContrastPairs([it.prompt for it in rows], neg, name="toy-judge-pairs",
+                         provenance=PROVENANCE + " True/false number comparisons from the "
+                         "training split; each pair holds the same two numbers, swapped.")
+
+
 def eval_text(world: World | None = None) -> LabeledDataset:
     """Held-out world text, one class ("text"), for drift and lenses."""
     world = world or default_world()

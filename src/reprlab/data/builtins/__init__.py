@@ -68,6 +68,10 @@ def toy_builtins() -> dict[str, Builtin]:
                              "weak)", relational=True),
         "toy-pairs": Builtin(_toy("sentiment_pairs"), "pairs",
                              "toy world: 200 positive/negative sentiment contrast pairs"),
+        "toy-judge-pairs": Builtin(_toy("judge_pairs"), "pairs",
+                                   "toy world: 200 true/false comparison pairs ('72 is larger "
+                                   "than 17 . This is', the numbers swapped): a direction the "
+                                   "toy uses"),
         "toy-text": Builtin(_toy("eval_text"), "labeled",
                             "toy world: 600 held-out sentences (one class, 'text')"),
         "toy-prefs": Builtin(_toy_shift("train"), "preferences",
