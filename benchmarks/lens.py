@@ -2,7 +2,9 @@
 
 (a) Talkative-lens training step (decode t tokens, encode, splice into the target, KL + MSE,
     backward, AdamW step) with the KV-cached decode against the naive decode that recomputes
-    the whole prefix for every token, at t = 4, 8, 16; same model, batch and weights.
+    the whole prefix for every token, at t = 4, 8, 16; same model, batch and weights; and the
+    decode alone (forward and backward through the straight-through tokens), the part the
+    cache changes.
 (b) Tuned-lens training throughput (tokens/s): reprlab's step against a step built on the
     ``tuned-lens`` package's own ``TunedLens`` module (its translators and unembedding), same
     model, data, loss (KL(final ‖ lens) summed over layers) and SGD-Nesterov optimiser.
@@ -11,11 +13,12 @@
     Install it without touching the environment's dependencies:
     ``pip install --no-deps --target /tmp/tl-site tuned-lens==0.2.0`` and pass
     ``--peer-path /tmp/tl-site``.
+(c) GRPO's sampling: K explanations per activation in one batched decode against K decodes.
 
 Both parts time with wall and CPU time (process_time), variants in rotation, at 1 torch thread
 unless ``--threads``; the machine load is printed beside the figures.
 
-    python benchmarks/lens.py --parts a,b --repeats 5 --peer-path /tmp/tl-site
+    python benchmarks/lens.py --parts a,b,c --repeats 5 --peer-path /tmp/tl-site
 """
 
 from __future__ import annotations
@@ -117,12 +120,58 @@ def part_a(args) -> None:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
-        res = rotate({"kv": lambda: step(True), "naive": lambda: step(False)}, args.repeats)
-        kv, nv = res["kv"], res["naive"]
-        print(f"  t={t:<3} kv-cache {kv['wall'] * 1e3:8.1f} ms (cpu {kv['cpu'] * 1e3:8.1f})   "
-              f"naive {nv['wall'] * 1e3:8.1f} ms (cpu {nv['cpu'] * 1e3:8.1f})   "
-              f"speed-up {nv['wall'] / kv['wall']:.2f}x wall, {nv['cpu'] / kv['cpu']:.2f}x cpu"
-              f"   [{load()}]")
+        def decode(kv: bool, t: int = t, noise: torch.Tensor = noise) -> None:
+            gen = module.generate(data.a[idx].to(dev), t, 0.5, noise.to(dev), use_cache=kv)
+            (gen.onehots * probe).sum().backward()  # the decode's own backward, no encoder
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        probe = torch.randn(args.batch, t, args.vocab, generator=g).to(dev)
+        for what, fn in (("step", step), ("decode", decode)):
+            res = rotate({"kv": lambda: fn(True), "naive": lambda: fn(False)}, args.repeats)
+            kv, nv = res["kv"], res["naive"]
+            print(f"  t={t:<3} {what:<7} kv-cache {kv['wall'] * 1e3:8.1f} ms "
+                  f"(cpu {kv['cpu'] * 1e3:8.1f})   naive {nv['wall'] * 1e3:8.1f} ms "
+                  f"(cpu {nv['cpu'] * 1e3:8.1f})   speed-up {nv['wall'] / kv['wall']:.2f}x "
+                  f"wall, {nv['cpu'] / kv['cpu']:.2f}x cpu   [{load()}]")
+        opt.zero_grad(set_to_none=True)
+
+
+# -- (c) ------------------------------------------------------------------------------------
+def part_c(args) -> None:
+    """GRPO's sampling: the K explanations of each activation drawn in one batched decode of
+    B·K rows against K decodes of B rows (no grad, KV cache, same Gumbel noise)."""
+    from reprlab.lenses.talk.model import TalkModule, gumbel_noise
+
+    dev = torch.device(args.device)
+    lm = random_llama(args.hidden, args.layers, args.vocab)
+    prompt = [1, 0] + list(range(2, args.prompt_len))
+    module = TalkModule(lm.model, copy.deepcopy(lm.model), args.hidden, prompt, 1, [1],
+                        args.layers // 2).to(dev)
+    b, k, t = args.batch, args.k, 8
+    a = torch.randn(b, args.hidden, generator=torch.Generator().manual_seed(0)).to(dev)
+    rep = a.repeat_interleave(k, 0)
+    noise = gumbel_noise((b * k, t, args.vocab), torch.Generator().manual_seed(1)).to(dev)
+    per = noise.reshape(b, k, t, -1)
+
+    @torch.no_grad()
+    def batched() -> torch.Tensor:
+        return module.generate(rep, t, 1.0, noise).ids
+
+    @torch.no_grad()
+    def looped() -> torch.Tensor:
+        ids = [module.generate(a, t, 1.0, per[:, j]).ids for j in range(k)]
+        return torch.stack(ids, 1).reshape(b * k, t)
+
+    assert torch.equal(batched(), looped())  # the same samples either way
+    res = rotate({"batched": batched, "looped": looped}, args.repeats)
+    one, loop = res["batched"], res["looped"]
+    print(f"(c) GRPO sampling, {k} explanations of t={t} for each of {b} activations, "
+          f"decoder prompt {len(prompt)} tokens, {torch.get_num_threads()} thread(s)")
+    print(f"  one decode of {b * k} rows {one['wall'] * 1e3:8.1f} ms (cpu {one['cpu'] * 1e3:8.1f})"
+          f"   {k} decodes of {b} rows {loop['wall'] * 1e3:8.1f} ms (cpu "
+          f"{loop['cpu'] * 1e3:8.1f})   speed-up {loop['wall'] / one['wall']:.2f}x wall, "
+          f"{loop['cpu'] / one['cpu']:.2f}x cpu   [{load()}]")
 
 
 # -- (b) ------------------------------------------------------------------------------------
@@ -214,6 +263,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt-len", type=int, default=4, help="decoder prompt tokens")
     ap.add_argument("--tokens", default="4,8,16")
+    ap.add_argument("--k", type=int, default=8, help="GRPO samples per activation (c)")
     ap.add_argument("--tuned-batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--peer-path", default="")
@@ -226,6 +276,8 @@ def main() -> None:
         part_a(args)
     if "b" in parts:
         part_b(args)
+    if "c" in parts:
+        part_c(args)
 
 
 if __name__ == "__main__":
