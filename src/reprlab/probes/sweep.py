@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 LINEAR_FAMILIES = ("logistic", "mass-mean", "mass-mean-iid")
 
 
-def _rank(row: dict[str, Any]) -> tuple[float, float]:
+def rank(row: dict[str, Any]) -> tuple[float, float]:
     """How rows compare for "best": validation accuracy, then validation log-loss (lower
     first). The test rows play no part in the choice, so the best row's test accuracy is an
     honest estimate. (A run without validation rows has a single row.)"""
@@ -53,7 +53,7 @@ def pick_linear(rows: list[dict[str, Any]], position: str | None = None,
         raise ConfigError("no linear probe (logistic, mass-mean) matches "
                           f"position={position or 'any'} family={family or 'any'}; add "
                           "--probes logistic or pick a position/family the run has")
-    return max(cand, key=_rank)
+    return max(cand, key=rank)
 
 #: datasets up to this many rows use k-fold cross-validation unless a split is forced
 CV_MAX_ROWS = 100
@@ -80,7 +80,7 @@ class SweepResult:
         """Best row by validation accuracy (ties: validation log-loss), with its test
         accuracy, its probe and raw unit direction (the probe's for linear families, else
         the mean difference)."""
-        row = max(self.rows, key=_rank)
+        row = max(self.rows, key=rank)
         key = (row["site"], row["position"], row["family"])
         probe = self.probes.get(key)
         d = probe.direction if probe is not None else None

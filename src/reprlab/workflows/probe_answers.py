@@ -56,10 +56,12 @@ def answers_line(result: Any) -> str:
     rows = [r for r in result.rows if "model_answer_acc" in r]
     if not rows:
         return "model answers: no test rows with known answers"
-    best = max(rows, key=lambda r: r["test_acc"])
+    from reprlab.probes.sweep import rank
+
+    best = max(rows, key=rank)  # chosen on validation, as the probe table's best row
     wrong = best.get("acc_where_model_wrong")
     tail = (f", {wrong:.3f} on the {best['n_model_wrong']} rows the model answers wrongly"
             if wrong is not None else " (the model answers every test row rightly)")
-    return (f"knows vs says: the best probe ({best['family']} at {best['site']}, "
-            f"{best['position']}) is right on {best['test_acc']:.3f} of the test rows{tail}; "
+    return (f"knows vs says: the best probe by validation accuracy ({best['family']} at "
+            f"{best['site']}, {best['position']}) is right on {best['test_acc']:.3f} of the test rows{tail}; "
             f"the model's own answers on the same rows: {best['model_answer_acc']:.3f}")
