@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 
 import pytest
+import torch
 
 from reprlab.toy import syco, syco_data
 from reprlab.toy.tasks import default_world
@@ -170,7 +171,34 @@ def test_probe_answers_column_and_bad_input(toy_mini, tmp_path):
     # the mini base model cannot answer chat questions: 0 right, so every test row counts
     assert row["model_answer_acc"] == 0.0 and row["n_model_wrong"] == 80
     assert row["acc_where_model_wrong"] == pytest.approx(row["test_acc"])
+    assert 0.5 <= row["majority_where_model_wrong"] < 1.0  # both classes among them
     assert res["model_answers"]["line"].startswith("knows vs says")
+
+
+def test_knows_vs_says_shows_what_a_constant_guess_scores(monkeypatch):
+    """A model wrong on false statements only makes a probe that always says "false" look
+    perfect on the rows it gets wrong; the line and the row say what that guess scores."""
+    from types import SimpleNamespace
+
+    import reprlab.answers
+    from reprlab.workflows.probe_answers import add_answer_columns, answers_line
+
+    ids = [f"r{k}" for k in range(8)]
+    labels = [0, 1] * 4
+    ds = SimpleNamespace(texts=ids, answers=["x"] * 8, ids=ids, name="t")
+    # the model answers the true statements (label 1) rightly and the false ones wrongly
+    monkeypatch.setattr(reprlab.answers, "answer_correct",
+                        lambda lm, texts, answers, batch_size: torch.tensor(
+                            [lab == 1 for lab in labels]))
+    preds = [{"set": "test", "id": i, "site": "s", "position": "last", "family": "logistic",
+              "predicted": 0, "label": lab} for i, lab in zip(ids, labels)]
+    row = {"site": "s", "position": "last", "family": "logistic", "test_acc": 0.5,
+           "val_acc": 0.5}
+    result = SimpleNamespace(predictions=preds, rows=[row])
+    add_answer_columns(result, None, ds)
+    assert row["acc_where_model_wrong"] == 1.0 and row["n_model_wrong"] == 4
+    assert row["majority_where_model_wrong"] == 1.0 and row["model_answer_acc"] == 0.5
+    assert "(a constant guess: 1.000)" in answers_line(result)
 
 
 def test_answer_accuracy_matches_generation(toy_mini):

@@ -4,8 +4,10 @@ For a labeled dataset with known answers (``answers``: the right continuation of
 ``probe --answers`` scores whether the model's greedy answer to each text is the known one
 (:mod:`reprlab.answers`) and, on the same test rows as every probe, adds to each row of the
 table ``model_answer_acc`` (the model's own answer accuracy) and ``acc_where_model_wrong``
-(the probe's accuracy on the rows the model answers wrongly). A probe above the model's own
-answers there reads knowledge the model does not say.
+(the probe's accuracy on the rows the model answers wrongly), beside what a constant guess of
+the commonest label scores on those rows (``majority_where_model_wrong``: a model that is wrong
+on one class only makes a constant probe look perfect there). A probe above the model's own
+answers and above that guess reads knowledge the model does not say.
 """
 
 from __future__ import annotations
@@ -36,17 +38,22 @@ def add_answer_columns(result: Any, lm: Any, ds: Any, batch_size: int = 32) -> d
     for p in result.predictions:
         if p["set"] == "test" and str(p["id"]) in right:
             by[(p["site"], p["position"], p["family"])].append(
-                (p["predicted"] == p["label"], right[str(p["id"])]))
+                (p["predicted"] == p["label"], right[str(p["id"])], p["label"]))
     for row in result.rows:
         pairs = by.get((row["site"], row["position"], row["family"]), [])
         if not pairs:
             continue
-        wrong = [probe_ok for probe_ok, model_ok in pairs if not model_ok]
-        row["model_answer_acc"] = sum(m for _, m in pairs) / len(pairs)
-        row["acc_where_model_wrong"] = sum(wrong) / len(wrong) if wrong else None
+        wrong = [(probe_ok, label) for probe_ok, model_ok, label in pairs if not model_ok]
+        row["model_answer_acc"] = sum(m for _, m, _ in pairs) / len(pairs)
+        row["acc_where_model_wrong"] = sum(ok for ok, _ in wrong) / len(wrong) if wrong else None
+        # what a constant guess of the commonest label scores on those rows: where the model
+        # is wrong on one class only, a probe that always says that class scores 1.0 there
+        labels = [label for _, label in wrong]
+        row["majority_where_model_wrong"] = (max(labels.count(v) for v in set(labels))
+                                             / len(labels) if labels else None)
         row["n_model_wrong"] = len(wrong)
     any_pairs = next(iter(by.values()), [])
-    return {"model_answer_acc_test": sum(m for _, m in any_pairs) / len(any_pairs)
+    return {"model_answer_acc_test": sum(m for _, m, _ in any_pairs) / len(any_pairs)
             if any_pairs else None,
             "model_answer_acc_all": sum(said) / len(said) if said else None}
 
@@ -60,7 +67,8 @@ def answers_line(result: Any) -> str:
 
     best = max(rows, key=rank)  # chosen on validation, as the probe table's best row
     wrong = best.get("acc_where_model_wrong")
-    tail = (f", {wrong:.3f} on the {best['n_model_wrong']} rows the model answers wrongly"
+    tail = (f", {wrong:.3f} on the {best['n_model_wrong']} rows the model answers wrongly "
+            f"(a constant guess: {best['majority_where_model_wrong']:.3f})"
             if wrong is not None else " (the model answers every test row rightly)")
     return (f"knows vs says: the best probe by validation accuracy ({best['family']} at "
             f"{best['site']}, {best['position']}) is right on {best['test_acc']:.3f} of the test rows{tail}; "
