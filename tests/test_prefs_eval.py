@@ -224,3 +224,14 @@ def test_dpo_on_the_toy_sft_model_fits_its_pairs_and_stays_coherent(toy_full, tm
                   generate=4, progress=False)
     assert ev.accuracy("train", "on") >= ev.accuracy("train", "off") + 0.15
     assert not ev.incoherent and ev.generation["on"]["well_formed"] >= 0.75
+
+
+def test_default_splits_are_a_builtins_named_shifts():
+    from reprlab.prefs.evaluation import default_splits
+
+    assert default_splits("builtin:toy-prefs") == {
+        s: f"builtin:toy-prefs-{s}" for s in ("in-domain", "harder", "cross-domain",
+                                             "orthogonal")}
+    assert sorted(default_splits("builtin:toy-syco-prefs")) == [
+        "cross-family", "in-domain", "orthogonal", "phrasing", "third-party"]
+    assert default_splits("pairs.jsonl") == {"train": "pairs.jsonl"}

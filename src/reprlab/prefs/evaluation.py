@@ -32,13 +32,20 @@ logger = logging.getLogger(__name__)
 #: shift name -> category (the toy world's names; GENIES-style names map the same way)
 CATEGORIES = {"train": "train", "in-domain": "in-domain", "harder": "difficulty",
               "cross-domain": "cross-domain", "orthogonal": "orthogonal"}
-TOY_SHIFTS = ("in-domain", "harder", "cross-domain", "orthogonal")
 
 
 def default_splits(data: str) -> dict[str, str]:
-    """The evaluation splits of a training set: the toy shifts for ``builtin:toy-prefs``."""
-    if data == "builtin:toy-prefs":
-        return {s: f"builtin:toy-prefs-{s}" for s in TOY_SHIFTS}
+    """The evaluation splits of a training set: for a built-in preference set with named
+    shifts (``builtin:toy-prefs``, ``builtin:toy-syco-prefs``), every ``<name>-<shift>``
+    built-in; otherwise the training data itself."""
+    from reprlab.data.builtins import BUILTINS
+
+    if data.startswith("builtin:"):
+        name = data.split(":", 1)[1]
+        shifts = {k[len(name) + 1:]: f"builtin:{k}" for k, b in BUILTINS.items()
+                  if k.startswith(name + "-") and b.kind == "preferences"}
+        if shifts:
+            return shifts
     return {"train": data}
 
 
