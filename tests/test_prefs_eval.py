@@ -235,3 +235,18 @@ def test_default_splits_are_a_builtins_named_shifts():
     assert sorted(default_splits("builtin:toy-syco-prefs")) == [
         "cross-family", "in-domain", "orthogonal", "phrasing", "third-party"]
     assert default_splits("pairs.jsonl") == {"train": "pairs.jsonl"}
+
+
+def test_difference_figure_draws_an_interval_that_misses_its_mean():
+    """A constant difference has mean 1e-17 beside an interval [0, 0]; the forest plot drew
+    it with a negative error bar and crashed the whole comparison."""
+    from types import SimpleNamespace
+
+    from reprlab.prefs.report import difference_figure
+
+    d = {"mean": -1e-17, "lo": 0.0, "hi": 0.0}
+    cmp = SimpleNamespace(shifts=["in-domain"], rows=[{"label": "mse"},
+                                                      {"label": "base (adapter off)"}],
+                          against=None, difference=lambda s, a, b: d)
+    fig = difference_figure(cmp)
+    assert len(fig.axes[0].lines) >= 1

@@ -127,7 +127,10 @@ def difference_figure(comparison: Any) -> Any:
                 if d is None:
                     continue
                 y = i + (j - (len(series) - 1) / 2) * 0.25
-                ax.errorbar([d["mean"]], [y], xerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]],
+                # a percentile interval need not hold the mean (a skewed or constant
+                # difference); draw the bar from the interval's ends all the same
+                err = [[max(0.0, d["mean"] - d["lo"])], [max(0.0, d["hi"] - d["mean"])]]
+                ax.errorbar([d["mean"]], [y], xerr=err,
                             fmt="o", color=colour, capsize=2, ms=4,
                             label=name if i == 0 else None)
         ax.axvline(0.0, color="#888", lw=0.8, ls="--")
