@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import statistics
 import sys
@@ -120,15 +121,18 @@ def part_a(args) -> None:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
-        def decode(kv: bool, t: int = t, noise: torch.Tensor = noise) -> None:
+        probe = torch.randn(args.batch, t, args.vocab, generator=g).to(dev)
+
+        def decode(kv: bool, t: int = t, noise: torch.Tensor = noise,
+                   probe: torch.Tensor = probe) -> None:
             gen = module.generate(data.a[idx].to(dev), t, 0.5, noise.to(dev), use_cache=kv)
             (gen.onehots * probe).sum().backward()  # the decode's own backward, no encoder
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
-        probe = torch.randn(args.batch, t, args.vocab, generator=g).to(dev)
         for what, fn in (("step", step), ("decode", decode)):
-            res = rotate({"kv": lambda: fn(True), "naive": lambda: fn(False)}, args.repeats)
+            res = rotate({"kv": functools.partial(fn, True), "naive": functools.partial(fn, False)},
+                         args.repeats)
             kv, nv = res["kv"], res["naive"]
             print(f"  t={t:<3} {what:<7} kv-cache {kv['wall'] * 1e3:8.1f} ms "
                   f"(cpu {kv['cpu'] * 1e3:8.1f})   naive {nv['wall'] * 1e3:8.1f} ms "

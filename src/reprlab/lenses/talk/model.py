@@ -23,7 +23,6 @@ exact in floating point.
 from __future__ import annotations
 
 import functools
-
 import math
 from dataclasses import dataclass
 
