@@ -81,5 +81,6 @@ def test_verdict_names_a_best_method_only_with_evidence():
     won, line = verdict("s", rows, null, 0.95)
     assert won is None and line.startswith(NO_WINNER)
     # the leader is incoherent: never named (the only coherent one, above base, is)
-    won, _ = verdict("s", _rows({"dpo": 0.7, "ipo": 0.6, BASE: 0.5}, ("dpo",)), sig, 0.95)
-    assert won == "ipo"
+    won, line = verdict("s", _rows({"dpo": 0.7, "ipo": 0.6, BASE: 0.5}, ("dpo",)), sig, 0.95)
+    assert won == "ipo" and line.endswith("[among coherent methods; left out: dpo]")
+    assert "among coherent" not in verdict("s", rows, sig, 0.95)[1]

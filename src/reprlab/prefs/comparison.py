@@ -122,6 +122,14 @@ def verdict(shift: str, rows: list[dict], diffs: list[dict], level: float
                        shift)
     if not coherent:
         return None, "no coherent method"
+    left = [r["label"] for r in scored if r["incoherent_seeds"]]
+    among = f" [among coherent methods; left out: {', '.join(left)}]" if left else ""
+    winner, line = _verdict(coherent, diffs, alpha)
+    return winner, line + among
+
+
+def _verdict(coherent: list[dict], diffs: list[dict], alpha: float) -> tuple[str | None, str]:
+    """The verdict among the coherent methods, best first."""
 
     def beats(a: str, b: str) -> dict | None:
         d = next((d for d in diffs if d["a"] == a and d["b"] == b), None)
