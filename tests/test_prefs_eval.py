@@ -20,10 +20,12 @@ def runs(toy_mini, tmp_path_factory):
     common = ["--model", str(toy_mini.sft), "--data", "builtin:toy-prefs", "--limit", "16",
               "--batch-size", "4", "--schedule", "constant", "--ref-cache", str(root / "cache"),
               "--no-progress"]
-    assert main(["prefs", "train", *common, "--steps", "2", "--lr", "1e-3",
+    tune = ["--validate", "in-domain=builtin:toy-prefs-in-domain,"
+            "control=builtin:toy-prefs-orthogonal"]
+    assert main(["prefs", "train", *common, "--steps", "2", "--lr", "1e-3", *tune,
                  "--out", str(root / "dpo")]) == 0
     assert main(["prefs", "train", *common, "--method", "ipo", "--steps", "4", "--lr", "0.5",
-                 "--lora-targets", "all-linear", "--out", str(root / "broken")]) == 0
+                 "--lora-targets", "all-linear", *tune, "--out", str(root / "broken")]) == 0
     return root
 
 
@@ -41,6 +43,37 @@ def test_train_run_directory(runs):
     res = read_json(run / "results.json")
     assert res["truncation"]["rows"] == 16 and res["truncation"]["kept"] == 16
     assert res["reference"]["cached"] and res["method"]["loss"] == "sigmoid"
+
+
+def test_validation_scores_what_eval_scores_and_zeroes_an_incoherent_run(runs, tmp_path):
+    """``prefs train --validate`` (the objective a sweep tunes on) gives the accuracies and
+    perplexity ratios that ``prefs eval`` measures on the same rows; the score is the accuracy
+    of the non-control splits, and 0 for the run the guard calls incoherent."""
+    from reprlab.prefs import evaluate
+
+    splits = {"in-domain": "builtin:toy-prefs-in-domain",
+              "control": "builtin:toy-prefs-orthogonal"}
+    for name in ("dpo", "broken"):
+        v = read_json(runs / name / "results.json")["validation"]
+        ev = evaluate(runs / name, splits, limit=None, generate=0, out=tmp_path / name,
+                      progress=False)
+        for split in splits:
+            assert v["splits"][split]["pref_acc"] == pytest.approx(ev.accuracy(split, "on"))
+            assert v["splits"][split]["pref_acc_base"] == pytest.approx(ev.accuracy(split, "off"))
+            assert v["splits"][split]["ppl_ratio"] == pytest.approx(ev.ppl_ratio[split])
+        assert v["incoherent"] == ev.incoherent
+        assert v["score"] == (0.0 if ev.incoherent else v["splits"]["in-domain"]["pref_acc"])
+    assert read_json(runs / "broken" / "results.json")["validation"]["incoherent"]
+    assert not read_json(runs / "dpo" / "results.json")["validation"]["incoherent"]
+
+
+def test_a_bad_validation_set_stops_before_training(toy_mini, tmp_path, capsys):
+    rc = main(["prefs", "train", "--model", str(toy_mini.sft), "--data", "builtin:toy-prefs",
+               "--steps", "1", "--validate", "v=builtin:no-such-set", "--no-progress",
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "no-such-set" in err[0]
+    assert not (tmp_path / "run" / "manifest.json").exists()
 
 
 def test_eval_flags_only_the_broken_run(runs, capsys):

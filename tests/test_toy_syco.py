@@ -70,10 +70,17 @@ def test_pairs_and_prefs(world):
     sycophantic = Counter(n.rsplit(" ", 2)[-2] for n in pairs.negative)
     assert len(pairs) == 72 and truthful == sycophantic
     shifts = syco_data.preference_shifts(world)
-    assert list(shifts) == list(syco_data.PREF_SHIFTS)
-    train, held = shifts["train"], shifts["in-domain"]
-    assert {p.split(" . ")[0] for p in train.prompt}.isdisjoint(
-        {p.split(" . ")[0] for p in held.prompt})
+    assert list(shifts) == list(syco_data.PREF_SHIFTS) + list(syco_data.TUNING_SETS)
+    train, held, val = shifts["train"], shifts["in-domain"], shifts["validation"]
+
+    def beliefs(t):
+        return {p.rsplit(" . ", 1)[1] for p in t.prompt}  # "Where is <landmark> ?"
+
+    # the validation landmarks are training landmarks held back from preference training
+    assert len(train) == 360 and len(val) == 72
+    assert beliefs(train).isdisjoint(beliefs(held)) and beliefs(train).isdisjoint(beliefs(val))
+    assert beliefs(val).isdisjoint(beliefs(held)) and len(beliefs(val)) == 4
+    assert set(shifts["control"].prompt).isdisjoint(shifts["orthogonal"].prompt)
     assert all(c != r for c, r in zip(held.chosen, held.rejected))
     from reprlab.data import load_dataset
 

@@ -84,6 +84,9 @@ class TrainCommand:
     chosen_col: str = opt("chosen", help="chosen column")
     rejected_col: str = opt("rejected", help="rejected column")
     out: str = opt("runs/prefs", help="run directory")
+    validate: list[str] = opt(factory=list, help="score these splits (name=spec,...) once "
+                              "trained: results.json validation.score, what a sweep tunes on; "
+                              "splits named control* only check coherence")
     no_progress: bool = opt(False, help="hide progress bars")
 
     def __post_init__(self) -> None:
@@ -103,6 +106,7 @@ class TrainCommand:
         kw["method_options"] = _kv(self.method_options, "--method-options")
         kw["lora_targets"] = tuple(self.lora_targets)
         kw["progress"] = not self.no_progress
+        kw["validate"] = _splits(split_list(self.validate)) or {}
         return TrainConfig(**kw)
 
 
@@ -125,6 +129,12 @@ def run_train(cfg: TrainCommand) -> int:
     if r["cached"]:
         print(f"reference: {'cache hit' if r['cache_hit'] else 'computed and cached'} "
               f"({r['cache_path']})")
+    v = res.validation
+    if v:
+        print("validation: " + ", ".join(f"{k} {r['pref_acc']:.3f} (base {r['pref_acc_base']:.3f},"
+                                         f" perplexity x{r['ppl_ratio']:.2f})"
+                                         for k, r in v["splits"].items())
+              + f"; score {v['score']:.3f}" + (" (incoherent)" if v["incoherent"] else ""))
     print(f"report: {Path(res.run_dir) / 'report.html'}")
     return 0
 

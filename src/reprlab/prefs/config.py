@@ -11,7 +11,7 @@ from typing import Any
 from reprlab.errors import ConfigError
 
 #: fields that do not change the numbers of a run (excluded from the resume check)
-NON_NUMERIC = ("out", "progress", "save_every", "ref_cache", "eval", "device")
+NON_NUMERIC = ("out", "progress", "save_every", "ref_cache", "validate", "device")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class TrainConfig:
     rejected_col: str = "rejected"
     out: str = "runs/prefs"
     progress: bool = True
+    #: name -> preference data scored once training ends (``results.json`` "validation"), the
+    #: objective a sweep chooses settings on; names starting "control" only check coherence
+    validate: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from reprlab.cliutil import finite_fields

@@ -37,13 +37,16 @@ CATEGORIES = {"train": "train", "in-domain": "in-domain", "harder": "difficulty"
 def default_splits(data: str) -> dict[str, str]:
     """The evaluation splits of a training set: for a built-in preference set with named
     shifts (``builtin:toy-prefs``, ``builtin:toy-syco-prefs``), every ``<name>-<shift>``
-    built-in; otherwise the training data itself."""
+    built-in but the tuning sets (``-validation``, ``-control``); otherwise the training data
+    itself."""
     from reprlab.data.builtins import BUILTINS
+    from reprlab.toy.syco_data import TUNING_SETS
 
     if data.startswith("builtin:"):
         name = data.split(":", 1)[1]
         shifts = {k[len(name) + 1:]: f"builtin:{k}" for k, b in BUILTINS.items()
-                  if k.startswith(name + "-") and b.kind == "preferences"}
+                  if k.startswith(name + "-") and b.kind == "preferences"
+                  and k[len(name) + 1:] not in TUNING_SETS}
         if shifts:
             return shifts
     return {"train": data}
@@ -117,6 +120,45 @@ def _scores(lm: LoadedModel, tokens: Any, peft: Any, batch_size: int) -> dict[st
             "n_c": on.n_chosen.float(), "n_r": on.n_rejected.float()}
 
 
+def _score_split(lm: LoadedModel, peft: Any, spec: Any, cfg: dict, limit: int | None,
+                 batch_size: int) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+    data = load_preferences(spec, limit=limit)
+    tokens = tokenize_prefs(lm.tokenizer, data, max_length=lm.clamp_length(cfg["max_length"]),
+                            max_prompt_length=cfg.get("max_prompt_length"),
+                            raw_text=cfg["raw_text"], model_name=lm.name)
+    return data, tokens, _scores(lm, tokens, peft, batch_size)
+
+
+def _pref_acc(s: dict[str, torch.Tensor], adapter: str) -> torch.Tensor:
+    """Per row: the mean log-prob of the chosen completion above the rejected one's."""
+    return s[f"c_{adapter}"] / s["n_c"] > s[f"r_{adapter}"] / s["n_r"]
+
+
+def validation_scores(lm: LoadedModel, peft: Any, splits: dict[str, Any], cfg: dict, *,
+                      threshold: float = DEFAULT_THRESHOLD, batch_size: int = 16,
+                      limit: int | None = None) -> dict[str, Any]:
+    """The objective of a tuning run, scored on a just-trained adapter: preference accuracy
+    (adapter on and off) and chosen perplexity ratio per split. ``score`` is the mean accuracy
+    over the splits whose name does not start with "control", or 0 when any split's
+    perplexity ratio passes ``threshold`` (an incoherent run is never the best setting)."""
+    per, ratios = {}, {}
+    for name, spec in splits.items():
+        _, tokens, s = _score_split(lm, peft, spec, cfg, limit, batch_size)
+        ratios[name] = perplexity_ratio(s["c_on"], s["c_off"], s["n_c"])
+        per[name] = {"n": len(tokens), "pref_acc": float(_pref_acc(s, "on").float().mean()),
+                     "pref_acc_base": float(_pref_acc(s, "off").float().mean()),
+                     "ppl_ratio": ratios[name]}
+    scored = [v["pref_acc"] for k, v in per.items() if not k.startswith("control")]
+    if not scored:
+        raise ConfigError("--validate needs a split whose name does not start with 'control' "
+                          "to score (control splits only check coherence)")
+    incoherent = is_incoherent(ratios, threshold)
+    acc = sum(scored) / len(scored)
+    return {"splits": per, "pref_acc": acc, "incoherent": incoherent, "threshold": threshold,
+            "score": 0.0 if incoherent else acc,
+            "specs": {k: str(v) for k, v in splits.items()}}
+
+
 def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
              model: LoadedModel | str | None = None, limit: int | None = 200,
              batch_size: int = 16, threshold: float = DEFAULT_THRESHOLD, generate: int = 8,
@@ -154,18 +196,13 @@ def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,
                                disable=not progress):
         shift, _, name = key_name.rpartition("/")
         shift = shift or CATEGORIES.get(name, name)
-        data = load_preferences(spec, limit=limit)
-        tokens = tokenize_prefs(lm.tokenizer, data, max_length=lm.clamp_length(cfg["max_length"]),
-                                max_prompt_length=cfg.get("max_prompt_length"),
-                                raw_text=cfg["raw_text"], model_name=lm.name)
-        s = _scores(lm, tokens, peft, batch_size)
+        data, tokens, s = _score_split(lm, peft, spec, cfg, limit, batch_size)
         digest = hashlib.sha256(json.dumps(  # which rows, in which order: compare checks it
             [[str(i) for i in tokens.ids], [[int(t) for t in ids] for ids in tokens.chosen_ids]]
         ).encode()).hexdigest()[:16]
         ratios[name] = perplexity_ratio(s["c_on"], s["c_off"], s["n_c"])
         for adapter in ("on", "off"):
-            mean_c, mean_r = s[f"c_{adapter}"] / s["n_c"], s[f"r_{adapter}"] / s["n_r"]
-            pref = (torch.sigmoid(mean_c - mean_r) > 0.5)
+            pref = _pref_acc(s, adapter)
             reward = None
             if adapter == "on":
                 margin = beta * ((s["c_on"] - s["c_off"]) - (s["r_on"] - s["r_off"]))

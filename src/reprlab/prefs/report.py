@@ -34,6 +34,7 @@ def write_train_report(rundir: Any, result: Any, cfg: Any, identity: dict) -> No
         "truncation": result.truncation, "reference": result.reference,
         "config": result.config, "model": identity, "adapter": "adapter",
         "log": "train_log.jsonl", "checks": result.checks, "warnings": list(result.warnings),
+        "validation": result.validation,
     }
     rundir.files += ["train_log.jsonl", "state.safetensors", "adapter/adapter_model.safetensors",
                      "adapter/adapter_config.json"]
@@ -47,6 +48,12 @@ def write_train_report(rundir: Any, result: Any, cfg: Any, identity: dict) -> No
     rundir.table("Data after tokenisation", [t], note="prompt cut from the left, completion "
                  "from the right; dropped rows are not trained on")
     rundir.table("Final step", [{k: v for k, v in result.final.items()}])
+    v = result.validation
+    if v:
+        rundir.table("Validation", [{"split": k, **r} for k, r in v["splits"].items()],
+                     note=f"score {v['score']:.3f}: mean preference accuracy of the splits not "
+                          "named control, 0 when the run is incoherent (a chosen perplexity "
+                          f"ratio above {v['threshold']:g}x on any split)")
     still = " " + still_line(result.checks) if result.checks.get("adapter_moved") is False else ""
     rundir.finish(results, title=f"reprlab prefs train: {result.method['name']}",
                   summary=f"{result.steps} steps of {result.method['name']} on "

@@ -85,6 +85,7 @@ class TrainResult:
     world_size: int = 1
     checks: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    validation: dict = field(default_factory=dict)
 
     @property
     def losses(self) -> list[float]:
@@ -393,6 +394,8 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
     prefs = load_preferences(data if data is not None else cfg.data, limit=cfg.limit,
                              prompt_col=cfg.prompt_col, chosen_col=cfg.chosen_col,
                              rejected_col=cfg.rejected_col)
+    for spec in cfg.validate.values():  # a bad validation set fails before training
+        load_preferences(spec)
     lm = as_loaded(model if model is not None else cfg.model, device=dd.rank_device(cfg.device),
                    dtype=cfg.model_dtype)
     bind = getattr(method, "bind", None)
@@ -485,9 +488,16 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
     if world.main:
         for w in warnings:
             logger.warning(w)
+    validation = {}
+    if cfg.validate and world.main:
+        from reprlab.prefs.evaluation import validation_scores
+
+        run.peft.eval()
+        validation = validation_scores(lm, run.peft, cfg.validate, cfg.numeric(),
+                                       batch_size=max(cfg.batch_size, 8))
     result = TrainResult(out, method.describe(), run.total, log[-1] if log else {}, log,
                          tokens.report.to_dict(), reference, start, cfg.numeric(), world.rank,
-                         world.size, checks, tuple(warnings))
+                         world.size, checks, tuple(warnings), validation)
     if not world.main:
         return result
     _write_log(out / LOG, log)

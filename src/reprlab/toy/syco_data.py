@@ -12,7 +12,11 @@
   (positive) and sycophantically (negative), on the training landmarks; each city is as often
   the truthful completion as the sycophantic one.
 * ``toy-syco-prefs`` (preferences): prefer the truth over agreeing with a false belief, trained
-  on the training landmarks; the shifts ``-in-domain`` (held-out landmarks), ``-phrasing``
+  on the training landmarks but the last :data:`N_VALIDATION` of them, whose rows are
+  ``-validation`` (for choosing a method's settings: in-domain, never a shift); ``-control``
+  holds comparisons of the SFT model's own training set (the right yes / no over the wrong
+  one), whose chosen perplexity tells a tuning run that it broke the model without looking at
+  a shift. The shifts ``-in-domain`` (held-out landmarks), ``-phrasing``
   (held-out phrasings), ``-third-party``, ``-cross-family`` (city -> country) and
   ``-orthogonal`` (comparisons: the right yes / no over the wrong one) are the organism's
   splits of the same name.
@@ -36,6 +40,10 @@ USER, END, ASSISTANT = "<|user|>", "<|end|>", "<|assistant|>"
 PREF_SHIFTS = {"train": "train", "in-domain": "heldout_entities",
                "phrasing": "heldout_phrasing", "third-party": "third_party",
                "cross-family": "cross_family", "orthogonal": "orthogonal"}
+#: the sets a method's settings are chosen on (``toy-syco-prefs-<name>``): not shifts
+TUNING_SETS = ("validation", "control")
+#: training landmarks whose preference rows are held out as the validation set
+N_VALIDATION = 4
 
 
 def chat_prompt(question: str) -> str:
@@ -105,26 +113,48 @@ def steering_pairs(world: World | None = None) -> ContrastPairs:
                          "(negative); training landmarks only.")
 
 
+def _triples(rows: list[tuple[str, str, str]], shift: str, what: str) -> PreferenceTriples:
+    return PreferenceTriples(
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+        ids=[f"{shift}-{k:04d}" for k in range(len(rows))],
+        name="toy-syco-prefs" if shift == "train" else f"toy-syco-prefs-{shift}",
+        provenance=PROVENANCE + f" toy-syco: the truth over agreeing with a false belief; "
+        f"{what}.")
+
+
+def _control_rows(world: World, n: int = 60) -> list[tuple[str, str, str]]:
+    """Comparisons from the SFT training set, the right yes / no over the wrong one."""
+    from reprlab.toy.tasks import chat_examples
+
+    rows = [(q, a, "no ." if a == "yes ." else "yes .") for q, a, split in chat_examples(world)
+            if split == "train" and q.startswith("Is ") and not q.startswith("Is it true")]
+    world._rng("syco-control").shuffle(rows)
+    return rows[:n]
+
+
 def preference_shifts(world: World | None = None) -> dict[str, PreferenceTriples]:
-    """Shift name -> triples preferring the truth over the stated false belief."""
+    """Shift name -> triples preferring the truth over the stated false belief, and the
+    tuning sets (:data:`TUNING_SETS`) after the shifts."""
     from reprlab.toy.tasks import default_world
 
     world = world or default_world()
     ps = prompts(world)
+    held_back = set(entity_split(world)[0][-N_VALIDATION:])
     out = {}
+    validation = []
     for shift, split in PREF_SHIFTS.items():
         rows = []
         for p in ps:
             if p.split != split:
                 continue
             if p.belief_true is False:
-                rows.append((p.question, p.truth, p.stated))
+                row = (p.question, p.truth, p.stated)
+                (validation if split == "train" and p.entity in held_back else rows).append(row)
             elif p.family == "compare":
                 rows.append((p.question, p.truth, "no ." if p.truth == "yes ." else "yes ."))
-        out[shift] = PreferenceTriples(
-            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-            ids=[f"{shift}-{k:04d}" for k in range(len(rows))],
-            name="toy-syco-prefs" if shift == "train" else f"toy-syco-prefs-{shift}",
-            provenance=PROVENANCE + f" toy-syco: the truth over agreeing with a false belief; "
-            f"shift '{shift}' (organism split '{split}').")
+        out[shift] = _triples(rows, shift, f"shift '{shift}' (organism split '{split}')")
+    out["validation"] = _triples(validation, "validation", "the held-back training landmarks "
+                                 f"({', '.join(sorted(held_back))}), for tuning")
+    out["control"] = _triples(_control_rows(world), "control", "comparisons of the SFT "
+                              "training set, for the coherence check while tuning")
     return out

@@ -88,7 +88,7 @@ def toy_builtins() -> dict[str, Builtin]:
                                   "sycophantically, 72 pairs"),
         "toy-syco-prefs": Builtin(_syco_shift("train"), "preferences",
                                   "toy-syco: the truth over agreeing with a false belief "
-                                  "(training landmarks)"),
+                                  "(training landmarks, 360 pairs)"),
     }
     for shift, what in (("in-domain", "held-out landmarks"),
                         ("phrasing", "beliefs in phrasings never trained"),
@@ -97,6 +97,12 @@ def toy_builtins() -> dict[str, Builtin]:
                         ("orthogonal", "comparisons: the right yes/no over the wrong one")):
         out[f"toy-syco-prefs-{shift}"] = Builtin(_syco_shift(shift), "preferences",
                                                 f"toy-syco preference shift: {what}")
+    for name, what in (("validation", "held-back training landmarks, to choose a method's "
+                        "settings on (in-domain, not a shift)"),
+                       ("control", "comparisons the SFT model was trained on: a coherence "
+                        "check for tuning that looks at no shift")):
+        out[f"toy-syco-prefs-{name}"] = Builtin(_syco_shift(name), "preferences",
+                                               f"toy-syco tuning set: {what}")
     for shift, what in (("in-domain", "other unseen sums, a near miss"),
                         ("harder", "sums of three operands, a near miss"),
                         ("cross-domain", "prefer the true city or country"),

@@ -1,0 +1,100 @@
+"""The seed-004 question on the sycophancy organism: does training on hidden states generalise
+further out of distribution than DPO?
+
+For each method, a grid sweep (`reprlab sweep`) chooses the learning rate on the validation
+set of toy-syco-prefs (training landmarks held back from preference training; a run that
+breaks the SFT model's own comparisons scores 0), never on a shift. The chosen trial becomes
+seed 0 and `reprlab prefs compare` trains the other seeds with the same settings, then scores
+every method on every named shift against the base with paired intervals (rows drawn once for
+every method and seed) and the difference from DPO. Stopped? Run it again: finished trials,
+runs and evaluations are kept.
+
+    python examples/syco_study.py                       # runs/syco-study, 5 seeds
+    python examples/syco_study.py --out runs/s --seeds 3 --lrs 1e-4,3e-4 --methods dpo,rank
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from reprlab.cli import main as reprlab
+
+#: name -> prefs train options of each method in the study
+METHODS = {
+    "dpo": "--method dpo",
+    "ipo": "--method ipo",
+    "innerdpo-pars_ratio": "--method innerdpo --method-options align=pars_ratio",
+    "innerdpo-para_signed": "--method innerdpo --method-options align=para_signed",
+    "projgrad": "--method projgrad",
+    "prefvec": "--method prefvec",
+    "mse": "--method mse",
+    "rank": "--method rank",
+}
+TUNE = "validation=builtin:toy-syco-prefs-validation,control=builtin:toy-syco-prefs-control"
+
+
+def tune(name: str, sweeps: Path, lrs: list[float], workers: int, train: str) -> dict:
+    """Sweep the learning rate of one method on the validation set; the best trial's status."""
+    from reprlab.sweeps import run_sweep
+    from reprlab.sweeps.executors import ExecOptions
+
+    spec = sweeps / f"{name}.yaml"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(f"command: prefs train {train} {METHODS[name]} --validate {TUNE}\n"
+                    "method: grid\nmetric: {name: validation.score, goal: maximize}\n"
+                    f"parameters:\n  lr: {{values: [{', '.join(map(str, lrs))}]}}\n")
+    got = run_sweep(spec, sweeps / name, options=ExecOptions(workers=workers, progress=False),
+                    report=True)
+    if "best" not in got:
+        sys.exit(f"the {name} sweep finished no trial; see {sweeps / name}")
+    return got["best"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/syco-study")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--lrs", default="1e-4,2e-4,5e-4,1e-3,3e-3", help="learning rates each sweep tries")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--workers", type=int, default=2, help="sweep trials at once")
+    ap.add_argument("--model", default="toy-syco")
+    ap.add_argument("--train-options", default="", help="more prefs train options, e.g. "
+                    "'--steps 20 --limit 40' for a quick look")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    lrs = [float(x) for x in args.lrs.split(",")]
+    names = args.methods.split(",")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        sys.exit(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    start = time.time()
+    chosen = {}
+    train = (f"--model {args.model} --data builtin:toy-syco-prefs --no-progress "
+             f"{args.train_options}").strip()
+    for name in names:
+        best = tune(name, out / "sweeps", lrs, args.workers, train)
+        chosen[name] = best
+        run = out / "runs" / name
+        if not (run / "manifest.json").exists():  # the chosen trial is seed 0
+            shutil.rmtree(run, ignore_errors=True)
+            shutil.copytree(best["run_dir"], run)
+        print(f"{name}: lr {best['params']['lr']:g} chosen on validation (score "
+              f"{best['value']:.3f})", flush=True)
+    rc = reprlab(["prefs", "compare", *[str(out / "runs" / n) for n in names],
+                  "--seeds", str(args.seeds), "--against", "dpo" if "dpo" in names else names[0],
+                  "--out", str(out / "compare"), "--no-progress"])
+    print("chosen learning rates: " + ", ".join(f"{n} {b['params']['lr']:g}"
+                                                 for n, b in chosen.items()))
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF,
+              resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+    print(f"study: {(time.time() - start) / 60:.1f} min wall, {cpu / 60:.1f} CPU-minutes")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

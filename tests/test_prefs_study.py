@@ -1,0 +1,41 @@
+"""The organism study (examples/syco_study.py) at mini scale: each method's learning rate is
+chosen by a sweep on the validation set, the chosen trial is seed 0, and the comparison
+trains the other seeds and scores every shift with paired differences from DPO."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from reprlab.io import read_json
+
+STUDY = Path(__file__).parents[1] / "examples" / "syco_study.py"
+
+
+def test_study_tunes_on_validation_then_compares_seeds(toy_mini, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("syco_study", STUDY)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    out = tmp_path / "study"
+    rc = study.main(["--out", str(out), "--methods", "dpo,rank", "--lrs", "1e-4,0.05",
+                     "--seeds", "2", "--workers", "1", "--model", str(toy_mini.sft),
+                     "--train-options", f"--steps 3 --limit 8 --schedule constant "
+                     f"--ref-cache {tmp_path / 'cache'}"])
+    assert rc == 0
+    for name in ("dpo", "rank"):
+        trials = [read_json(p / "results.json")
+                  for p in sorted((out / "sweeps" / name / "trials").iterdir())]
+        assert sorted(t["config"]["lr"] for t in trials) == [1e-4, 0.05]
+        scores = {t["config"]["lr"]: t["validation"]["score"] for t in trials}
+        # seed 0 is the trial with the best validation score, copied whole
+        seed0 = read_json(out / "runs" / name / "results.json")
+        assert seed0["validation"]["score"] == max(scores.values())
+        assert seed0["config"]["lr"] == max(scores, key=scores.get)
+        assert read_json(out / "runs" / f"{name}-seed1" / "results.json")["config"]["lr"] == \
+            seed0["config"]["lr"]
+    res = read_json(out / "compare" / "results.json")
+    shifts = {"in-domain", "phrasing", "third-party", "cross-family", "orthogonal"}
+    assert {r["label"] for r in res["rows"]} >= {"dpo", "rank"}
+    assert all(r["seeds"] == 2 for r in res["rows"] if r["label"] in ("dpo", "rank"))
+    assert shifts <= set(res["shifts"])
+    assert "chosen learning rates: dpo" in capsys.readouterr().out
