@@ -208,9 +208,24 @@ def test_training_changes_every_parameter_resumes_and_round_trips(lm, tmp_path):
     assert len(rows[0]["words"]) == 3 and rows[0]["best_fve"] >= rows[0]["fve"]
 
 
+def test_warm_start_quotes_the_context_then_the_lens_tokens(lm, tmp_path):
+    from reprlab.lenses.talk.explanations import with_context
+
+    d = dump(lm, TEXTS, "layers.1", tmp_path / "d", progress=False)
+    lens_ids = torch.arange(len(d) * 4).reshape(len(d), 4) + 1000
+    mixed = with_context(d, lens_ids, 2)
+    assert torch.equal(mixed[:, :2], original_tokens(d, torch.arange(len(d)), 2))
+    assert torch.equal(mixed[:, 1], d.token)  # the current token ends the quote
+    assert torch.equal(mixed[:, 2:], lens_ids[:, :2])  # the lens's first tokens follow
+    assert with_context(d, lens_ids, 0) is lens_ids
+    assert torch.equal(with_context(d, lens_ids, 4), original_tokens(d, torch.arange(len(d)), 4))
+
+
 def test_config_errors(lm):
     with pytest.raises(ConfigError, match="--tokens must be at least 1"):
         TalkConfig(tokens=0)
+    with pytest.raises(ConfigError, match="--warm-context must be 0 to --tokens"):
+        TalkConfig(tokens=4, warm_context=5)
     with pytest.raises(ConfigError, match="below 0"):
         TalkConfig(tau="cosine:1:-1")
     with pytest.raises(ConfigError, match="all 0"):

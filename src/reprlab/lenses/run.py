@@ -23,7 +23,7 @@ from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import curve_figure, loss_figure, tuned_figure
 from reprlab.lenses.talk.data import check_sample_position, describe, dump, load_dump
 from reprlab.lenses.talk.evaluate import evaluate_talk
-from reprlab.lenses.talk.explanations import file_explanations, lens_explanations
+from reprlab.lenses.talk.explanations import file_explanations, lens_explanations, with_context
 from reprlab.lenses.talk.facts import (
     landmark_checks,
     names_fact,
@@ -295,6 +295,7 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
             expl = (file_explanations(explanations, lm.tokenizer, len(data_), cfg.tokens)
                     if explanations else
                     lens_explanations(lm, tuned_lens, data_, cfg.tokens))
+            expl = with_context(data_, expl, cfg.warm_context)
         lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,
                                           state_path=out / STATE, explanations=expl)
         if not world.main:

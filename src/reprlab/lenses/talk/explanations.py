@@ -48,6 +48,19 @@ def lens_explanations(lm: LoadedModel, lens: Any, data: LensData, t: int,
     return torch.cat(out)
 
 
+def with_context(data: LensData, explanations: torch.Tensor, k: int) -> torch.Tensor:
+    """``explanations [N, t]`` with their first ``k`` slots replaced by the last ``k`` tokens
+    of each sample's text, in text order, and the first ``t - k`` of their own tokens after
+    them: a warm start that states the context and spends the other slots on what the lens
+    reads (what the context-echo baseline cannot say)."""
+    if k == 0:
+        return explanations
+    from reprlab.lenses.talk.evaluate import original_tokens
+
+    ctx = original_tokens(data, torch.arange(len(data)), k)
+    return torch.cat([ctx, explanations[:, :explanations.shape[1] - k]], dim=1)
+
+
 def read_explanation_texts(path: str | Path) -> list[str]:
     """Explanations from a ``.txt`` (one a line) or ``.jsonl`` file (an ``explanation``
     field a line)."""

@@ -92,6 +92,9 @@ class TalkConfig:
     kv_cache: bool = True
     grad_clip: float = 1.0
     warm_epochs: float = 1.0
+    #: nla: the warm-start explanation's first slots quote the last ``warm_context`` tokens of
+    #: the text, the rest are the tuned lens's (or file's) tokens
+    warm_context: int = 0
     grpo_samples: int = 4
     kl_ref: float = 0.01
     len_penalty: float = 0.0
@@ -115,6 +118,8 @@ class TalkConfig:
                 f"--epochs must be positive, got {self.epochs}")
         require(math.isfinite(self.warm_epochs) and self.warm_epochs >= 0,
                 f"--warm-epochs must be 0 or more, got {self.warm_epochs}")
+        require(0 <= self.warm_context <= self.tokens, f"--warm-context must be 0 to --tokens "
+                f"({self.tokens}), got {self.warm_context}")
         require(self.grpo_samples >= 2, f"--grpo-samples must be at least 2 (advantages are "
                 f"relative within a group), got {self.grpo_samples}")
         require(self.kl_ref >= 0 and self.len_penalty >= 0,
