@@ -183,9 +183,10 @@ class TalkTrainCommand:
                                 "rectangular projections, not identity)")
     no_scale_match: bool = opt(False, help="inject the activation at its own norm (default: "
                                "scaled to the embeddings' norm)")
-    warm_epochs: float = opt(1.0, help="nla: epochs of warm start")
-    warm_context: int = opt(0, help="nla: quote the text's last N tokens in the first N "
-                            "slots of each warm-start explanation")
+    warm_epochs: float = opt(8.0, help="nla: epochs of warm start")
+    warm_context: int | None = opt(None, help="nla: quote the text's last N tokens in the "
+                                   "first N slots of each warm-start explanation (default: "
+                                   "half the slots, at most 2)")
     grpo_samples: int = opt(4, help="nla: explanations sampled per activation (K)")
     kl_ref: float = opt(0.01, help="nla: weight of KL(decoder ‖ warm-start decoder)")
     len_penalty: float = opt(0.0, help="nla: reward penalty per share of tokens before a "

@@ -295,7 +295,7 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
             expl = (file_explanations(explanations, lm.tokenizer, len(data_), cfg.tokens)
                     if explanations else
                     lens_explanations(lm, tuned_lens, data_, cfg.tokens))
-            expl = with_context(data_, expl, cfg.warm_context)
+            expl = with_context(data_, expl, cfg.context_slots)
         lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,
                                           state_path=out / STATE, explanations=expl)
         if not world.main:

@@ -91,10 +91,11 @@ class TalkConfig:
     encoder_layer: int | None = None
     kv_cache: bool = True
     grad_clip: float = 1.0
-    warm_epochs: float = 1.0
+    warm_epochs: float = 8.0
     #: nla: the warm-start explanation's first slots quote the last ``warm_context`` tokens of
-    #: the text, the rest are the tuned lens's (or file's) tokens
-    warm_context: int = 0
+    #: the text, the rest are the tuned lens's (or file's) tokens (None: half the slots, at
+    #: most 2; docs/talk-lens.md measures 0, 2 and 3 at t = 4)
+    warm_context: int | None = None
     grpo_samples: int = 4
     kl_ref: float = 0.01
     len_penalty: float = 0.0
@@ -118,7 +119,7 @@ class TalkConfig:
                 f"--epochs must be positive, got {self.epochs}")
         require(math.isfinite(self.warm_epochs) and self.warm_epochs >= 0,
                 f"--warm-epochs must be 0 or more, got {self.warm_epochs}")
-        require(0 <= self.warm_context <= self.tokens, f"--warm-context must be 0 to --tokens "
+        require(0 <= self.context_slots <= self.tokens, f"--warm-context must be 0 to --tokens "
                 f"({self.tokens}), got {self.warm_context}")
         require(self.grpo_samples >= 2, f"--grpo-samples must be at least 2 (advantages are "
                 f"relative within a group), got {self.grpo_samples}")
@@ -139,6 +140,11 @@ class TalkConfig:
             "kl": parse_weight(self.w_kl, "--w-kl"), "mse": parse_weight(self.w_mse, "--w-mse"),
             "lm": parse_weight(self.w_lm, "--w-lm"),
             "entropy": parse_weight(self.w_ent, "--w-ent")}
+
+    @property
+    def context_slots(self) -> int:
+        """Slots of the nla warm start that quote the context (``warm_context`` resolved)."""
+        return min(2, self.tokens // 2) if self.warm_context is None else self.warm_context
 
     def plan(self, steps_per_epoch: int) -> tuple[int, int]:
         """``(warm-start steps, total steps)`` for epochs of ``steps_per_epoch`` steps."""
