@@ -1,8 +1,9 @@
 """The seed-004 question on the sycophancy organism: does training on hidden states generalise
 further out of distribution than DPO?
 
-For each method, a grid sweep (`reprlab sweep`) chooses the learning rate on the validation
-set of toy-syco-prefs (training landmarks held back from preference training; a run that
+For each method, a grid sweep (`reprlab sweep`) chooses the learning rate, then one more
+chooses α (the weight of the hidden-state term, where a method has one) at that rate, on the
+validation set of toy-syco-prefs (training landmarks held back from preference training; a run that
 breaks the SFT model's own comparisons scores 0), never on a shift. The chosen trial becomes
 seed 0 and `reprlab prefs compare` trains the other seeds with the same settings, then scores
 every method on every named shift against the base with paired intervals (rows drawn once for
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from reprlab.cli import main as reprlab
+from reprlab.io import read_json
 
 #: name -> prefs train options of each method in the study
 METHODS = {
@@ -36,23 +38,49 @@ METHODS = {
     "rank": "--method rank",
 }
 TUNE = "validation=builtin:toy-syco-prefs-validation,control=builtin:toy-syco-prefs-control"
+#: methods with a weight α on a hidden-state term: (their options but --method-options, their
+#: other method options, the default α); α is swept second, at the chosen learning rate
+ALPHA = {
+    "innerdpo-pars_ratio": ("--method innerdpo", "align=pars_ratio", 0.5),
+    "innerdpo-para_signed": ("--method innerdpo", "align=para_signed", 0.5),
+    "prefvec": ("--method prefvec", "", 1.0),
+    "mse": ("--method mse", "", 1.0),
+    "rank": ("--method rank", "", 0.25),
+}
+ALPHA_FACTORS = (1.0, 0.25, 4.0)
 
 
-def tune(name: str, sweeps: Path, lrs: list[float], workers: int, train: str) -> dict:
-    """Sweep the learning rate of one method on the validation set; the best trial's status."""
+def tune(name: str, sweeps: Path, command: str, param: str, values: list, workers: int) -> dict:
+    """A grid sweep of one option on the validation set; the best trial's status."""
     from reprlab.sweeps import run_sweep
     from reprlab.sweeps.executors import ExecOptions
 
     spec = sweeps / f"{name}.yaml"
     spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text(f"command: prefs train {train} {METHODS[name]} --validate {TUNE}\n"
+    spec.write_text(f"command: {command} --validate {TUNE}\n"
                     "method: grid\nmetric: {name: validation.score, goal: maximize}\n"
-                    f"parameters:\n  lr: {{values: [{', '.join(map(str, lrs))}]}}\n")
+                    f"parameters:\n  {param}: {{values: [{', '.join(map(str, values))}]}}\n")
     got = run_sweep(spec, sweeps / name, options=ExecOptions(workers=workers, progress=False),
                     report=True)
     if "best" not in got:
         sys.exit(f"the {name} sweep finished no trial; see {sweeps / name}")
     return got["best"]
+
+
+def choose(name: str, out: Path, lrs: list[float], workers: int, train: str) -> dict:
+    """The learning rate, then (where the method has one) α at that rate: the best trial."""
+    best = tune(name, out / "sweeps", f"prefs train {train} {METHODS[name]}", "lr", lrs,
+                workers)
+    if name in ALPHA:
+        flags, other, alpha = ALPHA[name]
+        opts = [",".join(x for x in (other, f"alpha={alpha * f:g}") if x) for f in ALPHA_FACTORS]
+        second = tune(f"{name}-alpha", out / "sweeps",
+                      f"prefs train {train} {flags} --lr {best['params']['lr']:g}",
+                      "method_options", [f'"{o}"' for o in opts], workers)
+        if second["value"] > best["value"]:  # a tie keeps the default α
+            second["params"]["lr"] = best["params"]["lr"]
+            best = second
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,19 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     train = (f"--model {args.model} --data builtin:toy-syco-prefs --no-progress "
              f"{args.train_options}").strip()
     for name in names:
-        best = tune(name, out / "sweeps", lrs, args.workers, train)
+        best = choose(name, out, lrs, args.workers, train)
         chosen[name] = best
         run = out / "runs" / name
+        trial = read_json(Path(best["run_dir"]) / "results.json")["config"]
+        if (run / "manifest.json").exists() and \
+                read_json(run / "results.json")["config"] != trial:  # chosen anew: retrain
+            for old in [run, *run.parent.glob(f"{name}-seed*"), out / "compare"]:
+                shutil.rmtree(old, ignore_errors=True)
         if not (run / "manifest.json").exists():  # the chosen trial is seed 0
             shutil.rmtree(run, ignore_errors=True)
             shutil.copytree(best["run_dir"], run)
-        print(f"{name}: lr {best['params']['lr']:g} chosen on validation (score "
+        extra = f", {best['params']['method_options']}" if "method_options" in best["params"] \
+            else ""
+        print(f"{name}: lr {best['params']['lr']:g}{extra} chosen on validation (score "
               f"{best['value']:.3f})", flush=True)
     rc = reprlab(["prefs", "compare", *[str(out / "runs" / n) for n in names],
                   "--seeds", str(args.seeds), "--against", "dpo" if "dpo" in names else names[0],
                   "--out", str(out / "compare"), "--no-progress"])
-    print("chosen learning rates: " + ", ".join(f"{n} {b['params']['lr']:g}"
-                                                 for n, b in chosen.items()))
+    print("chosen: " + ", ".join(f"{n} {' '.join(map(str, b['params'].values()))}"
+                                  for n, b in chosen.items()))
     cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF,
               resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
     print(f"study: {(time.time() - start) / 60:.1f} min wall, {cpu / 60:.1f} CPU-minutes")

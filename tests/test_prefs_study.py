@@ -22,20 +22,34 @@ def test_study_tunes_on_validation_then_compares_seeds(toy_mini, tmp_path, capsy
                      "--train-options", f"--steps 3 --limit 8 --schedule constant "
                      f"--ref-cache {tmp_path / 'cache'}"])
     assert rc == 0
+    def trials(sweep):
+        return [read_json(p / "results.json")
+                for p in sorted((out / "sweeps" / sweep / "trials").iterdir())]
+
     for name in ("dpo", "rank"):
-        trials = [read_json(p / "results.json")
-                  for p in sorted((out / "sweeps" / name / "trials").iterdir())]
-        assert sorted(t["config"]["lr"] for t in trials) == [1e-4, 0.05]
-        scores = {t["config"]["lr"]: t["validation"]["score"] for t in trials}
+        first = trials(name)
+        assert sorted(t["config"]["lr"] for t in first) == [1e-4, 0.05]
+        scores = {t["config"]["lr"]: t["validation"]["score"] for t in first}
+        lr = max(scores, key=scores.get)
         # seed 0 is the trial with the best validation score, copied whole
         seed0 = read_json(out / "runs" / name / "results.json")
-        assert seed0["validation"]["score"] == max(scores.values())
-        assert seed0["config"]["lr"] == max(scores, key=scores.get)
-        assert read_json(out / "runs" / f"{name}-seed1" / "results.json")["config"]["lr"] == \
-            seed0["config"]["lr"]
+        assert seed0["config"]["lr"] == lr
+        seed1 = read_json(out / "runs" / f"{name}-seed1" / "results.json")
+        assert seed1["config"]["lr"] == lr
+        assert seed1["config"]["method_options"] == seed0["config"]["method_options"]
+        best = max(scores.values())
+        if name == "rank":  # α is swept second, at the chosen learning rate
+            second = trials("rank-alpha")
+            assert all(t["config"]["lr"] == lr for t in second)
+            assert sorted(t["config"]["method_options"]["alpha"] for t in second) == [
+                0.0625, 0.25, 1.0]
+            best = max(best, *(t["validation"]["score"] for t in second))
+        else:
+            assert not (out / "sweeps" / "dpo-alpha").exists()
+        assert seed0["validation"]["score"] == best
     res = read_json(out / "compare" / "results.json")
     shifts = {"in-domain", "phrasing", "third-party", "cross-family", "orthogonal"}
     assert {r["label"] for r in res["rows"]} >= {"dpo", "rank"}
     assert all(r["seeds"] == 2 for r in res["rows"] if r["label"] in ("dpo", "rank"))
     assert shifts <= set(res["shifts"])
-    assert "chosen learning rates: dpo" in capsys.readouterr().out
+    assert "chosen: dpo" in capsys.readouterr().out
