@@ -83,6 +83,38 @@ def choose(name: str, out: Path, lrs: list[float], workers: int, train: str) -> 
     return best
 
 
+def markdown(compare_dir: Path, chosen: dict) -> str:
+    """The study's table: per shift the base, DPO's gain over it and every other method's
+    difference from DPO, paired intervals (rows drawn once for every method and seed)."""
+    res = read_json(compare_dir / "results.json")
+    shifts = [s for s in res["shifts"] if s != "train"]
+    diff = {(d["shift"], d["a"], d["b"]): d for d in res["differences"]}
+    lines = ["| method (chosen on validation) | " + " | ".join(shifts) + " |",
+             "|---" * (len(shifts) + 1) + "|"]
+
+    def d_cell(d: dict | None) -> str:
+        return "" if d is None else (f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] "
+                                     f"p {d['p']:.2g}")
+    for r in res["rows"]:
+        name = r["label"]
+        params = chosen.get(r["run"].rsplit("/", 1)[-1], {}).get("params", {})
+        setting = ", ".join(f"{v}" for v in params.values())
+        head = f"{name} ({setting})" if setting else name
+        if r["incoherent_seeds"]:
+            head += f" — incoherent {r['incoherent_seeds']}/{r['seeds']} seeds"
+        cells = []
+        for sh in shifts:
+            c = r.get(sh)
+            acc = "" if c is None else f"{c['mean']:.3f}"
+            if name == res["against"]:
+                acc += " (" + d_cell(diff.get((sh, name, "base (adapter off)"))) + " vs base)"
+            elif name != "base (adapter off)":
+                acc += " (" + d_cell(diff.get((sh, name, res["against"]))) + ")"
+            cells.append(acc)
+        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/syco-study")
@@ -123,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     rc = reprlab(["prefs", "compare", *[str(out / "runs" / n) for n in names],
                   "--seeds", str(args.seeds), "--against", "dpo" if "dpo" in names else names[0],
                   "--out", str(out / "compare"), "--no-progress"])
+    if rc == 0:
+        table = markdown(out / "compare", chosen)
+        (out / "study.md").write_text(table)
+        print(table)
     print("chosen: " + ", ".join(f"{n} {' '.join(map(str, b['params'].values()))}"
                                   for n, b in chosen.items()))
     cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF,

@@ -53,3 +53,11 @@ def test_study_tunes_on_validation_then_compares_seeds(toy_mini, tmp_path, capsy
     assert all(r["seeds"] == 2 for r in res["rows"] if r["label"] in ("dpo", "rank"))
     assert shifts <= set(res["shifts"])
     assert "chosen: dpo" in capsys.readouterr().out
+    table = (out / "study.md").read_text().splitlines()
+    assert table[0] == "| method (chosen on validation) | " + " | ".join(
+        s for s in res["shifts"] if s != "train") + " |"
+    assert any(ln.startswith("| base (adapter off) |") for ln in table)
+    dpo = next(ln for ln in table if ln.startswith("| dpo ("))
+    assert dpo.count("vs base") == len(shifts)  # DPO's gain over the base on every shift
+    rank = next(ln for ln in table if ln.startswith("| rank ("))
+    assert rank.count(" p ") == len(shifts)  # the difference from DPO, with its p-value
