@@ -149,6 +149,24 @@ def test_compare_trains_missing_seeds_and_never_crowns_an_incoherent_run(runs, c
     assert "verdict:" in printed
 
 
+def test_seeds_share_the_default_cache_under_reprlab_home(toy_mini, tmp_path, monkeypatch):
+    """results.json records the reference cache as $REPRLAB_HOME/...; the seeds compare trains
+    must read it as this machine's cache, not as a folder named "$REPRLAB_HOME" in the
+    working directory."""
+    from reprlab.prefs.comparison import _ensure_seed
+
+    monkeypatch.setenv("REPRLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["prefs", "train", "--model", str(toy_mini.sft), "--data", "builtin:toy-prefs",
+                 "--limit", "8", "--steps", "1", "--no-progress", "--out", "run"]) == 0
+    recorded = read_json(tmp_path / "run" / "results.json")["reference"]["cache_path"]
+    assert recorded.startswith("$REPRLAB_HOME/refcache/")
+    _ensure_seed(tmp_path / "run", tmp_path / "run-seed1", 1, True, False)
+    seed1 = read_json(tmp_path / "run-seed1" / "results.json")["reference"]
+    assert seed1["cache_hit"] and seed1["cache_path"] == recorded
+    assert not (tmp_path / "$REPRLAB_HOME").exists()
+
+
 def test_compare_refuses_runs_scored_on_other_rows(runs, capsys):
     """A run evaluated with another --limit is one line, exit 2; one seed says its interval
     covers rows only."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from reprlab.errors import ConfigError, StoreError
-from reprlab.io import read_json
+from reprlab.io import local_path, read_json
 from reprlab.prefs.stats import Interval, PairedBootstrap
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,8 @@ def _ensure_seed(run: Path, path: Path, k: int, train_missing: bool, progress: b
     cfg = dict(results["config"])
     cfg["lora_targets"] = tuple(cfg["lora_targets"])
     ref = results.get("reference", {})
-    cache = str(Path(ref["cache_path"]).parent) if ref.get("cache_path") else "off"
+    # the recorded entry is portable ($REPRLAB_HOME/...): the seeds share its cache root here
+    cache = str(Path(local_path(ref["cache_path"])).parent) if ref.get("cache_path") else "off"
     base = TrainConfig(**cfg)
     logger.info("training seed %d of %s into %s", base.seed + k, run, path)
     train(config=replace(base, seed=base.seed + k, out=str(path), progress=progress,
