@@ -138,9 +138,10 @@ class TalkTrainCommand:
     behave the same with the reconstruction spliced in.
 
     Recipes: consistency (end to end: Gumbel straight-through, loss = w_kl·KL(P_orig ‖
-    P_recon) + w_mse·MSE/Var(A) + w_lm·L_lm − w_ent·H) and nla (a warm start on the top tokens
-    of a tuned lens, --tuned, or on a file of explanations, --explanations; then GRPO with
-    reward −normalised MSE and a KL penalty to the warm-start decoder). Weights and τ take
+    P_recon) + w_mse·MSE/Var(A) + w_lm·L_lm − w_ent·H) and nla (a warm start on explanations
+    that quote the text's last --warm-context tokens, then give the top tokens of a tuned lens,
+    --tuned, or of a file, --explanations; then GRPO with reward −normalised MSE and a KL
+    penalty to the warm-start decoder). Weights and τ take
     schedules: 0.5, constant:0.5, warmup:1:100, linear:1:0.1:2ep, cosine:1:0.1:3ep.
     Every non-special token position is a sample; held out: the last texts' samples.
 

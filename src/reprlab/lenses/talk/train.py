@@ -2,8 +2,8 @@
 projections and soft prompts learn. Two recipes (:mod:`.steps` holds their losses):
 
 * ``consistency``: end to end, Gumbel straight-through, scheduled KL + MSE + fluency prior;
-* ``nla``: a warm start on given explanations (teacher-forced decoder, encoder MSE), then
-  GRPO against the warm-start decoder.
+* ``nla``: a warm start on given explanations (teacher-forced decoder, encoder MSE; their
+  first ``warm_context`` slots quote the text), then GRPO against the warm-start decoder.
 
 Every epoch walks every training sample (every non-special token position of the training
 texts) in a fresh order; the run's length and the schedules are in epochs, so a longer run
