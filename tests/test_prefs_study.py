@@ -22,6 +22,7 @@ def test_study_tunes_on_validation_then_compares_seeds(toy_mini, tmp_path, capsy
                      "--train-options", f"--steps 3 --limit 8 --schedule constant "
                      f"--ref-cache {tmp_path / 'cache'}"])
     assert rc == 0
+
     def trials(sweep):
         return [read_json(p / "results.json")
                 for p in sorted((out / "sweeps" / sweep / "trials").iterdir())]

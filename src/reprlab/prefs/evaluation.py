@@ -40,13 +40,11 @@ def default_splits(data: str) -> dict[str, str]:
     built-in but the tuning sets (``-validation``, ``-control``); otherwise the training data
     itself."""
     from reprlab.data.builtins import BUILTINS
-    from reprlab.toy.syco_data import TUNING_SETS
 
     if data.startswith("builtin:"):
         name = data.split(":", 1)[1]
         shifts = {k[len(name) + 1:]: f"builtin:{k}" for k, b in BUILTINS.items()
-                  if k.startswith(name + "-") and b.kind == "preferences"
-                  and k[len(name) + 1:] not in TUNING_SETS}
+                  if k.startswith(name + "-") and b.kind == "preferences" and not b.tuning}
         if shifts:
             return shifts
     return {"train": data}
@@ -137,8 +135,9 @@ def _pref_acc(s: dict[str, torch.Tensor], adapter: str) -> torch.Tensor:
 def validation_scores(lm: LoadedModel, peft: Any, splits: dict[str, Any], cfg: dict, *,
                       threshold: float = DEFAULT_THRESHOLD, batch_size: int = 16,
                       limit: int | None = None) -> dict[str, Any]:
-    """The objective of a tuning run, scored on a just-trained adapter: preference accuracy
-    (adapter on and off) and chosen perplexity ratio per split. ``score`` is the mean accuracy
+    """The objective of a tuning run, scored on a just-trained adapter (``splits``: name ->
+    spec or loaded triples): preference accuracy (adapter on and off) and chosen perplexity
+    ratio per split. ``score`` is the mean accuracy
     over the splits whose name does not start with "control", or 0 when any split's
     perplexity ratio passes ``threshold`` (an incoherent run is never the best setting)."""
     per, ratios = {}, {}
@@ -155,8 +154,7 @@ def validation_scores(lm: LoadedModel, peft: Any, splits: dict[str, Any], cfg: d
     incoherent = is_incoherent(ratios, threshold)
     acc = sum(scored) / len(scored)
     return {"splits": per, "pref_acc": acc, "incoherent": incoherent, "threshold": threshold,
-            "score": 0.0 if incoherent else acc,
-            "specs": {k: str(v) for k, v in splits.items()}}
+            "score": 0.0 if incoherent else acc}
 
 
 def evaluate(run: str | Path, splits: dict[str, Any] | None = None, *,

@@ -394,8 +394,8 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
     prefs = load_preferences(data if data is not None else cfg.data, limit=cfg.limit,
                              prompt_col=cfg.prompt_col, chosen_col=cfg.chosen_col,
                              rejected_col=cfg.rejected_col)
-    for spec in cfg.validate.values():  # a bad validation set fails before training
-        load_preferences(spec)
+    # loaded now, so that a bad validation set fails before training
+    validate = {k: load_preferences(v) for k, v in cfg.validate.items()}
     lm = as_loaded(model if model is not None else cfg.model, device=dd.rank_device(cfg.device),
                    dtype=cfg.model_dtype)
     bind = getattr(method, "bind", None)
@@ -408,14 +408,16 @@ def train(model: LoadedModel | str | None = None, data: Any = None, *, out: str 
     world = dd.init_from_env(lm.device)
     try:
         check_data_parallel(cfg, method, world)
-        return _fit(cfg, lm, tokens, prefs, method, out, info, world, on_step, adapter_state)
+        return _fit(cfg, lm, tokens, prefs, method, out, info, world, on_step, adapter_state,
+                    validate)
     finally:
         dd.shutdown(world)
 
 
 def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, method: Method,
          out: Path, info: dict | None, world: dd.World,
-         on_step: Callable[[dict], None] | None, adapter_state: dict | None) -> TrainResult:
+         on_step: Callable[[dict], None] | None, adapter_state: dict | None,
+         validate: dict[str, Any]) -> TrainResult:
     """The run itself, on every rank (rank 0 alone writes ``out``)."""
     from reprlab.prefs.report import write_train_report
     from reprlab.report import RunDir
@@ -489,12 +491,13 @@ def _fit(cfg: TrainConfig, lm: LoadedModel, tokens: TokenizedPrefs, prefs: Any, 
         for w in warnings:
             logger.warning(w)
     validation = {}
-    if cfg.validate and world.main:
+    if validate and world.main:
         from reprlab.prefs.evaluation import validation_scores
 
         run.peft.eval()
-        validation = validation_scores(lm, run.peft, cfg.validate, cfg.numeric(),
-                                       batch_size=max(cfg.batch_size, 8))
+        validation = {**validation_scores(lm, run.peft, validate, cfg.numeric(),
+                                          batch_size=max(cfg.batch_size, 8)),
+                      "specs": dict(cfg.validate)}
     result = TrainResult(out, method.describe(), run.total, log[-1] if log else {}, log,
                          tokens.report.to_dict(), reference, start, cfg.numeric(), world.rank,
                          world.size, checks, tuple(warnings), validation)

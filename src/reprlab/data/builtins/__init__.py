@@ -24,6 +24,8 @@ class Builtin:
     #: so the set is balanced for no word to predict it: a bag-of-words model stays near
     #: chance, and a probe must read what the model computed (held by a test)
     relational: bool = False
+    #: a set for choosing settings (validation, coherence control), never scored as a shift
+    tuning: bool = False
 
 
 def _toy(fn: str, *args: Any) -> Callable[[], Any]:
@@ -102,7 +104,7 @@ def toy_builtins() -> dict[str, Builtin]:
                        ("control", "comparisons the SFT model was trained on: a coherence "
                         "check for tuning that looks at no shift")):
         out[f"toy-syco-prefs-{name}"] = Builtin(_syco_shift(name), "preferences",
-                                               f"toy-syco tuning set: {what}")
+                                               f"toy-syco tuning set: {what}", tuning=True)
     for shift, what in (("in-domain", "other unseen sums, a near miss"),
                         ("harder", "sums of three operands, a near miss"),
                         ("cross-domain", "prefer the true city or country"),
