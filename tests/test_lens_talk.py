@@ -32,9 +32,10 @@ def lm():
     return make_tiny("llama", hidden=32, layers=2)
 
 
-def _module(lm, **kw):
+def _module(lm, prompt=(5, 6, 7), marker=1, **kw):
     m = lm.model
-    return TalkModule(copy.deepcopy(m), copy.deepcopy(m), 32, [5, 6, 7], 1, [8], 1, **kw)
+    return TalkModule(copy.deepcopy(m), copy.deepcopy(m), 32, list(prompt), marker, [8], 1,
+                      **kw)
 
 
 def test_straight_through_forward_is_a_lookup_and_gradient_is_soft():
@@ -69,9 +70,10 @@ def test_gradients_reach_projection_and_prompt_with_decoder_frozen(lm):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_kv_cached_and_naive_decoding_agree(arch):
+@pytest.mark.parametrize("inject", [None, "layers.0"])
+def test_kv_cached_and_naive_decoding_agree(arch, inject):
     lm = make_tiny(arch, hidden=32, layers=2)
-    mod = _module(lm)
+    mod = _module(lm, inject=inject, scale=0.25)
     a = torch.randn(3, 32)
     noise = gumbel_noise((3, 5, lm.model.config.vocab_size), torch.Generator().manual_seed(2))
     grads = []
@@ -88,6 +90,26 @@ def test_kv_cached_and_naive_decoding_agree(arch):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+    assert "proj_in.weight" in grads[0] and hooks.hook_count(mod.decoder) == 0
+    # teacher forcing the sampled tokens gives the logits sampling saw
+    with torch.no_grad():
+        assert torch.allclose(mod.score(a, outs[0].ids), outs[0].logits, atol=1e-5)
+
+
+def test_injection_at_the_last_block_reads_out_as_the_logit_lens(lm):
+    """A decoder prompt that is only the marker, the activation injected after the last block:
+    the first token's logits are the model's head on the activation (the logit lens), exactly,
+    at any power-of-two scale."""
+    from reprlab.lenses.unembed import unembed
+
+    a = torch.randn(4, 32) * 50
+    with torch.no_grad():
+        want = unembed(lm, a)
+        for scale in (1.0, 2.0 ** -6):
+            mod = _module(lm, prompt=(5,), marker=0, inject="layers.1", scale=scale).eval()
+            got = mod.generate(a, 2, 1.0, None).logits[:, 0]
+            assert torch.allclose(got, want, atol=1e-4, rtol=1e-5), scale
+            assert hooks.hook_count(mod.decoder) == 0
 
 
 def test_metrics_match_hand_computation():
@@ -218,6 +240,8 @@ def test_warm_start_quotes_the_context_then_the_lens_tokens(lm, tmp_path):
     assert torch.equal(mixed[:, 1], d.token)  # the current token ends the quote
     assert torch.equal(mixed[:, 2:], lens_ids[:, :2])  # the lens's first tokens follow
     assert with_context(d, lens_ids, 0) is lens_ids
+    last = with_context(d, lens_ids, 2, quote_last=True)  # lens tokens first, then the quote
+    assert torch.equal(last[:, :2], lens_ids[:, :2]) and torch.equal(last[:, 2:], mixed[:, :2])
     assert torch.equal(with_context(d, lens_ids, 4), original_tokens(d, torch.arange(len(d)), 4))
 
 
@@ -236,6 +260,8 @@ def test_config_errors(lm):
     rect = TalkModule(wide.model, wide.model, 32, [5, 6], 0, [], 0, allow_rect=True)
     assert rect.proj_in.weight.shape == (48, 32) and rect.proj_out.weight.shape == (32, 48)
     assert rect.encode(torch.tensor([[7, 8, 9]])).shape == (1, 32)
+    with pytest.raises(ConfigError, match="--inject layers.9: layer index 9"):
+        _module(lm, inject="layers.9")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -119,6 +119,38 @@ def test_a_grpo_step_raises_the_reward_on_a_fixed_batch(lm):
     assert expected() > before
 
 
+def test_grpo_reward_subtracts_the_spliced_kl(lm, tmp_path):
+    """``reward_kl``: each sample's reward loses w × KL(model ‖ model with its reconstruction
+    spliced in), the KL computed here with a full forward per row."""
+    from reprlab.lenses.metrics import kl_logits
+    from reprlab.lenses.talk.splice import target_logits
+    from reprlab.lenses.talk.steps import grpo_losses
+    from reprlab.sites import resolve_sites
+
+    data = dump(lm, TEXTS, "layers.0", tmp_path / "d", progress=False)
+    m = lm.model
+    mod = TalkModule(copy.deepcopy(m), copy.deepcopy(m), 32, [5, 0, 6], 1, [8], 0)
+    site = resolve_sites(lm, "layers.0")[0]
+    idx, k, t = torch.tensor([0, 5, 9]), 2, 3
+    noise = gumbel_noise((3 * k, t, m.config.vocab_size), torch.Generator().manual_seed(3))
+    plain, _ = grpo_losses(mod, mod, data, idx, k, noise, 1.0, 0.0, "cpu")
+    with_kl, _ = grpo_losses(mod, mod, data, idx, k, noise, 1.0, 0.0, "cpu", reward_kl=0.5,
+                             lm=lm, site=site)
+    with torch.no_grad():
+        a_hat = mod.encode(mod.generate(data.a[idx].repeat_interleave(k, 0), t, 1.0,
+                                        noise).ids)
+        ctx, pos = data.context(idx)
+        kl = []
+        for r in range(3 * k):
+            row, p = ctx[r // k: r // k + 1, : int(pos[r // k]) + 1], pos[r // k: r // k + 1]
+            inputs = lm.forward_inputs({"input_ids": row, "attention_mask": torch.ones_like(row)})
+            kl.append(kl_logits(target_logits(lm, site, inputs, p),
+                                target_logits(lm, site, inputs, p, a_hat[r: r + 1])))
+    kl = torch.cat(kl)
+    assert kl.min() > 0
+    assert torch.allclose(with_kl["reward"], plain["reward"] - 0.5 * kl.mean(), atol=1e-5)
+
+
 def test_scale_matching_round_trips_exactly(lm):
     s = matching_scale(230.0, 1.1)
     assert s == 2.0 ** -8  # the power of two nearest 1.1 / 230

@@ -192,10 +192,16 @@ class TalkTrainCommand:
     kl_ref: float = opt(0.01, help="nla: weight of KL(decoder ‖ warm-start decoder)")
     len_penalty: float = opt(0.0, help="nla: reward penalty per share of tokens before a "
                              "stop token")
+    reward_kl: float = opt(0.0, help="nla: subtract this × the KL (nats) of the model's "
+                           "next token with the reconstruction spliced in from the reward")
     explanations: str = opt("", help="nla: warm-start explanations, one per sample (.txt "
                             "or .jsonl)")
-    echo_epochs: float = opt(1.0, help="epochs to train the context-echo baseline's encoder")
+    echo_epochs: float = opt(6.0, help="epochs to train the context-echo baseline's encoder "
+                             "(docs/talk-lens.md: 1 epoch understates it by 0.07 FVE)")
     prompt: str = opt("<embed> means", help="decoder prompt with one <embed> marker")
+    inject: str = opt("", help="where the decoder takes the activation: '' (its input, at "
+                      "the marker), 'site' (the residual after the activation's own block, "
+                      "read by the decoder's later blocks as the model reads it) or a site")
     encoder_layer: int | None = opt(None, help="encoder block read (default: the site's)")
     no_kv_cache: bool = opt(False, help="decode naively (recompute the prefix each token)")
     max_length: int = opt(64, help="truncate texts to this many tokens")
@@ -255,8 +261,9 @@ def run_talk_train(cfg: TalkTrainCommand) -> int:
               "tokens")
     lmk = res.get("landmarks") or {}
     if lmk:
-        print(f"held-out landmark prompts whose explanation names the city or country: "
-              f"{lmk['share']:.2f} of {lmk['n']}")
+        from reprlab.lenses.run import landmark_line
+
+        print(landmark_line(lmk))
     print(f"{p['text']!r} -> {p['explanation']!r} (FVE {p['fve']:.3f}; mentions Paris or "
           f"France: {'yes' if p['mentions_paris_or_france'] else 'no'})")
     print(f"report: {Path(cfg.out) / 'report.html'}")

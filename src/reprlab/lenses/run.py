@@ -238,7 +238,7 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
                   position: str = "all", max_length: int = 64, limit: int | None = None,
                   best_of: int = 4, device: str = "cpu", progress: bool = True,
                   tuned: str | Path | None = None, explanations: str | Path | None = None,
-                  echo_epochs: float = 1.0, keep_landmark_phrasings: bool = False,
+                  echo_epochs: float = 6.0, keep_landmark_phrasings: bool = False,
                   **overrides: Any) -> dict[str, Any] | None:
     """Dump activations (or reuse a dump), train, evaluate against the baselines, write a run
     directory.
@@ -295,7 +295,7 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
             expl = (file_explanations(explanations, lm.tokenizer, len(data_), cfg.tokens)
                     if explanations else
                     lens_explanations(lm, tuned_lens, data_, cfg.tokens))
-            expl = with_context(data_, expl, cfg.context_slots)
+            expl = with_context(data_, expl, cfg.context_slots, quote_last=bool(cfg.inject))
         lens, history, facts = train_talk(lm, data_, cfg, progress=progress, world=world,
                                           state_path=out / STATE, explanations=expl)
         if not world.main:
@@ -336,24 +336,47 @@ def _tuned_of(tuned: str | Path) -> TunedLens:
 def landmark_check(lm: LoadedModel, lens: TalkativeLens, tuned: TunedLens | None = None
                    ) -> dict[str, Any]:
     """The explanation at the last token of each held-out landmark prompt, and whether it
-    names the landmark's city or country (the toy world's facts; empty for other models)."""
+    names the landmark's city or country (the toy world's facts; empty for other models).
+
+    Beside it, whether the model's own next token there names it: a lens that reports what
+    the model computes is judged on those rows (``share_where_model_names``); on the others
+    naming the fact would be the lens's knowledge, not the model's."""
     try:
         checks = landmark_checks()
     except Exception:  # noqa: BLE001 - no toy world: nothing to check
         return {}
     if not checks:
         return {}
-    rows = explain_rows(lm, lens, [c["text"] for c in checks], tuned)
+    texts = [c["text"] for c in checks]
+    rows = explain_rows(lm, lens, texts, tuned)
+    with torch.no_grad():
+        said = [int(lm.model(**lm.encode([t])).logits[0, -1].argmax()) for t in texts]
     out = []
-    hits = 0
-    for c, r in zip(checks, rows, strict=True):
-        ok = names_fact(r["ids"], c, lm.tokenizer)
-        hits += ok
+    for c, r, own in zip(checks, rows, said, strict=True):
         out.append({"text": c["text"], "explanation": r["explanation"], "city": c["city"],
-                    "country": c["country"], "names_city_or_country": ok,
+                    "country": c["country"],
+                    "names_city_or_country": names_fact(r["ids"], c, lm.tokenizer),
+                    "model_says": lm.tokenizer.decode([own]).strip(),
+                    "model_names_it": names_fact([own], c, lm.tokenizer),
                     "logit_lens": r.get("logit_lens"), "tuned_lens": r.get("tuned_lens"),
                     "fve": r["fve"]})
-    return {"rows": out, "share": hits / len(out), "n": len(out)}
+    known = [r for r in out if r["model_names_it"]]
+    return {"rows": out, "n": len(out),
+            "share": sum(r["names_city_or_country"] for r in out) / len(out),
+            "share_model": len(known) / len(out), "n_model": len(known),
+            "share_where_model_names": (sum(r["names_city_or_country"] for r in known)
+                                        / len(known)) if known else float("nan")}
+
+
+def landmark_line(lmk: dict[str, Any]) -> str:
+    """One line on the landmark check: the explanation against the model's own answer."""
+    line = (f"the explanation names the right city or country on {lmk['share']:.2f} of "
+            f"{lmk['n']} held-out landmark prompts")
+    if "n_model" in lmk:
+        line += (f"; the model's own next token does on {lmk['share_model']:.2f} "
+                 f"({lmk['n_model']}), and on those the explanation names it on "
+                 f"{lmk['share_where_model_names']:.2f}")
+    return line
 
 
 def _examples(data: Any, n: int) -> list[str]:
@@ -387,8 +410,7 @@ def _talk_report(run: RunDir, results: dict, name: str, cfg: TalkConfig,
     lmk = results.get("landmarks") or {}
     if lmk:
         run.write_csv("landmarks.csv", lmk["rows"])
-        run.table("Held-out landmark prompts (last token)", lmk["rows"],
-                  f"names the right city or country in {lmk['share']:.2f} of {lmk['n']}")
+        run.table("Held-out landmark prompts (last token)", lmk["rows"], landmark_line(lmk))
     ex = [{k: v for k, v in r.items() if k not in ("words", "ids")}
           for r in results["examples"]]
     run.write_csv("examples.csv", ex)
@@ -402,8 +424,7 @@ def _talk_report(run: RunDir, results: dict, name: str, cfg: TalkConfig,
                f"{m.get('fve_empty', float('nan')):.3f}). '{PROBE_TEXT}' -> "
                f"'{p['explanation']}' (mentions Paris or France: "
                f"{'yes' if p['mentions_paris_or_france'] else 'no'})"
-               + (f"; held-out landmark prompts named right: {lmk['share']:.2f}." if lmk
-                  else "."))
+               + (f"; {landmark_line(lmk)}." if lmk else "."))
     extra = {"model_spec": model_spec, "data_spec": data_spec}
     run.finish(results, title=f"Talkative lens · {name} · {cfg.site}", summary=summary,
                extra_manifest=extra)

@@ -146,7 +146,7 @@ def text_bootstrap(errors: dict[str, torch.Tensor], spread: torch.Tensor, groups
 
 def evaluate_talk(lm: LoadedModel, lens: TalkativeLens, data: LensData, idx: list[int], *,
                   train_idx: list[int] | None = None, best_of: int = 4, batch_size: int = 32,
-                  seed: int = 0, echo_epochs: float = 1.0, kl: bool = True) -> dict[str, Any]:
+                  seed: int = 0, echo_epochs: float = 6.0, kl: bool = True) -> dict[str, Any]:
     """Metrics of ``lens`` and every baseline on samples ``idx`` of ``data`` (FVE against
     the lens's training mean; ``train_idx`` feeds the lookup, PCA and context-echo
     baselines: by default every sample not in ``idx``)."""

@@ -48,17 +48,20 @@ def lens_explanations(lm: LoadedModel, lens: Any, data: LensData, t: int,
     return torch.cat(out)
 
 
-def with_context(data: LensData, explanations: torch.Tensor, k: int) -> torch.Tensor:
-    """``explanations [N, t]`` with their first ``k`` slots replaced by the last ``k`` tokens
-    of each sample's text, in text order, and the first ``t - k`` of their own tokens after
-    them: a warm start that states the context and spends the other slots on what the lens
-    reads (what the context-echo baseline cannot say)."""
+def with_context(data: LensData, explanations: torch.Tensor, k: int,
+                 quote_last: bool = False) -> torch.Tensor:
+    """``explanations [N, t]`` with ``k`` slots given to the last ``k`` tokens of each
+    sample's text, in text order, and the first ``t - k`` of their own tokens beside them: a
+    warm start that states the context and spends the other slots on what the lens reads
+    (what the context-echo baseline cannot say). The quote comes first, or last with
+    ``quote_last`` (for a decoder whose first token is the model's own prediction)."""
     if k == 0:
         return explanations
     from reprlab.lenses.talk.evaluate import original_tokens
 
     ctx = original_tokens(data, torch.arange(len(data)), k)
-    return torch.cat([ctx, explanations[:, :explanations.shape[1] - k]], dim=1)
+    own = explanations[:, :explanations.shape[1] - k]
+    return torch.cat([own, ctx] if quote_last else [ctx, own], dim=1)
 
 
 def read_explanation_texts(path: str | Path) -> list[str]:

@@ -37,7 +37,8 @@ def build_module(lm: LoadedModel, spec: dict[str, Any]) -> TalkModule:
                       train_decoder=not spec.get("freeze_decoder", False),
                       train_encoder=not spec.get("freeze_encoder", False),
                       allow_rect=spec.get("rect_projection", False),
-                      scale=spec.get("scale", 1.0)).to(lm.device)
+                      scale=spec.get("scale", 1.0),
+                      inject=spec.get("inject")).to(lm.device)
 
 
 

@@ -12,6 +12,13 @@ Encoder: a soft prompt, then the tokens' embeddings (one-hot × the encoder's ta
 of the last token at block ``encoder_layer`` goes through ``proj_out`` (d×d, identity at init)
 to give the reconstruction Â.
 
+Injection at a block (``inject``, e.g. ``layers.4``; Patchscopes, Ghandeharioun et al. 2024):
+instead of the marker's input embedding, the decoder's residual stream at the marker *after
+that block* is replaced by the activation (at its own norm, through ``proj_in``). Injected at
+the block the activation was read from, the decoder's later blocks read it as the model does
+(without the attention to the text it came from): with a prompt that ends at the marker, the
+first token of an untrained decoder is close to the model's own next token.
+
 Scale matching: residual activations are far larger than token embeddings (norm ≈ 230 against
 ≈ 1 at the toy's middle layers), so the activation is multiplied by ``scale`` (a power of two
 near mean embedding norm / mean activation norm) before ``proj_in``, and the encoder's state
@@ -22,6 +29,7 @@ exact in floating point.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -31,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reprlab import hooks
-from reprlab.errors import ConfigError
+from reprlab.errors import ConfigError, SiteError
 from reprlab.models import discover
 from reprlab.sites import parse_sites
 
@@ -113,9 +121,15 @@ class TalkModule(nn.Module):
     def __init__(self, decoder: nn.Module, encoder: nn.Module, d_target: int,
                  prompt_ids: list[int], marker: int, encoder_prompt_ids: list[int],
                  encoder_layer: int, *, train_decoder: bool = True, train_encoder: bool = True,
-                 allow_rect: bool = False, scale: float = 1.0):
+                 allow_rect: bool = False, scale: float = 1.0, inject: str | None = None):
         super().__init__()
         self.scale = float(scale)
+        self._inject_site = None
+        if inject:
+            try:
+                self._inject_site = parse_sites(inject, discover(decoder))[0]
+            except SiteError as exc:
+                raise ConfigError(f"--inject {inject}: {exc}") from None
         self.decoder, self.encoder = decoder, encoder
         d_dec = decoder.get_input_embeddings().weight.shape[1]
         d_enc = encoder.get_input_embeddings().weight.shape[1]
@@ -165,12 +179,30 @@ class TalkModule(nn.Module):
         params = inspect.signature(self.decoder.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
+    def _slot(self, a: torch.Tensor) -> torch.Tensor:
+        """``proj_in`` of the activation, at the embeddings' scale ``[B, d_dec]``."""
+        return self.proj_in(to_embedding_scale(a.to(self.proj_in.weight.dtype), self.scale))
+
     def prefix(self, a: torch.Tensor) -> torch.Tensor:
-        """Decoder input embeddings ``[B, L, d_dec]`` with ``proj_in(a)`` at the marker."""
-        b = a.shape[0]
-        slot = self.proj_in(to_embedding_scale(a.to(self.proj_in.weight.dtype), self.scale))[:, None]
-        p = self.dec_prompt[None].expand(b, -1, -1)
+        """Decoder input embeddings ``[B, L, d_dec]`` with ``proj_in(a)`` at the marker (the
+        prompt's own marker row when the activation is injected at a block instead)."""
+        p = self.dec_prompt[None].expand(a.shape[0], -1, -1)
+        if self._inject_site is not None:
+            return p
+        slot = self._slot(a)[:, None]
         return torch.cat([p[:, : self.marker], slot, p[:, self.marker + 1:]], dim=1)
+
+    def injecting(self, a: torch.Tensor):
+        """Context for a decoder forward over the whole prefix: with ``inject``, the marker's
+        residual after that block becomes the activation (back at its own norm)."""
+        if self._inject_site is None:
+            return contextlib.nullcontext()
+        slot = from_embedding_scale(self._slot(a), self.scale)
+        m = self.marker
+
+        def fn(h: torch.Tensor) -> torch.Tensor:
+            return torch.cat([h[:, :m], slot[:, None].to(h.dtype), h[:, m + 1:]], dim=1)
+        return hooks.edit(self.decoder, {self._inject_site: fn})
 
     def generate(self, a: torch.Tensor, t: int, tau: float, noise: torch.Tensor | None = None,
                  use_cache: bool = True) -> Generation:
@@ -183,10 +215,12 @@ class TalkModule(nn.Module):
         for i in range(t):
             if use_cache:
                 kw = {} if past is None else {self._cache_arg: past}
-                out = self.decoder(inputs_embeds=step_in, use_cache=True, **kw)
+                with self.injecting(a) if past is None else contextlib.nullcontext():
+                    out = self.decoder(inputs_embeds=step_in, use_cache=True, **kw)
                 past = out.get("cache", out.get("past_key_values"))
             else:
-                out = self.decoder(inputs_embeds=seq, use_cache=False)
+                with self.injecting(a):
+                    out = self.decoder(inputs_embeds=seq, use_cache=False)
             lg = out.logits[:, -1].float()
             y = straight_through(lg, tau, None if noise is None else noise[:, i])
             e = (y.to(emb.dtype) @ emb)[:, None]
@@ -205,7 +239,8 @@ class TalkModule(nn.Module):
         emb = self.decoder.get_input_embeddings().weight
         seq = self.prefix(a)
         x = torch.cat([seq, emb[ids[:, :-1]]], dim=1)
-        logits = self.decoder(inputs_embeds=x, use_cache=False).logits
+        with self.injecting(a):
+            logits = self.decoder(inputs_embeds=x, use_cache=False).logits
         n = seq.shape[1]
         return logits[:, n - 1: n - 1 + ids.shape[1]].float()
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from reprlab.errors import ConfigError
+from reprlab.lenses.metrics import kl_logits
 from reprlab.lenses.talk.data import LensData
 from reprlab.lenses.talk.grpo import (
     group_advantages,
@@ -106,14 +107,16 @@ def mask_after_stop(ids: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:
 
 def grpo_losses(module: TalkModule, ref: TalkModule, data: LensData, idx: torch.Tensor,
                 k: int, noise: torch.Tensor, variance: torch.Tensor | float, kl_ref: float,
-                device: Any, len_penalty: float = 0.0, stop_ids: set[int] | None = None
+                device: Any, len_penalty: float = 0.0, stop_ids: set[int] | None = None,
+                reward_kl: float = 0.0, lm: LoadedModel | None = None, site: Any = None
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One GRPO step's losses: ``k`` explanations per activation sampled in one batched decode
     (``noise [B·k, t, V]``, Gumbel: exact samples of the decoder's softmax), rewarded by
     ``-normalised MSE`` of the encoder's reconstruction (minus ``len_penalty`` × the share
-    of the ``t`` tokens before a stop token), group-normalised advantages, KL(π ‖ π_warm) and
-    the encoder's MSE on the samples. Returns the losses and the reconstructions of the first
-    sample of each activation ``[B, d]``."""
+    of the ``t`` tokens before a stop token, minus ``reward_kl`` × the KL in nats of the
+    target ``lm``'s next-token distribution with the reconstruction spliced in at ``site``),
+    group-normalised advantages, KL(π ‖ π_warm) and the encoder's MSE on the samples. Returns
+    the losses and the reconstructions of the first sample of each activation ``[B, d]``."""
     a = data.a[idx].to(device)
     rep = a.repeat_interleave(k, 0)
     var = torch.as_tensor(variance).to(device)
@@ -125,6 +128,12 @@ def grpo_losses(module: TalkModule, ref: TalkModule, data: LensData, idx: torch.
     reward = reconstruction_reward(a_hat.detach(), rep, var)
     if len_penalty > 0:
         reward = reward - len_penalty * length_of(ids, stop_ids or set()) / t
+    if reward_kl > 0:
+        ctx, pos = data.context(idx)
+        with torch.no_grad():
+            orig, rec = splice_logits(lm, site, ctx.repeat_interleave(k, 0),
+                                      pos.repeat_interleave(k, 0), a_hat.detach())
+        reward = reward - reward_kl * kl_logits(orig, rec)
     adv = group_advantages(reward, k)
     logits = module.score(rep, ids)
     with torch.no_grad():

@@ -91,6 +91,10 @@ class TalkConfig:
     encoder_layer: int | None = None
     kv_cache: bool = True
     grad_clip: float = 1.0
+    #: where the decoder takes the activation: "" its input embedding at the prompt's marker,
+    #: "site" the residual after the block it was read from, or a site name of the decoder
+    #: (then the nla warm start quotes the context after the lens's tokens, not before)
+    inject: str = ""
     warm_epochs: float = 8.0
     #: nla: the warm-start explanation's first slots quote the last ``warm_context`` tokens of
     #: the text, the rest are the tuned lens's (or file's) tokens (None: half the slots, at
@@ -99,6 +103,9 @@ class TalkConfig:
     grpo_samples: int = 4
     kl_ref: float = 0.01
     len_penalty: float = 0.0
+    #: nla: reward minus this × the KL (nats) of the model's next token with the
+    #: reconstruction spliced in, beside -normalised MSE
+    reward_kl: float = 0.0
     eval_rows: int = 256
     curve_rows: int = 256
     seed: int = 0
@@ -123,8 +130,8 @@ class TalkConfig:
                 f"({self.tokens}), got {self.warm_context}")
         require(self.grpo_samples >= 2, f"--grpo-samples must be at least 2 (advantages are "
                 f"relative within a group), got {self.grpo_samples}")
-        require(self.kl_ref >= 0 and self.len_penalty >= 0,
-                "--kl-ref and --len-penalty must be 0 or more")
+        require(self.kl_ref >= 0 and self.len_penalty >= 0 and self.reward_kl >= 0,
+                "--kl-ref, --len-penalty and --reward-kl must be 0 or more")
         require(self.lr > 0 and self.proj_lr > 0, "--lr and --proj-lr must be positive")
         require(self.eval_rows >= 1, f"--eval-rows must be at least 1 (the held-out samples "
                 f"the metrics are measured on), got {self.eval_rows}")
@@ -166,7 +173,8 @@ def make_spec(lm: LoadedModel, cfg: TalkConfig, activation_norm: float | None = 
             "encoder_layer": layer, "decoder": cfg.decoder or None,
             "freeze_decoder": cfg.freeze_decoder, "freeze_encoder": cfg.freeze_encoder,
             "rect_projection": cfg.rect_projection,
-            "scale": _scale(lm, cfg, activation_norm)}
+            "scale": _scale(lm, cfg, activation_norm),
+            "inject": (site[0].name if cfg.inject == "site" else cfg.inject) or None}
 
 
 def _scale(lm: LoadedModel, cfg: TalkConfig, activation_norm: float | None) -> float:
@@ -293,7 +301,8 @@ def train_talk(lm: LoadedModel, data: LensData, cfg: TalkConfig, *,
                 weights = {"pg": 1.0, "kl_ref": cfg.kl_ref, "mse": 1.0}
                 noise = gumbel_noise((len(rows) * kk, cfg.tokens, vocab), gn)[lo * kk:hi * kk]
                 values, a_hat = grpo_losses(module, ref, data, idx, kk, noise, variance,
-                                            cfg.kl_ref, lm.device, cfg.len_penalty, stops)
+                                            cfg.kl_ref, lm.device, cfg.len_penalty, stops,
+                                            cfg.reward_kl, lm, site)
                 row["phase"] = "grpo"
             total_loss = combine(values, weights)
             opt.zero_grad(set_to_none=True)
