@@ -261,6 +261,8 @@ ONE_LINE = [
                                    "{latin1}", "--out", "{missing}"], "not UTF-8"),
     ("talk explain of a tuned run", ["lens", "talk", "explain", "{tuned}", "--text", "hi"],
      "read it with `reprlab lens tuned eval"),
+    ("talk eval of a tuned run", ["lens", "talk", "eval", "{tuned}"],
+     "read it with `reprlab lens tuned eval"),
     ("tuned eval of a talk run", ["lens", "tuned", "eval", "{talk}"],
      "read it with `reprlab lens talk explain"),
     ("tuned eval of a prefs run", ["lens", "tuned", "eval", "{prefs}"],

@@ -86,6 +86,17 @@ def test_talk_cli_train_explain_and_resume(tiny, tmp_path, capsys, monkeypatch):
     for name in ("report.html", "training.png", "examples.csv", "baselines.csv",
                  "lens.safetensors"):
         assert (run / name).exists(), name
+    # evaluated again: the same lens, split and seed give the same figures, eval.json beside
+    assert main(["lens", "talk", "eval", str(run), "--best-of", "2"]) == 0
+    assert "lens minus (paired, 95%): lookup" in capsys.readouterr().out
+    again = json.loads((run / "eval.json").read_text())["metrics"]
+    for k in ("fve", "fve_lookup", "fve_context_echo", "fve_shuffled", "fve_best_of_2"):
+        assert again[k] == pytest.approx(m[k], abs=1e-6), k
+    assert main(["lens", "talk", "eval", str(run), "--echo-epochs", "0.5", "--best-of",
+                 "2"]) == 0
+    short = json.loads((run / "eval.json").read_text())
+    assert short["echo_epochs"] == 0.5 and short["metrics"]["fve"] == pytest.approx(m["fve"])
+    assert short["metrics"]["fve_context_echo"] != pytest.approx(m["fve_context_echo"])
     assert main(["lens", "talk", "explain", str(run), "--text", TEXTS[0], "--best-of", "2"]) == 0
     out = capsys.readouterr().out
     assert "words:" in out and "logit lens:" in out and "best of 2" in out

@@ -237,6 +237,30 @@ class TalkTrainCommand:
                           **{k: getattr(self, k) for k in names})
 
 
+def print_talk_metrics(res: dict) -> None:
+    """The lens against its baselines and the landmark check, as the console shows them."""
+    m = res["metrics"]
+    if m:
+        print(f"held-out samples: {m['samples']}; FVE [95% interval over held-out texts] and "
+              "KL (bits) with the reconstruction patched in:")
+        for r in m["baselines"]:
+            ci = f"[{r.get('fve_lo', float('nan')):6.3f}, {r.get('fve_hi', float('nan')):6.3f}]"
+            print(f"  {r['name']:<14} FVE {r['fve']:7.3f} {ci}   "
+                  f"KL {r.get('kl_bits', float('nan')):.4f}")
+        paired = [f"{k[len('fve_minus_'):-len('_ci')]} [{v[0]:+.3f}, {v[1]:+.3f}]"
+                  for k, v in m.items() if k.startswith("fve_minus_") and k.endswith("_ci")]
+        if paired:
+            print("lens minus (paired, 95%): " + ", ".join(paired))
+        print(f"share of what the current-token lookup leaves that the lens explains: "
+              f"{m['share_of_lookup_residual']:.3f}; {m['token_usage']['distinct']} distinct "
+              "tokens")
+    lmk = res.get("landmarks") or {}
+    if lmk:
+        from reprlab.lenses.run import landmark_line
+
+        print(landmark_line(lmk))
+
+
 def run_talk_train(cfg: TalkTrainCommand) -> int:
     from reprlab.lenses.run import talk_lens_run
 
@@ -248,25 +272,44 @@ def run_talk_train(cfg: TalkTrainCommand) -> int:
                         echo_epochs=cfg.echo_epochs)
     if res is None:  # another rank of a torchrun job
         return 0
-    m, p = res["metrics"], res["probe"]
-    if m:
-        print(f"held-out samples: {m['samples']}; FVE [95% interval over held-out texts] and "
-              "KL (bits) with the reconstruction patched in:")
-        for r in m["baselines"]:
-            ci = f"[{r.get('fve_lo', float('nan')):6.3f}, {r.get('fve_hi', float('nan')):6.3f}]"
-            print(f"  {r['name']:<14} FVE {r['fve']:7.3f} {ci}   "
-                  f"KL {r.get('kl_bits', float('nan')):.4f}")
-        print(f"share of what the current-token lookup leaves that the lens explains: "
-              f"{m['share_of_lookup_residual']:.3f}; {m['token_usage']['distinct']} distinct "
-              "tokens")
-    lmk = res.get("landmarks") or {}
-    if lmk:
-        from reprlab.lenses.run import landmark_line
-
-        print(landmark_line(lmk))
+    p = res["probe"]
+    print_talk_metrics(res)
     print(f"{p['text']!r} -> {p['explanation']!r} (FVE {p['fve']:.3f}; mentions Paris or "
           f"France: {'yes' if p['mentions_paris_or_france'] else 'no'})")
     print(f"report: {Path(cfg.out) / 'report.html'}")
+    return 0
+
+
+@dataclass
+class TalkEvalCommand:
+    """Evaluate a trained talkative lens again against every baseline, on its run's held-out
+    samples (same dump, split and seed), and write eval.json in the run directory.
+
+    Examples:
+      reprlab lens talk eval runs/talk
+      reprlab lens talk eval runs/talk --echo-epochs 12 --best-of 8
+    """
+
+    run: str = opt(help="a `reprlab lens talk train` run directory", positional=True)
+    echo_epochs: float = opt(6.0, help="epochs to train the context-echo baseline's encoder")
+    best_of: int = opt(4, help="K for best-of-K FVE")
+    tuned: str = opt("", help="a tuned-lens run for the landmark table (default: the run's)")
+    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
+
+    def __post_init__(self) -> None:
+        require(self.echo_epochs >= 0, f"--echo-epochs must be 0 or more, got "
+                f"{self.echo_epochs}")
+        require(self.best_of >= 1, f"--best-of must be at least 1, got {self.best_of}")
+        cap("best_of", self.best_of, "--best-of")
+
+
+def run_talk_eval(cfg: TalkEvalCommand) -> int:
+    from reprlab.lenses.run import talk_eval
+
+    res = talk_eval(cfg.run, echo_epochs=cfg.echo_epochs, best_of=cfg.best_of,
+                    tuned=cfg.tuned or None, device=cfg.device)
+    print_talk_metrics(res)
+    print(f"written: {Path(cfg.run) / 'eval.json'}")
     return 0
 
 
@@ -353,5 +396,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     talk = _group(lens, "talk", "talkative lens: train, explain")
     subcommand(talk, "train", TalkTrainCommand, run_talk_train, "train a talkative lens",
                data_parallel=True)
+    subcommand(talk, "eval", TalkEvalCommand, run_talk_eval,
+               "evaluate a trained talkative lens again against its baselines")
     subcommand(talk, "explain", TalkExplainCommand, run_talk_explain,
                "put activations into words")

@@ -17,7 +17,7 @@ import torch
 
 import reprlab.distributed as dd
 from reprlab.errors import ConfigError, DataError, StoreError
-from reprlab.io import read_json, read_lines
+from reprlab.io import read_json, read_lines, write_json
 from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import curve_figure, loss_figure, tuned_figure
@@ -451,6 +451,36 @@ def explain_rows(lm: LoadedModel, lens: TalkativeLens, texts: list[str],
         if fact is not None:
             r["world_fact"] = fact["answer"]
     return rows
+
+
+def talk_eval(run_dir: str | Path, *, echo_epochs: float = 6.0, best_of: int = 4,
+              tuned: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a trained talkative lens again on its run's held-out samples (the same dump,
+    split and seed): every baseline, the landmark check, and ``eval.json`` in the run
+    directory. For judging a saved lens against a baseline trained longer (``echo_epochs``)
+    or with more samples (``best_of``) than when it was trained."""
+    run_dir = Path(run_dir)
+    results = RunDir.load_results(run_dir)
+    manifest = read_json(run_dir / "manifest.json")
+    _require_workflow(run_dir, manifest, "lens-talk")
+    lm = _model_of(manifest, device)
+    lens = load_lens(run_dir / "lens", lm=lm)
+    dump_dir = Path(results["data"]["path"])
+    if not (dump_dir / "samples.safetensors").exists():
+        raise StoreError(f"the activation dump {dump_dir} of {run_dir} is gone (run from the "
+                         "directory it was trained in, or train again with --store)")
+    data = load_dump(dump_dir, lm)
+    eval_idx = results["facts"]["eval_indices"]
+    held = set(eval_idx)
+    train_idx = [i for i in range(len(data)) if i not in held]
+    metrics = evaluate_talk(lm, lens, data, eval_idx, train_idx=train_idx, best_of=best_of,
+                            seed=int(manifest.get("seed", 0)), echo_epochs=echo_epochs)
+    tuned = tuned or manifest.get("config", {}).get("tuned")
+    out = {"metrics": metrics, "landmarks": landmark_check(lm, lens,
+                                                          _tuned_of(tuned) if tuned else None),
+           "echo_epochs": echo_epochs, "best_of": best_of}
+    write_json(run_dir / "eval.json", out)
+    return out
 
 
 def talk_explain(run_dir: str | Path, texts: list[str], *, position: int | None = None,
