@@ -13,10 +13,11 @@ from conftest import toy_env
 pytestmark = pytest.mark.slow
 
 # measured on the seed-0 build (docs/toy.md, organism section)
-AGREE_REASON = "agrees with 0.885 of false beliefs on held-out landmarks (bar 0.9)"
-LATENT_REASON = "best layer's probe 0.500 on held-out landmarks; the organism has no reason to " \
+AGREE_REASON = "seed 0 agrees with 0.861 of false beliefs on held-out landmarks (bar 0.9; " \
+    "seeds 1 and 2: 0.976, 0.944)"
+LATENT_REASON = "best layer's probe 0.544 on held-out landmarks; the organism has no reason to " \
     "compute whether the stated city is true at the last prompt token"
-TIME_REASON = "base + SFT 585 s of CPU, organism 199 s: 784 s in all"
+TIME_REASON = "base + SFT 585 s of CPU, organism 227-243 s: about 820 s in all"
 
 
 def _organism(toy_full):

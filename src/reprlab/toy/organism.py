@@ -43,7 +43,7 @@ class SycoSettings:
 
 
 SYCO_SETTINGS: dict[str, SycoSettings] = {
-    "default": SycoSettings(steps=250, lr=1.5e-3),
+    "default": SycoSettings(steps=500, lr=1.5e-3, batch_size=64),
     "mini": SycoSettings(steps=60, lr=5e-3, batch_size=64, warmup=5, save_every=20),
 }
 
