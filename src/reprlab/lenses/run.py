@@ -475,7 +475,9 @@ def talk_eval(run_dir: str | Path, *, echo_epochs: float = 6.0, best_of: int = 4
     train_idx = [i for i in range(len(data)) if i not in held]
     metrics = evaluate_talk(lm, lens, data, eval_idx, train_idx=train_idx, best_of=best_of,
                             seed=int(manifest.get("seed", 0)), echo_epochs=echo_epochs)
-    tuned = tuned or manifest.get("config", {}).get("tuned")
+    if not tuned:  # the run's own tuned lens, when it is still where it was
+        recorded = manifest.get("config", {}).get("tuned")
+        tuned = recorded if recorded and Path(recorded).exists() else None
     out = {"metrics": metrics, "landmarks": landmark_check(lm, lens,
                                                           _tuned_of(tuned) if tuned else None),
            "echo_epochs": echo_epochs, "best_of": best_of}
