@@ -22,7 +22,7 @@ from reprlab.lenses.base import load_lens
 from reprlab.lenses.logit import LogitLens
 from reprlab.lenses.report import curve_figure, loss_figure, tuned_figure
 from reprlab.lenses.talk.data import check_sample_position, describe, dump, load_dump
-from reprlab.lenses.talk.evaluate import evaluate_talk
+from reprlab.lenses.talk.evaluate import ECHO_EPOCHS, evaluate_talk
 from reprlab.lenses.talk.explanations import file_explanations, lens_explanations, with_context
 from reprlab.lenses.talk.facts import (
     landmark_checks,
@@ -238,7 +238,7 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
                   position: str = "all", max_length: int = 64, limit: int | None = None,
                   best_of: int = 4, device: str = "cpu", progress: bool = True,
                   tuned: str | Path | None = None, explanations: str | Path | None = None,
-                  echo_epochs: float = 6.0, keep_landmark_phrasings: bool = False,
+                  echo_epochs: float = ECHO_EPOCHS, keep_landmark_phrasings: bool = False,
                   **overrides: Any) -> dict[str, Any] | None:
     """Dump activations (or reuse a dump), train, evaluate against the baselines, write a run
     directory.
@@ -303,11 +303,8 @@ def talk_lens_run(model: LoadedModel | str, data: Any, out: str | Path = "runs/t
         lens.save(out / "lens")
         run.files += ["lens.safetensors", "lens.json", "train_state.safetensors"]
         facts["texts_left_out_for_the_landmark_check"] = left_out
-        eval_idx = facts["eval_indices"]
-        held = set(eval_idx)
-        train_idx = [i for i in range(len(data_)) if i not in held]
-        metrics = evaluate_talk(lm, lens, data_, eval_idx, train_idx=train_idx,
-                                best_of=best_of, seed=cfg.seed, echo_epochs=echo_epochs)
+        metrics = _held_out_metrics(lm, lens, data_, facts["eval_indices"], best_of=best_of,
+                                    seed=cfg.seed, echo_epochs=echo_epochs)
         examples = explain_rows(lm, lens, [PROBE_TEXT] + _examples(data_, 5),
                                 tuned_lens, best_of=best_of)
         probe = examples[0]
@@ -347,12 +344,10 @@ def landmark_check(lm: LoadedModel, lens: TalkativeLens, tuned: TunedLens | None
         return {}
     if not checks:
         return {}
-    texts = [c["text"] for c in checks]
-    rows = explain_rows(lm, lens, texts, tuned)
-    with torch.no_grad():
-        said = [int(lm.model(**lm.encode([t])).logits[0, -1].argmax()) for t in texts]
+    rows = explain_rows(lm, lens, [c["text"] for c in checks], tuned)
     out = []
-    for c, r, own in zip(checks, rows, said, strict=True):
+    for c, r in zip(checks, rows, strict=True):
+        own = r["next_token_id"]
         out.append({"text": c["text"], "explanation": r["explanation"], "city": c["city"],
                     "country": c["country"],
                     "names_city_or_country": names_fact(r["ids"], c, lm.tokenizer),
@@ -411,7 +406,7 @@ def _talk_report(run: RunDir, results: dict, name: str, cfg: TalkConfig,
     if lmk:
         run.write_csv("landmarks.csv", lmk["rows"])
         run.table("Held-out landmark prompts (last token)", lmk["rows"], landmark_line(lmk))
-    ex = [{k: v for k, v in r.items() if k not in ("words", "ids")}
+    ex = [{k: v for k, v in r.items() if k not in ("words", "ids", "next_token_id")}
           for r in results["examples"]]
     run.write_csv("examples.csv", ex)
     run.table("Example explanations", ex)
@@ -453,7 +448,17 @@ def explain_rows(lm: LoadedModel, lens: TalkativeLens, texts: list[str],
     return rows
 
 
-def talk_eval(run_dir: str | Path, *, echo_epochs: float = 6.0, best_of: int = 4,
+def _held_out_metrics(lm: LoadedModel, lens: TalkativeLens, data: Any, eval_idx: list[int],
+                      *, best_of: int, seed: int, echo_epochs: float) -> dict[str, Any]:
+    """The lens and every baseline on a run's held-out samples (the baselines that learn
+    from data learn from every other sample)."""
+    held = set(eval_idx)
+    train_idx = [i for i in range(len(data)) if i not in held]
+    return evaluate_talk(lm, lens, data, eval_idx, train_idx=train_idx, best_of=best_of,
+                         seed=seed, echo_epochs=echo_epochs)
+
+
+def talk_eval(run_dir: str | Path, *, echo_epochs: float = ECHO_EPOCHS, best_of: int = 4,
               tuned: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Evaluate a trained talkative lens again on its run's held-out samples (the same dump,
     split and seed): every baseline, the landmark check, and ``eval.json`` in the run
@@ -465,16 +470,10 @@ def talk_eval(run_dir: str | Path, *, echo_epochs: float = 6.0, best_of: int = 4
     _require_workflow(run_dir, manifest, "lens-talk")
     lm = _model_of(manifest, device)
     lens = load_lens(run_dir / "lens", lm=lm)
-    dump_dir = Path(results["data"]["path"])
-    if not (dump_dir / "samples.safetensors").exists():
-        raise StoreError(f"the activation dump {dump_dir} of {run_dir} is gone (run from the "
-                         "directory it was trained in, or train again with --store)")
-    data = load_dump(dump_dir, lm)
-    eval_idx = results["facts"]["eval_indices"]
-    held = set(eval_idx)
-    train_idx = [i for i in range(len(data)) if i not in held]
-    metrics = evaluate_talk(lm, lens, data, eval_idx, train_idx=train_idx, best_of=best_of,
-                            seed=int(manifest.get("seed", 0)), echo_epochs=echo_epochs)
+    data = load_dump(results["data"]["path"], lm)
+    metrics = _held_out_metrics(lm, lens, data, results["facts"]["eval_indices"],
+                                best_of=best_of, seed=int(manifest.get("seed", 0)),
+                                echo_epochs=echo_epochs)
     if not tuned:  # the run's own tuned lens, when it is still where it was
         recorded = manifest.get("config", {}).get("tuned")
         tuned = recorded if recorded and Path(recorded).exists() else None

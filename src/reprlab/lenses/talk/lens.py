@@ -104,7 +104,8 @@ class TalkativeLens(Lens):
 
     def explain(self, lm: LoadedModel, texts: list[str], position: int = -1, best_of: int = 1,
                 seed: int = 0) -> list[dict[str, Any]]:
-        """Words for the activation at ``position`` of each text, with FVE and KL (bits)."""
+        """Words for the activation at ``position`` of each text, with FVE and KL (bits), and
+        the model's own next token there (``next_token_id``)."""
         from reprlab.lenses.talk.model import gumbel_noise
 
         site = resolve_sites(lm, self.site_name)[0]
@@ -132,6 +133,7 @@ class TalkativeLens(Lens):
             words = [tok.decode([int(t)]).strip() for t in ids[i]]
             row = {"text": text, "token": tok.decode([int(inputs["input_ids"][i, pos[i]])]).strip(),
                    "words": words, "ids": [int(t) for t in ids[i]],
+                   "next_token_id": int(orig[i].argmax()),
                    "explanation": " ".join(words),
                    "fve": float(1 - err[i] / var_total[i].clamp_min(1e-30)),
                    "kl_bits": float(kl[i])}
