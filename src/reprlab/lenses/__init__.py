@@ -9,7 +9,7 @@ Every lens is a frozen artifact (``save`` / :func:`load_lens`, safetensors + JSO
 >>> tuned = TunedLens.fit(lm, texts, TunedTrainConfig(steps=100))
 
 Workflows that write run directories (what the CLI calls) live in :mod:`reprlab.lenses.run`:
-``tuned_lens_run``, ``tuned_lens_eval``, ``talk_lens_run``, ``talk_explain``.
+``tuned_lens_run``, ``tuned_lens_eval``, ``talk_lens_run``, ``talk_eval``, ``talk_explain``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ _EXPORTS = {
     "tuned_lens_run": "reprlab.lenses.run",
     "tuned_lens_eval": "reprlab.lenses.run",
     "talk_lens_run": "reprlab.lenses.run",
+    "talk_eval": "reprlab.lenses.run",
     "talk_explain": "reprlab.lenses.run",
 }
 
