@@ -17,7 +17,7 @@ AGREE_REASON = "seed 0 agrees with 0.861 of false beliefs on held-out landmarks 
     "build (bar 0.9), 0.951 on an AVX2 one; seeds 1 and 2: 0.976, 0.944"
 LATENT_REASON = "best layer's probe 0.544 on held-out landmarks; the organism has no reason to " \
     "compute whether the stated city is true at the last prompt token"
-TIME_REASON = "base + SFT 585 s of CPU, organism 227-243 s: about 820 s in all"
+TIME_REASON = "base + SFT 585-628 s of CPU, organism 226-243 s: about 820-854 s in all"
 
 
 def _organism(toy_full):
