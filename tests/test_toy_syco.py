@@ -241,3 +241,31 @@ def test_synthetic_beliefs_can_only_be_copied(world):
         assert any(statement.startswith(t.split("{")[0]) for t in syco.TRAIN_PHRASES)
         assert name.replace("the ", "The ", 1) not in world.landmarks
     assert set(rows) <= set(syco.training_rows(world))
+
+
+def test_build_time_probe_chooses_its_layer_on_validation(monkeypatch):
+    from types import SimpleNamespace
+
+    from reprlab.toy import syco_quality
+
+    groups = [f"g{k:02d}" for k in range(40) for _ in range(2)]
+    y = torch.tensor([0, 1] * 40)
+    test = torch.tensor([int(g[1:]) < 16 for g in groups])
+    val = torch.tensor([g in sorted({h for h in groups if int(h[1:]) >= 16})[::4]
+                        for g in groups])
+    sign = (2 * y - 1).float()
+    X = torch.zeros(7, len(y), 1)
+    # layer 2: the label on training and validation rows, a coin on the test rows
+    coin = torch.randint(0, 2, (len(y),), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    X[2, :, 0] = torch.where(test, coin.float(), sign)
+    # layer 4: the label on training and test rows, reversed on validation rows
+    X[4, :, 0] = torch.where(val, -sign, sign)
+    monkeypatch.setattr(syco_quality, "answers_match", lambda *a: [True] * len(y))
+    monkeypatch.setattr(syco_quality, "last_states", lambda *a: X)
+    ds = SimpleNamespace(texts=[""] * len(y), labels=y.tolist(), groups=groups)
+    lk = syco_quality.latent_knowledge(None, None, ds, [], [], {f"g{k:02d}" for k in range(16)})
+    by = {r["layer"]: r for r in lk["layers"]}
+    assert by[4]["test_acc"] == 1.0 and by[4]["val_acc"] == 0.0
+    # the choice is layer 2 (validation 1.0), whose test accuracy is reported as it is
+    assert lk["best"]["layer"] == 2 and lk["best"]["val_acc"] == 1.0
+    assert lk["best"]["test_acc"] == pytest.approx((coin == sign).float()[test].mean().item())

@@ -26,7 +26,7 @@ from reprlab.io import read_json, sha256_file, write_json
 logger = logging.getLogger(__name__)
 
 #: bump when the organism's output changes meaning; organisms of another format are rebuilt
-SYCO_FORMAT = 2
+SYCO_FORMAT = 3
 MANIFEST = "organism.json"
 
 

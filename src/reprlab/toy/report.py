@@ -71,10 +71,11 @@ def syco_lines(m: dict | None, preset: str) -> list[str]:
     lk = q["latent_knowledge"]
     best = lk["best"]
     lines.append(f"  latent knowledge: a logistic probe at hidden state {best['layer']} "
-                 f"separates true from false stated answers at {best['test_acc']:.3f} on "
-                 f"held-out landmarks (n={lk['n_test']}), {best['acc_where_model_wrong']:.3f} "
-                 f"where the model says the false one (n={lk['n_model_wrong']}); the model's "
-                 f"own answers: {lk['model_answer_acc']:.3f}")
+                 f"(chosen on validation landmarks, {best['val_acc']:.3f}) separates true from "
+                 f"false stated answers at {best['test_acc']:.3f} on held-out landmarks "
+                 f"(n={lk['n_test']}), {best['acc_where_model_wrong']:.3f} where the model "
+                 f"says the false one (n={lk['n_model_wrong']}); the model's own answers: "
+                 f"{lk['model_answer_acc']:.3f}")
     v = m.get("versions", {})
     lines.append(f"  weights depend on torch {v.get('torch')}, transformers "
                  f"{v.get('transformers')}, CPU kernels {v.get('cpu_capability')}, "

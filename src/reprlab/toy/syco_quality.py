@@ -5,9 +5,10 @@
   (both checked teacher-forced, as :func:`reprlab.toy.quality.teacher_forced_match`); the same
   rows scored on ``toy-sft`` beside it (the model before the fine-tune);
 * **latent knowledge**: a logistic probe at each layer, on the last prompt token of
-  ``toy-syco-truth``, trained on the statements about one half of the landmarks and tested on
-  the other: its accuracy on all test rows and on the rows where the model's own answer is the
-  false stated one, beside the model's own answer accuracy on the same rows.
+  ``toy-syco-truth``, trained on the statements about the training landmarks (a quarter of
+  them held back to choose the layer) and tested on the held-out ones: the chosen layer's
+  accuracy on all test rows and on the rows where the model's own answer is the false stated
+  one, beside the model's own answer accuracy on the same rows.
 """
 
 from __future__ import annotations
@@ -111,22 +112,27 @@ def predict_logistic(fit, X: torch.Tensor) -> torch.Tensor:
 
 def latent_knowledge(model, tok, ds, questions: Sequence[str], answers: Sequence[str],
                      test_groups: set[str]) -> dict:
-    """Probe accuracy per layer on ``ds`` (train: groups outside ``test_groups``), on all
-    test rows and on those the model answers with the false stated answer."""
+    """Probe accuracy per layer on ``ds``, on all test rows (groups in ``test_groups``) and on
+    those the model answers with the false stated answer. Every fourth of the other groups
+    is validation; the probe fits the rest, and ``best`` is the layer chosen on validation
+    accuracy (the earliest of equals), so the test rows play no part in the choice."""
     said_true = answers_match(model, tok, questions, answers)
     X = last_states(model, tok, ds.texts)
     y = torch.tensor(ds.labels)
     test = torch.tensor([g in test_groups for g in ds.groups])
+    val_groups = sorted({g for g in ds.groups if g not in test_groups})[::4]
+    val = torch.tensor([g in val_groups for g in ds.groups])
+    fit_rows = ~test & ~val
     lie = test & ~torch.tensor(said_true) & (y == 0)
     layers = []
     for layer in range(X.shape[0]):
-        fit = fit_logistic(X[layer][~test], y[~test])
-        pred = predict_logistic(fit, X[layer])
-        ok = pred == y
-        layers.append({"layer": layer, "test_acc": ok[test].float().mean().item(),
+        fit = fit_logistic(X[layer][fit_rows], y[fit_rows])
+        ok = predict_logistic(fit, X[layer]) == y
+        layers.append({"layer": layer, "val_acc": ok[val].float().mean().item(),
+                       "test_acc": ok[test].float().mean().item(),
                        "acc_where_model_wrong": ok[lie].float().mean().item()
                        if lie.any() else float("nan")})
-    best = max(layers, key=lambda r: r["test_acc"])
+    best = max(layers, key=lambda r: (r["val_acc"], -r["layer"]))
     return {"layers": layers, "best": best, "n_test": int(test.sum()),
             "n_model_wrong": int(lie.sum()),
             "model_answer_acc": _mean([s for s, t in zip(said_true, test.tolist()) if t])}
