@@ -115,12 +115,15 @@ def latent_knowledge(model, tok, ds, questions: Sequence[str], answers: Sequence
     """Probe accuracy per layer on ``ds``, on all test rows (groups in ``test_groups``) and on
     those the model answers with the false stated answer. Every fourth of the other groups
     is validation; the probe fits the rest, and ``best`` is the layer chosen on validation
-    accuracy (the earliest of equals), so the test rows play no part in the choice."""
+    accuracy (the earliest of equals, as :func:`reprlab.probes.sweep.rank` orders the probe
+    table), so the test rows play no part in the choice."""
+    from reprlab.probes.sweep import rank
+
     said_true = answers_match(model, tok, questions, answers)
     X = last_states(model, tok, ds.texts)
     y = torch.tensor(ds.labels)
     test = torch.tensor([g in test_groups for g in ds.groups])
-    val_groups = sorted({g for g in ds.groups if g not in test_groups})[::4]
+    val_groups = set(sorted({g for g in ds.groups if g not in test_groups})[::4])
     val = torch.tensor([g in val_groups for g in ds.groups])
     fit_rows = ~test & ~val
     lie = test & ~torch.tensor(said_true) & (y == 0)
@@ -132,7 +135,7 @@ def latent_knowledge(model, tok, ds, questions: Sequence[str], answers: Sequence
                        "test_acc": ok[test].float().mean().item(),
                        "acc_where_model_wrong": ok[lie].float().mean().item()
                        if lie.any() else float("nan")})
-    best = max(layers, key=lambda r: (r["val_acc"], -r["layer"]))
+    best = max(layers, key=rank)  # max keeps the first of equals
     return {"layers": layers, "best": best, "n_test": int(test.sum()),
             "n_model_wrong": int(lie.sum()),
             "model_answer_acc": _mean([s for s, t in zip(said_true, test.tolist()) if t])}
