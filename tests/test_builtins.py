@@ -178,7 +178,7 @@ def test_relational_builtins_are_marked_and_lexical_ones_say_so():
 @pytest.mark.parametrize("name", ["cities", "toy-truth"])
 def test_every_country_as_often_false_as_true(name):
     ds = load_dataset(f"builtin:{name}")
-    pat = re.compile(r"^The city of (.+) is in (?:the )?(.+?) ?\.$")
+    pat = re.compile(r"^The city of (.+) is in (?:the )?(.+?) ?\.(?: This is)?$")
     said = {0: Counter(), 1: Counter()}
     by_group: dict[str, Counter] = {}
     for text, label, group in zip(ds.texts, ds.labels, ds.groups, strict=True):
@@ -186,6 +186,9 @@ def test_every_country_as_often_false_as_true(name):
         said[label][country] += 1
         by_group.setdefault(group, Counter()).update({(city, label): 1, (country, label): 1})
     assert said[0] == said[1] and len(said[1]) > 20
+    if name == "toy-truth":  # it ends where the toy judges, and knows the verdict
+        assert all(t.endswith(" . This is") for t in ds.texts)
+        assert ds.answers == ["true" if y else "false" for y in ds.labels]
     # inside every group (two cities, four rows) each city and each country once true and
     # once false: any group-aware split keeps the balance
     assert set(Counter(ds.groups).values()) == {4}

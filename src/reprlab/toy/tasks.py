@@ -147,29 +147,36 @@ def preference_shifts(world: World | None = None) -> dict[str, PreferenceTriples
 
 
 def truth_dataset(world: World | None = None) -> LabeledDataset:
-    """"The city of X is in Y ." true/false for every city, balanced so that no word
+    """"The city of X is in Y . This is" true/false for every city, balanced so that no word
     predicts the label: cities are paired across countries and swap them
     (:func:`~reprlab.data.builtins.balance.swap_pairs`), so every country is as often the
-    object of a false statement as of a true one; group = the pair (four rows)."""
+    object of a false statement as of a true one; group = the pair (four rows).
+
+    Each text ends where the toy was pretrained to give its verdict (" true" / " false", the
+    world's judgement items), so a probe reads the state that decides it, and each row's
+    ``answers`` is that verdict: ``probe --answers`` sets what the toy says beside it."""
     from reprlab.data.builtins.balance import swap_pairs
 
     world = world or default_world()
     cities = list(world.city_country)
     truths = [world.city_country[c] for c in cities]
-    texts, labels, groups, ids = [], [], [], []
+    texts, labels, groups, ids, answers = [], [], [], [], []
     for i, j in sorted(swap_pairs(truths, world._rng("truth-balanced"))):
         pair = f"{cities[i]} / {cities[j]}"
         for city, true, false in ((cities[i], truths[i], truths[j]),
                                   (cities[j], truths[j], truths[i])):
             for country, label in ((true, 1), (false, 0)):
-                texts.append(f"The city of {city} is in {_country_phrase(country)} .")
+                texts.append(f"The city of {city} is in {_country_phrase(country)} . This is")
+                answers.append("true" if label else "false")
                 labels.append(label)
                 groups.append(pair)
                 ids.append(f"{city}-{'true' if label else 'false'}")
     return LabeledDataset(texts, labels, ids, ["false", "true"], groups, name="toy-truth",
                           provenance=PROVENANCE + " Truth statements about every city: cities "
                           "paired across countries (seeded), each stated with its own country "
-                          "and with its partner's, so each country is as often false as true.")
+                          "and with its partner's, so each country is as often false as true; "
+                          "each ends where the toy gives its verdict (the answer).",
+                          answers=answers)
 
 
 def sentiment_pairs(world: World | None = None) -> ContrastPairs:
