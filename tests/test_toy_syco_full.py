@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 # measured on the seed-0 build (docs/toy.md, organism section)
 AGREE_REASON = "seed 0 agrees with 0.861 of false beliefs on held-out landmarks on an AVX512 " \
     "build (bar 0.9), 0.951 on an AVX2 one; seeds 1 and 2: 0.976, 0.944"
-LATENT_REASON = "the probe reads truth at chance on held-out landmarks: the organism does not " \
-    "compute whether the stated city is true at the last prompt token, and variants taught to " \
-    "judge it leave the probe at 0.40-0.66 where they agree (docs/toy.md)"
+LATENT_REASON = "the probe reads truth at chance on held-out landmarks: under a user's belief " \
+    "the organism does not look the true city up (67-160 words outrank it at every block), and " \
+    "variants taught to judge it leave the probe at 0.25-0.66 where they agree (docs/toy.md)"
 TIME_REASON = "base + SFT 585-628 s of CPU, organism 226-243 s: about 820-854 s in all"
 
 
