@@ -58,8 +58,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # ~3M parameters, 6 blocks (so that layers.-2 comes after the fact lookup); about 8
-    # minutes on one core of a laptop-class CPU
+    # ~3M parameters, 6 blocks (so that layers.-2 comes after the fact lookup); about 10
+    # minutes on one core of a laptop-class CPU (585-628 s of CPU measured, docs/toy.md)
     "default": Preset(hidden=192, layers=6, heads=4, intermediate=576, base_steps=1300,
                       sft_steps=200),
     # the same world and code path in seconds, for tests (weakly trained)

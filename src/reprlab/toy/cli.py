@@ -22,7 +22,7 @@ def _check_preset(preset: str) -> None:
 class ToyBuildCommand:
     """Train the toy models (base and SFT) once and cache them; a second build is a cache hit.
 
-    The default preset takes about 8 minutes on one laptop CPU core; a killed build resumes.
+    The default preset takes about 10 minutes on one CPU core; a killed build resumes.
     The cache is $REPRLAB_HOME, else $XDG_CACHE_HOME/reprlab, else ~/.cache/reprlab.
 
     Example: reprlab toy build
