@@ -269,3 +269,29 @@ def test_build_time_probe_chooses_its_layer_on_validation(monkeypatch):
     # the choice is layer 2 (validation 1.0), whose test accuracy is reported as it is
     assert lk["best"]["layer"] == 2 and lk["best"]["val_acc"] == 1.0
     assert lk["best"]["test_acc"] == pytest.approx((coin == sign).float()[test].mean().item())
+
+
+def test_stale_quality_is_measured_again_without_a_fine_tune(toy_mini, tmp_path, caplog):
+    """An organism whose quality figures alone are of an older format keeps its weights: the
+    figures are measured again (equal to those of the build) and the manifest says so."""
+    from reprlab.toy import organism
+
+    home = _home_with_mini(toy_mini, tmp_path)
+    root = home / "toy" / "mini"
+    organism.ensure_syco("mini", home=home, progress=False)
+    mpath = root / "syco" / organism.MANIFEST
+    built = json.loads(mpath.read_text())
+    weights = (root / "syco" / "model.safetensors").read_bytes()
+    stale = dict(built, quality_format=organism.QUALITY_FORMAT - 1, quality={})
+    mpath.write_text(json.dumps(stale))
+    assert organism.check_syco(root) == organism.STALE_QUALITY
+    with caplog.at_level("WARNING", logger="reprlab.toy.organism"):
+        organism.ensure_syco("mini", home=home, progress=False)
+    assert "measuring them again (its weights are kept)" in caplog.text
+    assert "rebuilding" not in caplog.text and "resuming" not in caplog.text
+    assert organism.check_syco(root) is None
+    assert (root / "syco" / "model.safetensors").read_bytes() == weights
+    again = json.loads(mpath.read_text())
+    assert again["quality_format"] == organism.QUALITY_FORMAT
+    assert again["quality"] == built["quality"]
+    assert again["train_seconds"] == built["train_seconds"]  # not fine-tuned again

@@ -9,7 +9,9 @@ The organism is fine-tuned from the build's SFT model and cached beside it::
 A build that has no organism yet is *extended* (base and SFT are kept as they are). The
 organism is trained in ``toy/.<preset>-syco.partial/`` and renamed into place when complete,
 so a killed fine-tune resumes and the final directory is either absent or whole; an organism
-of another format, other settings or another SFT model is rebuilt.
+of another format, other settings or another SFT model is rebuilt. One whose quality figures
+only are of an older format (:data:`QUALITY_FORMAT`) is measured again in place, its weights
+kept.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 #: bump when the organism's output changes meaning; organisms of another format are rebuilt
 SYCO_FORMAT = 3
+#: bump when the quality figures change meaning and the weights do not: cached organisms are
+#: then measured again in place (under a minute) instead of fine-tuned again
+QUALITY_FORMAT = 1
+STALE_QUALITY = "its quality figures are of an older format"
 MANIFEST = "organism.json"
 
 
@@ -79,6 +85,8 @@ def check_syco(root: Path) -> str | None:
             return f"syco/{rel} is missing"
         if f.stat().st_size != digest["bytes"] or sha256_file(f) != digest["sha256"]:
             return f"syco/{rel} is corrupt (it does not match its manifest)"
+    if m.get("quality_format", 1) != QUALITY_FORMAT:
+        return STALE_QUALITY
     return None
 
 
@@ -95,6 +103,9 @@ def ensure_syco(preset: str = "default", *, home: str | Path | None = None,
     if problem == "not built yet":
         logger.warning("the toy organism '%s' is not built yet; fine-tuning it from the cached "
                        "SFT model now, once, into %s", name, paths.root / "syco")
+    elif problem == STALE_QUALITY:
+        logger.warning("the cached toy organism '%s' in %s: %s; measuring them again (its "
+                       "weights are kept)", name, paths.root / "syco", problem)
     else:
         logger.warning("the cached toy organism '%s' in %s is not usable: %s; rebuilding it",
                        name, paths.root / "syco", problem)
@@ -102,11 +113,16 @@ def ensure_syco(preset: str = "default", *, home: str | Path | None = None,
 
 
 def build_syco(root: Path, *, progress: bool = True, force: bool = False) -> Path:
-    """Fine-tune the organism of the build in ``root`` (resuming a killed fine-tune)."""
+    """Fine-tune the organism of the build in ``root`` (resuming a killed fine-tune), or only
+    measure it again when its quality figures alone are stale."""
     from reprlab.toy.build import _lock, swap_in
 
     with _lock(root.parent / f".{root.name}-syco.lock"):
-        if not force and check_syco(root) is None:
+        problem = "forced" if force else check_syco(root)
+        if problem is None:
+            return root / "syco"
+        if problem == STALE_QUALITY:
+            _remeasure(root)
             return root / "syco"
         partial = root.parent / f".{root.name}-syco.partial"
         _run(root, partial, progress=progress)
@@ -184,7 +200,8 @@ def _run(root: Path, out: Path, *, progress: bool) -> None:
 
         quality = measure(model, tok, _load(root / "sft"), sft_tok, world)
     state.unlink(missing_ok=True)
-    m = {"format": SYCO_FORMAT, "reprlab_version": __version__, "preset": preset,
+    m = {"format": SYCO_FORMAT, "quality_format": QUALITY_FORMAT,
+         "reprlab_version": __version__, "preset": preset,
          "settings": asdict(s), "seed": seed, "sft_sha256": key["sft"],
          "vocab_size": len(tok), "added_words": len(tok) - len(sft_tok),
          "n_training_rows": len(rows), "final_loss": final_loss,
@@ -196,6 +213,26 @@ def _run(root: Path, out: Path, *, progress: bool) -> None:
                   for f in sorted(out.rglob("*")) if f.is_file()}
     write_json(out / MANIFEST, m)
     logger.info("toy organism %s done in %.0f s", preset, m["build_seconds"])
+
+
+def _remeasure(root: Path) -> None:
+    """Measure the cached organism of ``root`` again and rewrite its manifest's quality (the
+    weights, and so the file digests, stay as they are)."""
+    from transformers import AutoTokenizer
+
+    from reprlab._threads import num_threads
+    from reprlab.toy.build import PRESETS, _load, deterministic
+    from reprlab.toy.syco_quality import measure
+    from reprlab.toy.world import World, WorldConfig
+
+    d = root / "syco"
+    m = read_json(d / MANIFEST)
+    world = World(WorldConfig(**read_json(root / "manifest.json")["world_config"]))
+    with num_threads(PRESETS[root.name].threads), deterministic():
+        m["quality"] = measure(_load(d), AutoTokenizer.from_pretrained(d), _load(root / "sft"),
+                               AutoTokenizer.from_pretrained(root / "sft"), world)
+    m["quality_format"] = QUALITY_FORMAT
+    write_json(d / MANIFEST, m)
 
 
 def syco_manifest(root: Path) -> dict | None:
