@@ -10,7 +10,7 @@ A build that has no organism yet is *extended* (base and SFT are kept as they ar
 organism is trained in ``toy/.<preset>-syco.partial/`` and renamed into place when complete,
 so a killed fine-tune resumes and the final directory is either absent or whole; an organism
 of another format, other settings or another SFT model is rebuilt. One whose quality figures
-only are of an older format (:data:`QUALITY_FORMAT`) is measured again in place, its weights
+alone are of an older format (:data:`QUALITY_FORMAT`) is measured again in place, its weights
 kept.
 """
 

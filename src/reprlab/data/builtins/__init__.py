@@ -64,10 +64,11 @@ def toy_builtins() -> dict[str, Builtin]:
     """The toy world's datasets (:mod:`reprlab.toy.tasks`), for the toy models."""
     out = {
         "toy-truth": Builtin(_toy("truth_dataset"), "labeled",
-                             "toy world: 'The city of X is in Y .' true/false, 320 rows, "
-                             "each country as often false as true (balanced, probes on toy "
-                             "read it only weakly: its judgement of unseen statements is "
-                             "weak)", relational=True),
+                             "toy world: 'The city of X is in Y . This is' true/false, 320 "
+                             "rows ending where the toy says its verdict (known answers: "
+                             "probe --answers), each country as often false as true; probes "
+                             "on toy read 0.77-0.80, the toy itself says 0.50-0.63",
+                             relational=True),
         "toy-pairs": Builtin(_toy("sentiment_pairs"), "pairs",
                              "toy world: 200 positive/negative sentiment contrast pairs"),
         "toy-judge-pairs": Builtin(_toy("judge_pairs"), "pairs",
