@@ -161,7 +161,7 @@ def test_probe_answers_column_and_bad_input(toy_mini, tmp_path):
     base = [sys.executable, "-m", "reprlab", "probe", "--model", "toy-mini", "--sites",
             "layers.1", "--positions", "last", "--probes", "logistic", "--bootstrap", "0",
             "--no-progress", "--no-controls"]
-    bad = subprocess.run(base + ["--data", "builtin:toy-truth", "--answers", "--out",
+    bad = subprocess.run(base + ["--data", "builtin:cities", "--answers", "--out",
                                  str(tmp_path / "bad")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0
