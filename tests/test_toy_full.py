@@ -15,7 +15,7 @@ from conftest import toy_env
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-# measured on the seed-0 build (docs/toy.md, datasets): the probe chosen on validation
+# measured (docs/toy.md, the datasets table): the probe chosen on validation
 TRUTH_REASON = "toy-truth's best probe reads 0.766-0.797 at layers.2-4 on build seed 0 and " \
     "0.656-0.828 at layers.3-5 on build seed 1 (split seeds 0-2); the bar is 0.85"
 
