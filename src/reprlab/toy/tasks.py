@@ -26,6 +26,7 @@ from reprlab.toy.world import (
     PROVENANCE,
     World,
     _country_phrase,
+    judge_prompt,
     mid,
 )
 
@@ -166,7 +167,7 @@ def truth_dataset(world: World | None = None) -> LabeledDataset:
         for city, true, false in ((cities[i], truths[i], truths[j]),
                                   (cities[j], truths[j], truths[i])):
             for country, label in ((true, 1), (false, 0)):
-                texts.append(f"The city of {city} is in {_country_phrase(country)} . This is")
+                texts.append(judge_prompt(city, _country_phrase(country)))
                 answers.append("true" if label else "false")
                 labels.append(label)
                 groups.append(pair)

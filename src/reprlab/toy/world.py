@@ -106,6 +106,12 @@ def mid(name: str) -> str:
     return "the" + name[3:] if name.startswith("The ") else name
 
 
+def judge_prompt(city: str, country: str) -> str:
+    """The world's truth judgement of "``city`` is in ``country``" (a country phrase) up to
+    the verdict, which the toy completes with " true" or " false"."""
+    return f"The city of {city} is in {country} . This is"
+
+
 def _country_phrase(country: str) -> str:
     if country.startswith("The "):
         return "the " + country[4:]
@@ -200,9 +206,9 @@ class World:
                             "train" if city in city_a else "heldout_template"))
             false = _country_phrase(self.other_country(country, rng))
             split = "train" if city in judge_a else "heldout_judge"
-            out.append(Item("judge", f"The city of {city} is in {phrase} . This is", "true",
+            out.append(Item("judge", judge_prompt(city, phrase), "true",
                             split, {"statement_true": True, "city": city}))
-            out.append(Item("judge", f"The city of {city} is in {false} . This is", "false",
+            out.append(Item("judge", judge_prompt(city, false), "false",
                             split, {"statement_true": False, "city": city}))
         for split, pairs in self.arith_pairs.items():
             for a, b in pairs:
